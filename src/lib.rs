@@ -1,0 +1,17 @@
+//! reaper: a controller that removes the Docker objects of ended workflow sessions and failed
+//! agents, and nothing else.
+//!
+//! The core is pure: `model` (desired state), `inventory` (actual state), `ownership` (is this
+//! object ours, and whose?) and `plan` (desired + actual + now -> actions). Everything else is an
+//! adapter around it: `store` (sled), `docker` (bollard), `paths` (the filesystem), `api`
+//! (HTTP on a Unix socket), `metrics`, and the `controller` loop that ties them together.
+
+pub mod config;
+pub mod inventory;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod ownership;
+pub mod paths;
+pub mod plan;
+pub mod store;

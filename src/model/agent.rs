@@ -1,0 +1,92 @@
+//! The Agent record: an agent whose containers, images and build directory reaper tidies
+//! when it fails or stops.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: AgentSpec,
+    #[serde(default)]
+    pub status: AgentStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSpec {
+    #[serde(default, rename = "match")]
+    pub match_: AgentMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_dir: Option<RelPath>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentMatch {
+    /// Container names and image repositories starting with this belong to the agent.
+    /// Default: `<agentNamePrefix><name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AgentPhase {
+    Starting,
+    Running,
+    Failed,
+    #[default]
+    Stopped,
+}
+
+impl AgentPhase {
+    pub const ALL: [AgentPhase; 4] = [Self::Starting, Self::Running, Self::Failed, Self::Stopped];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub phase: AgentPhase,
+    #[serde(default)]
+    pub created_at: Timestamp,
+    /// When the phase last changed: the start of a failure's cleanup clock.
+    #[serde(default)]
+    pub phase_since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since: Option<Timestamp>,
+    #[serde(default)]
+    pub removed: ObjectCounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Agent {
+    pub fn name_prefix(&self, default_prefix: &str) -> String {
+        self.spec
+            .match_
+            .name_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{default_prefix}{}", self.metadata.name))
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.status.deleting_since.is_none()
+            && matches!(self.status.phase, AgentPhase::Starting | AgentPhase::Running)
+    }
+}

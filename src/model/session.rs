@@ -1,0 +1,162 @@
+//! The Session record: a workflow run whose Docker objects live exactly as long as it does.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Duration, Labels, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub metadata: ObjectMeta,
+    pub spec: SessionSpec,
+    #[serde(default)]
+    pub status: SessionStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, rename = "match")]
+    pub match_: SessionMatch,
+    #[serde(default)]
+    pub cleanup: CleanupSpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<RelPath>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionMatch {
+    /// Docker objects carrying ALL of these labels belong to the session.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CleanupSpec {
+    #[serde(default = "yes")]
+    pub containers: bool,
+    #[serde(default = "yes")]
+    pub networks: bool,
+    #[serde(default = "yes")]
+    pub volumes: bool,
+    #[serde(default = "yes")]
+    pub images: bool,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for CleanupSpec {
+    fn default() -> Self {
+        CleanupSpec {
+            containers: true,
+            networks: true,
+            volumes: true,
+            images: true,
+            stop_timeout: default_stop_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SessionPhase {
+    #[default]
+    Active,
+    /// The workflow said it is over (`session end`), successfully or not.
+    Ended,
+    /// Its ttl passed or its heartbeat lapsed.
+    Expired,
+    /// Everything it owned is gone; kept as history until `historyRetention`.
+    Cleaned,
+}
+
+impl SessionPhase {
+    pub const ALL: [SessionPhase; 4] = [Self::Active, Self::Ended, Self::Expired, Self::Cleaned];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Ended => "ended",
+            Self::Expired => "expired",
+            Self::Cleaned => "cleaned",
+        }
+    }
+}
+
+/// Why a session stopped being live; it becomes the `reason` of its cleanups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EndReason {
+    Succeeded,
+    Failed,
+    TtlExpired,
+    HeartbeatLost,
+    Manual,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    pub phase: SessionPhase,
+    #[serde(default)]
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned_at: Option<Timestamp>,
+    /// Set by `reaper delete`: the record goes once its objects are gone (a finalizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since: Option<Timestamp>,
+    #[serde(default)]
+    pub removed: ObjectCounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where the record came from: `api`, or the manifest file that declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Session {
+    /// The instant this session stops being live by itself (ttl or heartbeat), if any.
+    /// `restarted_at` makes heartbeat timeouts count from the daemon's start, so downtime
+    /// of reaper itself never expires sessions.
+    pub fn deadline(&self, restarted_at: Timestamp) -> Option<(Timestamp, EndReason)> {
+        if self.status.phase != SessionPhase::Active {
+            return None;
+        }
+        let ttl = self
+            .spec
+            .ttl
+            .map(|ttl| (self.status.created_at.plus(ttl), EndReason::TtlExpired));
+        let heartbeat = self.spec.heartbeat_timeout.map(|hb| {
+            let last = self.status.last_heartbeat.unwrap_or(self.status.created_at);
+            (last.max(restarted_at).plus(hb), EndReason::HeartbeatLost)
+        });
+        match (ttl, heartbeat) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Live: the record is Active, not being deleted, and no deadline has passed.
+    pub fn is_live(&self, now: Timestamp, restarted_at: Timestamp) -> bool {
+        self.status.phase == SessionPhase::Active
+            && self.status.deleting_since.is_none()
+            && self.deadline(restarted_at).is_none_or(|(at, _)| now < at)
+    }
+}
