@@ -11,7 +11,7 @@ mod time;
 pub use agent::{Agent, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
 pub use duration::{Duration, DurationError};
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
-pub use resource::{CleanupReason, Condition, ObjectCounts, OwnerKind, OwnerRef, ResourceKind};
+pub use resource::{CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind};
 pub use session::{CleanupSpec, EndReason, Session, SessionMatch, SessionPhase, SessionSpec, SessionStatus};
 pub use time::Timestamp;
 

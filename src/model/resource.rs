@@ -155,3 +155,59 @@ pub struct Condition {
     pub message: String,
     pub since: super::Timestamp,
 }
+
+/// Why a removal failed, as a bounded metric label (`reaper_cleanup_failures_total{error}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// 409: in use, or removal already in progress. Retried with backoff.
+    Conflict,
+    /// The call did not answer in time. Counted as a failure, never as a cleanup.
+    Timeout,
+    /// The Docker daemon could not be reached.
+    DockerUnavailable,
+    /// A filesystem error while removing a path.
+    Io,
+    Other,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 5] = [Self::Conflict, Self::Timeout, Self::DockerUnavailable, Self::Io, Self::Other];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Timeout => "timeout",
+            Self::DockerUnavailable => "docker_unavailable",
+            Self::Io => "io",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Docker API operations reaper performs, as a bounded metric label
+/// (`reaper_docker_api_errors_total{operation}`). These are also the only calls a
+/// socket proxy in front of reaper needs to allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerOp {
+    Ping,
+    List,
+    Inspect,
+    Stop,
+    Remove,
+    Events,
+}
+
+impl DockerOp {
+    pub const ALL: [DockerOp; 6] = [Self::Ping, Self::List, Self::Inspect, Self::Stop, Self::Remove, Self::Events];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::List => "list",
+            Self::Inspect => "inspect",
+            Self::Stop => "stop",
+            Self::Remove => "remove",
+            Self::Events => "events",
+        }
+    }
+}
