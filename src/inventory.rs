@@ -1,1 +1,99 @@
-//! (in progress)
+//! The actual state: what exists on the Docker engine (and below the paths root), as plain data
+//! the planner can reason about. The Docker adapter fills it; nothing here does I/O.
+
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+use crate::model::{Labels, RelPath, ResourceKind, Timestamp};
+
+/// One Docker object as listed. Images appear once per reference (`repo:tag`), because reaper
+/// removes references, not image IDs: an image may also carry someone else's tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DockerObject {
+    pub kind: ResourceKind,
+    /// Container, network or image ID; the name for volumes.
+    pub id: String,
+    /// Container name (no leading `/`), network or volume name, or image reference (`repo:tag`);
+    /// empty for an untagged image.
+    pub name: String,
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Creation time; unknown means "too young to judge", so orphans without it are never removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+    /// Containers only: the container is running (or restarting, paused).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+    /// Images only: the image's other references, which may belong to someone else.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_refs: Vec<String>,
+}
+
+impl DockerObject {
+    /// What to pass to the delete call: the reference for a tagged image (untag, never force),
+    /// the ID for everything else.
+    pub fn target(&self) -> &str {
+        if self.kind == ResourceKind::Image && !self.name.is_empty() {
+            &self.name
+        } else {
+            &self.id
+        }
+    }
+
+    /// Identity across passes (for backoff): kind plus delete target.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind,
+            target: self.target().to_string(),
+        }
+    }
+
+    /// The image repository of a reference (`repo:tag` -> `repo`, keeping a registry port).
+    pub fn repository(&self) -> Option<&str> {
+        if self.kind != ResourceKind::Image || self.name.is_empty() {
+            return None;
+        }
+        Some(repository_of(&self.name))
+    }
+}
+
+pub fn repository_of(reference: &str) -> &str {
+    let reference = reference.split('@').next().unwrap_or(reference);
+    match reference.rfind(':') {
+        Some(i) if !reference[i..].contains('/') => &reference[..i],
+        _ => reference,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: ResourceKind,
+    pub target: String,
+}
+
+/// Everything the planner may look at about the world, taken at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Actual {
+    pub objects: Vec<DockerObject>,
+    /// The record paths (`spec.paths`, `buildDir`) that currently exist below the paths root.
+    pub paths: BTreeSet<RelPath>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_keeps_registry_ports_and_drops_tags() {
+        assert_eq!(repository_of("anvyl-agent-x:latest"), "anvyl-agent-x");
+        assert_eq!(
+            repository_of("localhost:5000/anvyl-agent-x:1"),
+            "localhost:5000/anvyl-agent-x"
+        );
+        assert_eq!(
+            repository_of("localhost:5000/anvyl-agent-x"),
+            "localhost:5000/anvyl-agent-x"
+        );
+        assert_eq!(repository_of("anvyl-agent-x@sha256:abc"), "anvyl-agent-x");
+    }
+}

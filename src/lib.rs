@@ -15,3 +15,6 @@ pub mod ownership;
 pub mod paths;
 pub mod plan;
 pub mod store;
+
+#[cfg(test)]
+mod fixtures;

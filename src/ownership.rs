@@ -1,1 +1,273 @@
-//! (in progress)
+//! "Is this Docker object ours, and who owns it?" decided from labels, names and the records'
+//! own match rules. This is the only place that decides ownership; the planner and the executor's
+//! last-moment re-check both call it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{repository_of, DockerObject};
+use crate::model::{Agent, Labels, Name, OwnerKind, OwnerRef, ResourceKind, Session};
+
+pub const SESSION_LABEL: &str = "reaper.session";
+pub const AGENT_LABEL: &str = "reaper.agent";
+pub const INSTANCE_LABEL: &str = "reaper.instance";
+
+/// The daemon-wide ownership rules (config `instance` and `adoption`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    /// Objects whose `reaper.instance` label names another instance are never ours.
+    pub instance: String,
+    /// Label keys whose value names the owning session (`reaper.session` always counts).
+    pub session_label_keys: Vec<String>,
+    /// Container names and image repositories `<prefix><agent>` belong to agent `<agent>`.
+    pub agent_name_prefix: String,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            instance: String::new(),
+            session_label_keys: vec!["session_id".into()],
+            agent_name_prefix: "anvyl-agent-".into(),
+        }
+    }
+}
+
+/// The records' own match rules (`spec.match`), indexed once per pass.
+#[derive(Clone, Debug, Default)]
+pub struct Matchers {
+    session_labels: Vec<(Name, Labels)>,
+    agent_prefixes: Vec<(Name, String)>,
+}
+
+impl Matchers {
+    pub fn new(sessions: &[Session], agents: &[Agent], rules: &Rules) -> Self {
+        Matchers {
+            session_labels: sessions
+                .iter()
+                .filter(|s| !s.spec.match_.labels.is_empty())
+                .map(|s| (s.metadata.name.clone(), s.spec.match_.labels.clone()))
+                .collect(),
+            agent_prefixes: agents
+                .iter()
+                .map(|a| {
+                    (
+                        a.metadata.name.clone(),
+                        a.name_prefix(&rules.agent_name_prefix),
+                    )
+                })
+                .filter(|(_, prefix)| !prefix.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Label keys the records match on, for server-side list filters.
+    pub fn label_keys(&self) -> impl Iterator<Item = &str> {
+        self.session_labels
+            .iter()
+            .flat_map(|(_, l)| l.keys().map(String::as_str))
+    }
+
+    /// Name prefixes the records match on, for server-side list filters.
+    pub fn name_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.agent_prefixes.iter().map(|(_, p)| p.as_str())
+    }
+}
+
+/// Every owner that claims `obj`, strongest claim first, without duplicates. Empty means the
+/// object is not ours and must never be touched.
+pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+    if obj
+        .labels
+        .get(INSTANCE_LABEL)
+        .is_some_and(|v| *v != rules.instance)
+    {
+        return Vec::new();
+    }
+    let by_label = label_claims(&obj.labels, rules, matchers);
+    let by_name = obj
+        .name_for_prefix()
+        .map(|n| name_claims(n, rules, matchers))
+        .unwrap_or_default();
+
+    // A label on an image is shared by all its tags. If the image also carries a reference that
+    // is not ours by name, that reference may be someone else's: the label proves nothing then.
+    let label_counts = obj.kind != ResourceKind::Image
+        || obj
+            .other_refs
+            .iter()
+            .all(|r| !name_claims(repository_of(r), rules, matchers).is_empty());
+
+    let mut out: Vec<OwnerRef> = Vec::new();
+    let chosen = if label_counts { by_label } else { Vec::new() };
+    for claim in chosen.into_iter().chain(by_name) {
+        if !out.contains(&claim) {
+            out.push(claim);
+        }
+    }
+    out
+}
+
+pub fn is_ours(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> bool {
+    !claims(obj, rules, matchers).is_empty()
+}
+
+fn owner(kind: OwnerKind, value: &str) -> Option<OwnerRef> {
+    Name::new(value).ok().map(|name| OwnerRef { kind, name })
+}
+
+fn label_claims(labels: &Labels, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+    let mut out = Vec::new();
+    out.extend(
+        labels
+            .get(SESSION_LABEL)
+            .and_then(|v| owner(OwnerKind::Session, v)),
+    );
+    out.extend(
+        labels
+            .get(AGENT_LABEL)
+            .and_then(|v| owner(OwnerKind::Agent, v)),
+    );
+    for (name, want) in &matchers.session_labels {
+        if want.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            out.push(OwnerRef {
+                kind: OwnerKind::Session,
+                name: name.clone(),
+            });
+        }
+    }
+    for key in &rules.session_label_keys {
+        out.extend(labels.get(key).and_then(|v| owner(OwnerKind::Session, v)));
+    }
+    out
+}
+
+fn name_claims(name: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+    let mut out = Vec::new();
+    for (agent, prefix) in &matchers.agent_prefixes {
+        if name.starts_with(prefix.as_str()) {
+            out.push(OwnerRef {
+                kind: OwnerKind::Agent,
+                name: agent.clone(),
+            });
+        }
+    }
+    if !rules.agent_name_prefix.is_empty() {
+        if let Some(rest) = name.strip_prefix(rules.agent_name_prefix.as_str()) {
+            out.extend(owner(OwnerKind::Agent, rest));
+        }
+    }
+    out
+}
+
+impl DockerObject {
+    /// The name that agent name prefixes apply to: container names and image repositories.
+    fn name_for_prefix(&self) -> Option<&str> {
+        match self.kind {
+            ResourceKind::Container => Some(self.name.as_str()),
+            ResourceKind::Image => self.repository(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+
+    fn claims_of(obj: &DockerObject) -> Vec<String> {
+        claims(obj, &Rules::default(), &Matchers::default())
+            .iter()
+            .map(|o| o.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn our_labels_and_adoption_rules_claim_objects() {
+        assert_eq!(
+            claims_of(&container("c").label("reaper.session", "s1")),
+            ["session/s1"]
+        );
+        assert_eq!(
+            claims_of(&volume("v").label("reaper.agent", "a1")),
+            ["agent/a1"]
+        );
+        assert_eq!(
+            claims_of(&container("c").label("session_id", "42")),
+            ["session/42"]
+        );
+        assert_eq!(claims_of(&container("anvyl-agent-bob")), ["agent/bob"]);
+        assert_eq!(claims_of(&image("anvyl-agent-bob:latest")), ["agent/bob"]);
+    }
+
+    #[test]
+    fn look_alikes_are_never_ours() {
+        for obj in [
+            container("c").label("reaper.session-x", "s1"),
+            container("c").label("reaper.sessionx", "s1"),
+            container("c").label("REAPER.SESSION", "s1"),
+            container("c").label("reaper.session", "Bad Value"),
+            container("c").label("reaper.session", "a=b"),
+            container("c").label("reaper.session", ""),
+            container("anvyl-agent"),
+            container("anvyl-agent-"),
+            container("xanvyl-agent-foo"),
+            network("anvyl-agent-foo"),
+            image("xanvyl-agent-foo:1"),
+            container("c"),
+        ] {
+            assert!(claims_of(&obj).is_empty(), "{obj:?} must not be ours");
+        }
+    }
+
+    #[test]
+    fn another_instance_is_never_ours() {
+        let rules = Rules {
+            instance: "host-a".into(),
+            ..Rules::default()
+        };
+        let m = Matchers::default();
+        let other = container("anvyl-agent-x")
+            .label("reaper.instance", "host-b")
+            .label("reaper.session", "s");
+        assert!(claims(&other, &rules, &m).is_empty());
+        let mine = container("c")
+            .label("reaper.instance", "host-a")
+            .label("reaper.session", "s");
+        assert_eq!(claims(&mine, &rules, &m).len(), 1);
+        // Without an instance configured, a scoped object still belongs to its own instance.
+        assert!(claims(&other, &Rules::default(), &m).is_empty());
+    }
+
+    #[test]
+    fn record_match_rules_claim_objects() {
+        let rules = Rules::default();
+        let s = session("tdd-run-42")
+            .matching("team", "tdd")
+            .matching("run", "42")
+            .build();
+        let a = agent("my-agent").prefix("custom-").build();
+        let m = Matchers::new(&[s], &[a], &rules);
+        let both = container("c").label("team", "tdd").label("run", "42");
+        let owners = claims(&both, &rules, &m);
+        assert!(owners.iter().any(|o| o.name.as_str() == "tdd-run-42"));
+        assert!(
+            claims(&container("c").label("team", "tdd"), &rules, &m).is_empty(),
+            "ALL labels must match"
+        );
+        assert_eq!(claims(&container("custom-1"), &rules, &m).len(), 1);
+    }
+
+    #[test]
+    fn an_image_shared_with_a_foreign_tag_is_not_ours_by_label() {
+        let shared = image("exec:1")
+            .label("reaper.session", "s")
+            .other_ref("someone/else:latest");
+        assert!(claims_of(&shared).is_empty());
+        let alone = image("exec:1").label("reaper.session", "s");
+        assert_eq!(claims_of(&alone), ["session/s"]);
+        // Our reference by name stays ours even when someone else tagged the same image.
+        let named = image("anvyl-agent-bob:latest").other_ref("someone/else:latest");
+        assert_eq!(claims_of(&named), ["agent/bob"]);
+    }
+}

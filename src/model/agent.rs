@@ -33,7 +33,9 @@ pub struct AgentMatch {
     pub name_prefix: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum AgentPhase {
     Starting,
     Running,
@@ -53,7 +55,9 @@ impl AgentPhase {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -87,6 +91,9 @@ impl Agent {
 
     pub fn is_live(&self) -> bool {
         self.status.deleting_since.is_none()
-            && matches!(self.status.phase, AgentPhase::Starting | AgentPhase::Running)
+            && matches!(
+                self.status.phase,
+                AgentPhase::Starting | AgentPhase::Running
+            )
     }
 }

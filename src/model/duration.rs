@@ -34,7 +34,9 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DurationError { input: s.to_string() };
+        let err = || DurationError {
+            input: s.to_string(),
+        };
         let mut rest = s.trim();
         if rest.is_empty() {
             return Err(err());
@@ -47,7 +49,9 @@ impl FromStr for Duration {
             }
             let n: u64 = rest[..digits].parse().map_err(|_| err())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit_ms: u64 = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
@@ -74,7 +78,12 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms % size == 0 {
                 return write!(f, "{}{}", ms / size, unit);
             }
@@ -102,18 +111,41 @@ mod tests {
 
     #[test]
     fn parses_every_documented_unit() {
-        assert_eq!("500ms".parse::<Duration>().unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Duration>().unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!("5s".parse::<Duration>().unwrap(), Duration::from_secs(5));
         assert_eq!("10m".parse::<Duration>().unwrap(), Duration::from_secs(600));
         assert_eq!("2h".parse::<Duration>().unwrap(), Duration::from_secs(7200));
-        assert_eq!("1d".parse::<Duration>().unwrap(), Duration::from_secs(86_400));
-        assert_eq!("1h30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            "1d".parse::<Duration>().unwrap(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            "1h30m".parse::<Duration>().unwrap(),
+            Duration::from_secs(5400)
+        );
     }
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1.5h", "99999999999999999999d", "5sm", "ms5"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-5s",
+            "5 s",
+            "1.5h",
+            "99999999999999999999d",
+            "5sm",
+            "ms5",
+        ] {
+            assert!(
+                bad.parse::<Duration>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -50,16 +50,21 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 pub fn validate_name(s: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if s.is_empty() || s.len() > 63 {
         return Err(format!("invalid name {s:?}: must be 1-63 characters"));
     }
     if !s.chars().all(ok_char) {
-        return Err(format!("invalid name {s:?}: only a-z, 0-9, '-', '.' and '_' are allowed"));
+        return Err(format!(
+            "invalid name {s:?}: only a-z, 0-9, '-', '.' and '_' are allowed"
+        ));
     }
     if !alnum(s.chars().next()) || !alnum(s.chars().last()) {
-        return Err(format!("invalid name {s:?}: must start and end with a letter or digit"));
+        return Err(format!(
+            "invalid name {s:?}: must start and end with a letter or digit"
+        ));
     }
     Ok(())
 }
@@ -68,9 +73,14 @@ pub fn validate_name(s: &str) -> Result<(), String> {
 /// (`label=KEY=VALUE`), so keys must not contain `=`, whitespace or control characters.
 pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > 253 {
-        return Err(format!("invalid label key {key:?}: must be 1-253 characters"));
+        return Err(format!(
+            "invalid label key {key:?}: must be 1-253 characters"
+        ));
     }
-    if key.chars().any(|c| c == '=' || c.is_whitespace() || c.is_control() || c == ',') {
+    if key
+        .chars()
+        .any(|c| c == '=' || c.is_whitespace() || c.is_control() || c == ',')
+    {
         return Err(format!(
             "invalid label key {key:?}: must not contain '=', ',', whitespace or control characters"
         ));
@@ -102,17 +112,26 @@ impl RelPath {
             return Err(format!("invalid path {s:?}: must not contain NUL"));
         }
         if s.starts_with('/') {
-            return Err(format!("invalid path {s:?}: must be relative to the paths root"));
+            return Err(format!(
+                "invalid path {s:?}: must be relative to the paths root"
+            ));
         }
-        let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let parts: Vec<&str> = s
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
         if parts.is_empty() {
-            return Err(format!("invalid path {s:?}: names no directory below the paths root"));
+            return Err(format!(
+                "invalid path {s:?}: names no directory below the paths root"
+            ));
         }
         if parts.contains(&"..") {
             return Err(format!("invalid path {s:?}: must not contain '..'"));
         }
         if s.chars().any(|c| c.is_control()) {
-            return Err(format!("invalid path {s:?}: must not contain control characters"));
+            return Err(format!(
+                "invalid path {s:?}: must not contain control characters"
+            ));
         }
         Ok(RelPath(parts.join("/")))
     }

@@ -11,8 +11,12 @@ mod time;
 pub use agent::{Agent, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
 pub use duration::{Duration, DurationError};
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
-pub use resource::{CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind};
-pub use session::{CleanupSpec, EndReason, Session, SessionMatch, SessionPhase, SessionSpec, SessionStatus};
+pub use resource::{
+    CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
+};
+pub use session::{
+    CleanupSpec, EndReason, Session, SessionMatch, SessionPhase, SessionSpec, SessionStatus,
+};
 pub use time::Timestamp;
 
 /// The API version every manifest, record and config carries.
@@ -28,8 +32,14 @@ pub enum Record {
 impl Record {
     pub fn owner(&self) -> OwnerRef {
         match self {
-            Record::Session(s) => OwnerRef { kind: OwnerKind::Session, name: s.metadata.name.clone() },
-            Record::Agent(a) => OwnerRef { kind: OwnerKind::Agent, name: a.metadata.name.clone() },
+            Record::Session(s) => OwnerRef {
+                kind: OwnerKind::Session,
+                name: s.metadata.name.clone(),
+            },
+            Record::Agent(a) => OwnerRef {
+                kind: OwnerKind::Agent,
+                name: a.metadata.name.clone(),
+            },
         }
     }
 }

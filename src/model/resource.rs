@@ -18,8 +18,15 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Removal order: containers free networks and volumes; images go once no container uses them.
-    pub const ALL: [ResourceKind; 5] = [Self::Container, Self::Network, Self::Volume, Self::Image, Self::Path];
-    pub const DOCKER: [ResourceKind; 4] = [Self::Container, Self::Network, Self::Volume, Self::Image];
+    pub const ALL: [ResourceKind; 5] = [
+        Self::Container,
+        Self::Network,
+        Self::Volume,
+        Self::Image,
+        Self::Path,
+    ];
+    pub const DOCKER: [ResourceKind; 4] =
+        [Self::Container, Self::Network, Self::Volume, Self::Image];
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Container => "container",
@@ -172,7 +179,13 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 5] = [Self::Conflict, Self::Timeout, Self::DockerUnavailable, Self::Io, Self::Other];
+    pub const ALL: [ErrorClass; 5] = [
+        Self::Conflict,
+        Self::Timeout,
+        Self::DockerUnavailable,
+        Self::Io,
+        Self::Other,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Conflict => "conflict",
@@ -199,7 +212,14 @@ pub enum DockerOp {
 }
 
 impl DockerOp {
-    pub const ALL: [DockerOp; 6] = [Self::Ping, Self::List, Self::Inspect, Self::Stop, Self::Remove, Self::Events];
+    pub const ALL: [DockerOp; 6] = [
+        Self::Ping,
+        Self::List,
+        Self::Inspect,
+        Self::Stop,
+        Self::Remove,
+        Self::Events,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Ping => "ping",

@@ -34,7 +34,8 @@ impl Timestamp {
     }
     /// Parses RFC 3339 as Docker reports network and volume creation times.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+        let t =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
         Some(Timestamp((t.unix_timestamp_nanos() / 1_000_000) as i64))
     }
 }
