@@ -7,6 +7,9 @@
 //! (HTTP on a Unix socket), `metrics`, and the `controller` loop that ties them together.
 
 pub mod config;
+pub mod controller;
+pub mod docker;
+pub mod executor;
 pub mod inventory;
 pub mod manifest;
 pub mod metrics;

@@ -1,0 +1,706 @@
+//! The reconcile loop. Level-triggered: every pass reads the whole desired state (store) and the
+//! whole actual state (Docker, paths), plans, persists the status changes that gate deletions,
+//! executes, and records the outcome. Record changes, Docker events and deadlines wake it within
+//! milliseconds; a periodic resync makes it correct when events are lost. It fails closed: if
+//! the store or a Docker listing cannot be read, the pass deletes nothing.
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::docker::{DockerError, Engine, Selectors};
+use crate::executor::{Executed, Executor, Outcome, FAILING_AFTER};
+use crate::inventory::{Actual, DockerObject};
+use crate::metrics::Metrics;
+use crate::model::{
+    Agent, AgentPhase, Condition, EndReason, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
+    Session, SessionPhase, Timestamp,
+};
+use crate::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
+use crate::paths;
+use crate::plan::{self, Plan, PlanConfig, Scope, Target, Transition};
+use crate::store::{Store, StoreError};
+
+/// How long a `Running` agent may have no running container before it is set `Stopped`.
+const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
+/// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
+const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
+const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONDITION_REMOVAL_FAILING: &str = "RemovalFailing";
+
+/// What the controller needs from the daemon config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub rules: Rules,
+    pub orphan_grace: crate::model::Duration,
+    pub history_retention: crate::model::Duration,
+    pub resync_interval: Duration,
+    pub concurrency: usize,
+    pub paths_root: std::path::PathBuf,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("the store cannot be read: {0}")]
+    Store(#[from] StoreError),
+    #[error("the Docker view is incomplete: {0}")]
+    Docker(#[from] DockerError),
+    #[error("the paths root cannot be read: {0}")]
+    Paths(String),
+}
+
+/// What `reaper status` and `/healthz` report.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub docker_up: bool,
+    pub docker_version: Option<String>,
+    pub docker_error: Option<String>,
+    pub store_error: Option<String>,
+    /// Refusing to delete because the store or the Docker view is untrustworthy.
+    pub safe_mode: bool,
+    pub dry_run: bool,
+    pub last_pass: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub owned: BTreeMap<ResourceKind, i64>,
+    pub orphans: BTreeMap<ResourceKind, i64>,
+}
+
+/// The outcome of one pass, for logs, `--once` and `reaper cleanup`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PassReport {
+    pub removed: Vec<Target>,
+    pub failed: Vec<(Target, String)>,
+    pub skipped: usize,
+    pub deferred: usize,
+    /// Dry run: what would have been removed.
+    pub planned: Vec<Target>,
+}
+
+pub struct Controller<E: Engine> {
+    pub store: Arc<Store>,
+    pub engine: Arc<E>,
+    pub metrics: Arc<Metrics>,
+    settings: Settings,
+    executor: Executor,
+    wake: Notify,
+    pass_lock: tokio::sync::Mutex<()>,
+    health: RwLock<Health>,
+    /// Matchers of the latest pass, so the event stream can ignore foreign containers.
+    matchers: RwLock<Arc<Matchers>>,
+    restarted_at: Timestamp,
+}
+
+impl<E: Engine> Controller<E> {
+    pub fn new(
+        store: Arc<Store>,
+        engine: Arc<E>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        let executor = Executor::new(settings.concurrency, settings.paths_root.clone());
+        let health = Health {
+            dry_run: settings.dry_run,
+            ..Health::default()
+        };
+        Controller {
+            store,
+            engine,
+            metrics,
+            settings,
+            executor,
+            wake: Notify::new(),
+            pass_lock: tokio::sync::Mutex::new(()),
+            health: RwLock::new(health),
+            matchers: RwLock::new(Arc::new(Matchers::default())),
+            restarted_at: Timestamp::now(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Asks for a pass as soon as possible; triggers during a pass coalesce into one more pass.
+    pub fn trigger(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.read().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn set_health(&self, f: impl FnOnce(&mut Health)) {
+        if let Ok(mut h) = self.health.write() {
+            f(&mut h);
+        }
+    }
+
+    /// The loop: pass, then sleep until a trigger, the next deadline, a retry, or the resync.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = PASS_BACKOFF_MIN;
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let mut wake_at = started + self.settings.resync_interval;
+            match self.pass(&Scope::Normal, self.settings.dry_run).await {
+                Ok((plan, report)) => {
+                    backoff = PASS_BACKOFF_MIN;
+                    if !report.removed.is_empty() {
+                        // Look again at once: confirms what went and marks owners cleaned.
+                        wake_at = started;
+                    }
+                    if let Some(t) = plan.next_wake {
+                        wake_at = wake_at.min(instant_of(t));
+                    }
+                    if let Some(t) = self.executor.next_retry() {
+                        wake_at = wake_at.min(t);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "Reconcile pass failed; nothing was deleted.");
+                    wake_at = started + backoff;
+                    backoff = (backoff * 2).min(PASS_BACKOFF_MAX);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+        debug!("Reconcile loop stopped.");
+    }
+
+    /// Follows the Docker event stream; events about our containers trigger a pass. Reconnects
+    /// with backoff and resumes shortly before the last event seen.
+    pub async fn watch_events(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut since = Timestamp::now().millis() / 1000;
+        let mut backoff = PASS_BACKOFF_MIN;
+        loop {
+            let mut stream = Box::pin(self.engine.events(since.saturating_sub(1)));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    item = stream.next() => match item {
+                        Some(Ok(hint)) => {
+                            backoff = PASS_BACKOFF_MIN;
+                            since = since.max(hint.time_secs);
+                            let ours = self.matchers.read().map(|m| {
+                                ownership::is_ours(&hint.object, &self.settings.rules, &m)
+                            });
+                            if ours.unwrap_or(true) {
+                                self.trigger();
+                            }
+                        }
+                        Some(Err(e)) => {
+                            debug!(error = %e, "Docker event stream broke.");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            self.metrics.event_stream_restarted();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(PASS_BACKOFF_MAX);
+            // Events may have been missed while disconnected: resync.
+            self.trigger();
+        }
+    }
+
+    /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
+    async fn observe(
+        &self,
+        scope: &Scope,
+    ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
+        let sessions = self.store.sessions()?;
+        let agents = self.store.agents()?;
+        if !self.health().docker_up {
+            let version = self.engine.ping().await?;
+            self.set_health(|h| h.docker_version = Some(version));
+        }
+        let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
+        let rules = &self.settings.rules;
+        let selectors = Selectors::new(
+            [SESSION_LABEL.to_string(), AGENT_LABEL.to_string()]
+                .into_iter()
+                .chain(rules.session_label_keys.iter().cloned())
+                .chain(matchers.label_keys().map(String::from)),
+            std::iter::once(rules.agent_name_prefix.clone())
+                .chain(matchers.name_prefixes().map(String::from)),
+        );
+        let objects = self.engine.list(&selectors).await?;
+        if let Ok(mut m) = self.matchers.write() {
+            *m = Arc::new(matchers);
+        }
+        let now = Timestamp::now();
+        let manual = |o: OwnerRef| matches!(scope, Scope::ManualOwner(m) if *m == o);
+        let candidates: Vec<_> = sessions
+            .iter()
+            .filter(|s| {
+                let o = OwnerRef {
+                    kind: OwnerKind::Session,
+                    name: s.metadata.name.clone(),
+                };
+                (!s.is_live(now, self.restarted_at) && s.status.phase != SessionPhase::Cleaned)
+                    || manual(o)
+            })
+            .flat_map(|s| s.spec.paths.iter().cloned())
+            .chain(
+                agents
+                    .iter()
+                    .filter(|a| {
+                        let o = OwnerRef {
+                            kind: OwnerKind::Agent,
+                            name: a.metadata.name.clone(),
+                        };
+                        a.status.phase == AgentPhase::Failed
+                            || a.status.deleting_since.is_some()
+                            || manual(o)
+                    })
+                    .flat_map(|a| a.spec.build_dir.iter().cloned()),
+            )
+            .collect();
+        let root = self.settings.paths_root.clone();
+        let paths = tokio::task::spawn_blocking(move || {
+            let mut found = std::collections::BTreeSet::new();
+            for p in candidates {
+                if paths::exists_below(&root, &p).map_err(|e| PassError::Paths(e.to_string()))? {
+                    found.insert(p);
+                }
+            }
+            Ok::<_, PassError>(found)
+        })
+        .await
+        .map_err(|e| PassError::Paths(e.to_string()))??;
+        Ok((sessions, agents, Actual { objects, paths }))
+    }
+
+    fn plan_config(&self) -> PlanConfig {
+        PlanConfig {
+            rules: self.settings.rules.clone(),
+            orphan_grace: self.settings.orphan_grace,
+            history_retention: self.settings.history_retention,
+            restarted_at: self.restarted_at,
+            agent_running_grace: crate::model::Duration(AGENT_RUNNING_GRACE),
+        }
+    }
+
+    /// Plans without acting: what `reaper orphans` and the cleanup preview show.
+    pub async fn preview(&self, scope: &Scope) -> Result<Plan, PassError> {
+        let (sessions, agents, actual) = self.observe(scope).await?;
+        Ok(plan::plan(
+            &sessions,
+            &agents,
+            &actual,
+            Timestamp::now(),
+            &self.plan_config(),
+            scope,
+        ))
+    }
+
+    /// The Docker objects an owner claims right now, for `reaper describe`.
+    pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, PassError> {
+        let (sessions, agents, actual) = self.observe(&Scope::Normal).await?;
+        let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
+        Ok(actual
+            .objects
+            .into_iter()
+            .filter(|o| ownership::claims(o, &self.settings.rules, &matchers).contains(owner))
+            .collect())
+    }
+
+    /// One full pass. Passes never overlap.
+    pub async fn pass(
+        &self,
+        scope: &Scope,
+        dry_run: bool,
+    ) -> Result<(Plan, PassReport), PassError> {
+        let _guard = self.pass_lock.lock().await;
+        let started = std::time::Instant::now();
+        let now = Timestamp::now();
+        let result = self.pass_locked(scope, dry_run, now).await;
+        self.metrics.reconcile_finished(
+            result.is_ok(),
+            started.elapsed(),
+            Timestamp::now().as_secs_f64(),
+        );
+        match &result {
+            Ok((plan, _)) => {
+                self.metrics.set_safe_mode(false);
+                self.metrics.set_docker_up(true);
+                self.set_health(|h| {
+                    h.docker_up = true;
+                    h.docker_error = None;
+                    h.store_error = None;
+                    h.safe_mode = false;
+                    h.last_pass = Some(now);
+                    h.last_success = Some(now);
+                    h.last_error = None;
+                    h.owned = plan.observed.owned.clone();
+                    h.orphans = plan.observed.orphans.clone();
+                });
+            }
+            Err(e) => {
+                let docker_down = matches!(
+                    e,
+                    PassError::Docker(DockerError::Unavailable(_) | DockerError::Timeout(_))
+                );
+                // A failed listing while Docker answers, or an unreadable store: refuse to delete.
+                let safe = !docker_down;
+                if safe {
+                    error!(error = %e, "Safe mode: reaper deletes nothing until its view is trustworthy again.");
+                }
+                self.metrics.set_safe_mode(safe);
+                if docker_down {
+                    self.metrics.set_docker_up(false);
+                }
+                self.set_health(|h| {
+                    h.last_pass = Some(now);
+                    h.last_error = Some(e.to_string());
+                    h.safe_mode = safe;
+                    match e {
+                        PassError::Store(s) => h.store_error = Some(s.to_string()),
+                        PassError::Docker(d) if docker_down => {
+                            h.docker_up = false;
+                            h.docker_error = Some(d.to_string());
+                        }
+                        _ => {}
+                    }
+                });
+            }
+        }
+        result
+    }
+
+    async fn pass_locked(
+        &self,
+        scope: &Scope,
+        dry_run: bool,
+        now: Timestamp,
+    ) -> Result<(Plan, PassReport), PassError> {
+        let (sessions, agents, actual) = self.observe(scope).await?;
+        let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
+        self.record_gauges(&plan, &sessions, &agents);
+
+        // Deadlines passed: persist (flushed) before anything is removed because of them.
+        for t in &plan.transitions {
+            if let Transition::Expire { name, reason, at } = t {
+                self.expire(name.as_str(), *reason, *at, now).await?;
+            }
+        }
+
+        let mut report = PassReport::default();
+        if dry_run {
+            for r in &plan.removals {
+                info!(kind = %r.target.kind(), target = %target_label(&r.target), owner = ?r.owner.as_ref().map(|o| o.to_string()), reason = %r.reason, "Dry run: would remove.");
+            }
+            report.planned = plan.removals.iter().map(|r| r.target.clone()).collect();
+        } else if !plan.removals.is_empty() {
+            let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
+            let rules = &self.settings.rules;
+            let restarted_at = self.restarted_at;
+            let manual_owner = match scope {
+                Scope::ManualOwner(o) => Some(o.clone()),
+                _ => None,
+            };
+            let live = |o: &OwnerRef| match o.kind {
+                OwnerKind::Session => sessions
+                    .iter()
+                    .any(|s| s.metadata.name == o.name && s.is_live(now, restarted_at)),
+                OwnerKind::Agent => agents
+                    .iter()
+                    .any(|a| a.metadata.name == o.name && a.is_live()),
+            };
+            let recheck = move |fresh: &DockerObject, r: &plan::Removal| {
+                let claims = ownership::claims(fresh, rules, &matchers);
+                let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
+                let nobody_live = claims
+                    .iter()
+                    .all(|c| !live(c) || manual_owner.as_ref() == Some(c));
+                !claims.is_empty() && owner_ok && nobody_live
+            };
+            let executed = self
+                .executor
+                .execute(self.engine.as_ref(), plan.removals.clone(), &recheck)
+                .await;
+            self.record_outcomes(&executed, &mut report, now).await;
+        }
+
+        for t in &plan.transitions {
+            if let Err(e) = self.apply_transition(t, now).await {
+                warn!(error = %e, "Could not record a status change; it will be retried next pass.");
+            }
+        }
+        Ok((plan, report))
+    }
+
+    fn record_gauges(&self, plan: &Plan, sessions: &[Session], agents: &[Agent]) {
+        let pairs =
+            |m: &BTreeMap<ResourceKind, i64>| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
+        self.metrics
+            .set_inventory(&pairs(&plan.observed.owned), &pairs(&plan.observed.orphans));
+        let sessions: Vec<(SessionPhase, i64)> = SessionPhase::ALL
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    sessions.iter().filter(|s| s.status.phase == *p).count() as i64,
+                )
+            })
+            .collect();
+        let agents: Vec<(AgentPhase, i64)> = AgentPhase::ALL
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    agents.iter().filter(|a| a.status.phase == *p).count() as i64,
+                )
+            })
+            .collect();
+        self.metrics.set_phases(&sessions, &agents);
+    }
+
+    async fn expire(
+        &self,
+        name: &str,
+        reason: EndReason,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let restarted_at = self.restarted_at;
+        let result = self
+            .store
+            .update_session(name, |s| {
+                // Re-check against the stored record: a heartbeat may have arrived meanwhile.
+                if s.deadline(restarted_at).is_some_and(|(d, _)| now >= d) {
+                    s.status.phase = SessionPhase::Expired;
+                    s.status.ended_at = Some(at);
+                    s.status.end_reason = Some(reason);
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(s) if s.status.phase == SessionPhase::Expired => {
+                info!(session = %name, reason = ?reason, "Session expired.");
+                Ok(())
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn record_outcomes(
+        &self,
+        executed: &[Executed],
+        report: &mut PassReport,
+        now: Timestamp,
+    ) {
+        let mut counts: BTreeMap<OwnerRef, ObjectCounts> = BTreeMap::new();
+        let mut failing: BTreeMap<OwnerRef, String> = BTreeMap::new();
+        for e in executed {
+            let kind = e.removal.target.kind();
+            let target = target_label(&e.removal.target);
+            let owner = e
+                .removal
+                .owner
+                .as_ref()
+                .map(|o| o.to_string())
+                .unwrap_or_default();
+            match &e.outcome {
+                Outcome::Removed => {
+                    self.metrics.cleanup_attempted(kind);
+                    self.metrics.cleanup_succeeded(kind, e.removal.reason);
+                    info!(kind = %kind, target = %target, owner = %owner, reason = %e.removal.reason, "Removed.");
+                    if let Some(o) = &e.removal.owner {
+                        counts.entry(o.clone()).or_default().add(kind, 1);
+                    }
+                    report.removed.push(e.removal.target.clone());
+                }
+                Outcome::Failed {
+                    class,
+                    message,
+                    failures,
+                } => {
+                    self.metrics.cleanup_attempted(kind);
+                    self.metrics.cleanup_failed(kind, *class);
+                    warn!(kind = %kind, target = %target, owner = %owner, error = %message, failures, "Removal failed; will retry with backoff.");
+                    if *failures >= FAILING_AFTER {
+                        if let Some(o) = &e.removal.owner {
+                            failing.insert(
+                                o.clone(),
+                                format!("{kind} {target}: {message} ({failures} attempts)"),
+                            );
+                        }
+                    }
+                    report
+                        .failed
+                        .push((e.removal.target.clone(), message.clone()));
+                }
+                Outcome::Skipped(why) => {
+                    info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
+                    report.skipped += 1;
+                }
+                Outcome::Deferred => report.deferred += 1,
+            }
+        }
+        let owners: std::collections::BTreeSet<&OwnerRef> =
+            counts.keys().chain(failing.keys()).collect();
+        for owner in owners {
+            let c = counts.get(owner).copied().unwrap_or_default();
+            let cond = failing.get(owner).map(|m| Condition {
+                type_: CONDITION_REMOVAL_FAILING.into(),
+                message: m.clone(),
+                since: now,
+            });
+            let r = match owner.kind {
+                OwnerKind::Session => self
+                    .store
+                    .update_session(owner.name.as_str(), |s| {
+                        add_counts(&mut s.status.removed, &c);
+                        set_condition(&mut s.status.conditions, cond.clone());
+                        Ok(())
+                    })
+                    .await
+                    .map(|_| ()),
+                OwnerKind::Agent => self
+                    .store
+                    .update_agent(owner.name.as_str(), |a| {
+                        add_counts(&mut a.status.removed, &c);
+                        set_condition(&mut a.status.conditions, cond.clone());
+                        Ok(())
+                    })
+                    .await
+                    .map(|_| ()),
+            };
+            match r {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
+            }
+        }
+    }
+
+    async fn apply_transition(&self, t: &Transition, now: Timestamp) -> Result<(), StoreError> {
+        match t {
+            Transition::Expire { .. } => Ok(()),
+            Transition::SessionCleaned { name, ended_at } => {
+                let s = self
+                    .store
+                    .update_session(name.as_str(), |s| {
+                        if matches!(s.status.phase, SessionPhase::Ended | SessionPhase::Expired)
+                            && s.status.deleting_since.is_none()
+                        {
+                            s.status.phase = SessionPhase::Cleaned;
+                            s.status.cleaned_at = Some(now);
+                            s.status
+                                .conditions
+                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Ok(s) = s {
+                    if s.status.cleaned_at == Some(now) {
+                        let latency = now.since(*ended_at);
+                        self.metrics.owner_cleaned(OwnerKind::Session, latency);
+                        info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");
+                    }
+                }
+                Ok(())
+            }
+            Transition::AgentStopped { name, failed_since } => {
+                let a = self
+                    .store
+                    .update_agent(name.as_str(), |a| {
+                        let due = match failed_since {
+                            Some(since) => {
+                                a.status.phase == AgentPhase::Failed
+                                    && a.status.phase_since == *since
+                            }
+                            None => a.status.phase == AgentPhase::Running,
+                        };
+                        if due {
+                            a.status.phase = AgentPhase::Stopped;
+                            a.status.phase_since = now;
+                            a.status
+                                .conditions
+                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                if a.status.phase_since == now {
+                    if let Some(since) = failed_since {
+                        self.metrics
+                            .owner_cleaned(OwnerKind::Agent, now.since(*since));
+                        info!(agent = %name, "Failed agent cleaned up and reset to Stopped.");
+                    } else {
+                        info!(agent = %name, "Agent reported running has no running container; set to Stopped.");
+                    }
+                }
+                Ok(())
+            }
+            Transition::Purge {
+                owner,
+                deleting_since,
+            } => {
+                if self.store.remove(owner).await? {
+                    if let Some(since) = deleting_since {
+                        self.metrics.owner_cleaned(owner.kind, now.since(*since));
+                        info!(owner = %owner, "Deleted record's objects are gone; record removed.");
+                    } else {
+                        debug!(owner = %owner, "History retention passed; record purged.");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn add_counts(total: &mut ObjectCounts, c: &ObjectCounts) {
+    total.containers += c.containers;
+    total.networks += c.networks;
+    total.volumes += c.volumes;
+    total.images += c.images;
+    total.paths += c.paths;
+}
+
+fn set_condition(conditions: &mut Vec<Condition>, cond: Option<Condition>) {
+    if let Some(cond) = cond {
+        conditions.retain(|c| c.type_ != cond.type_);
+        conditions.push(cond);
+    }
+}
+
+pub fn target_label(t: &Target) -> String {
+    match t {
+        Target::Docker(o) if o.kind == ResourceKind::Image => o.target().to_string(),
+        Target::Docker(o) if o.name.is_empty() => short_id(&o.id).to_string(),
+        Target::Docker(o) => format!("{} ({})", o.name, short_id(&o.id)),
+        Target::Path { path } => path.to_string(),
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// Converts a wall-clock deadline into a tokio instant.
+fn instant_of(t: Timestamp) -> Instant {
+    let delta = t.millis() - Timestamp::now().millis();
+    Instant::now() + Duration::from_millis(delta.max(0) as u64)
+}

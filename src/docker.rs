@@ -1,0 +1,579 @@
+//! The Docker adapter: lists, inspects, stops and removes objects through bollard, with a timeout
+//! on every call and errors sorted into the classes the controller acts on. It decides nothing.
+
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::{Stream, StreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::inventory::DockerObject;
+use crate::metrics::Metrics;
+use crate::model::{DockerOp, ErrorClass, Labels, ResourceKind, Timestamp};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DockerError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("Docker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Docker is unreachable: {0}")]
+    Unavailable(String),
+    #[error("Docker error: {0}")]
+    Other(String),
+}
+
+impl DockerError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DockerError::Conflict(_) => ErrorClass::Conflict,
+            DockerError::Timeout(_) => ErrorClass::Timeout,
+            DockerError::Unavailable(_) => ErrorClass::DockerUnavailable,
+            DockerError::NotFound | DockerError::Other(_) => ErrorClass::Other,
+        }
+    }
+
+    fn from_bollard(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as B;
+        match e {
+            B::DockerResponseServerError {
+                status_code: 404, ..
+            } => DockerError::NotFound,
+            B::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => DockerError::Conflict(message),
+            // The engine reports some races as 500s (moby #27381).
+            B::DockerResponseServerError { message, .. }
+                if message.contains("already in progress")
+                    || message.contains("device or resource busy") =>
+            {
+                DockerError::Conflict(message)
+            }
+            B::DockerResponseServerError {
+                status_code,
+                message,
+            } => DockerError::Other(format!("status {status_code}: {message}")),
+            B::RequestTimeoutError => DockerError::Timeout(Duration::ZERO),
+            e @ (B::JsonDataError { .. } | B::JsonSerdeError { .. } | B::StrParseError { .. }) => {
+                DockerError::Other(e.to_string())
+            }
+            e => DockerError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What to list: reaper asks the engine only for objects that might be ours (by label key or
+/// name prefix) and re-checks every one of them client-side. It never asks for sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectors {
+    pub label_keys: BTreeSet<String>,
+    pub name_prefixes: BTreeSet<String>,
+}
+
+impl Selectors {
+    /// Drops prefixes covered by a shorter one, so each object is listed once.
+    pub fn new(
+        label_keys: impl IntoIterator<Item = String>,
+        prefixes: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let all: BTreeSet<String> = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
+        let name_prefixes = all
+            .iter()
+            .filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q.as_str())))
+            .cloned()
+            .collect();
+        Selectors {
+            label_keys: label_keys.into_iter().collect(),
+            name_prefixes,
+        }
+    }
+}
+
+/// A hint from the event stream: a container of this name and labels changed.
+#[derive(Clone, Debug)]
+pub struct EventHint {
+    pub object: DockerObject,
+    pub time_secs: i64,
+}
+
+/// The engine operations reaper uses. The controller is generic over it so tests can inject
+/// faults; production uses [`Docker`].
+pub trait Engine: Send + Sync + 'static {
+    fn ping(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
+    fn list(
+        &self,
+        selectors: &Selectors,
+    ) -> impl Future<Output = Result<Vec<DockerObject>, DockerError>> + Send;
+    /// A fresh look at one listed object; `None` if it is gone. For an image reference, the
+    /// object returned carries the ID the reference points to now.
+    fn inspect(
+        &self,
+        obj: &DockerObject,
+    ) -> impl Future<Output = Result<Option<DockerObject>, DockerError>> + Send;
+    fn stop(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), DockerError>> + Send;
+    /// Removes one object by ID (by reference for a tagged image: untag, never force).
+    fn remove(&self, obj: &DockerObject) -> impl Future<Output = Result<(), DockerError>> + Send;
+    fn events(
+        &self,
+        since_secs: i64,
+    ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static;
+}
+
+pub struct Docker {
+    client: bollard::Docker,
+    timeout: Duration,
+    negotiated: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Docker {
+    /// `host` is `unix:///path` or `tcp://host:port`. Connecting is lazy: nothing is sent yet.
+    pub fn new(host: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, DockerError> {
+        let client = if let Some(path) = host.strip_prefix("unix://") {
+            bollard::Docker::connect_with_unix(
+                path,
+                timeout.as_secs().max(1),
+                bollard::API_DEFAULT_VERSION,
+            )
+        } else {
+            bollard::Docker::connect_with_host(host)
+        }
+        .map_err(|e| DockerError::Unavailable(format!("{host}: {e}")))?;
+        Ok(Docker {
+            client,
+            timeout,
+            negotiated: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// Runs one call with a timeout, counting failures (but not "not found") by operation.
+    async fn call<T>(
+        &self,
+        op: DockerOp,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, bollard::errors::Error>>,
+    ) -> Result<T, DockerError> {
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r.map_err(DockerError::from_bollard),
+            Err(_) => Err(DockerError::Timeout(timeout)),
+        };
+        if let Err(e) = &result {
+            if !matches!(e, DockerError::NotFound) {
+                self.metrics.docker_api_error(op);
+            }
+        }
+        result
+    }
+
+    async fn list_kind(
+        &self,
+        kind: ResourceKind,
+        filter: (&str, String),
+    ) -> Result<Vec<DockerObject>, DockerError> {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(filter.0, vec![filter.1])]);
+        let c = &self.client;
+        let t = self.timeout;
+        Ok(match kind {
+            ResourceKind::Container => {
+                let opts = ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .size(false)
+                    .filters(&filters)
+                    .build();
+                self.call(DockerOp::List, t, c.list_containers(Some(opts)))
+                    .await?
+                    .into_iter()
+                    .map(container_object)
+                    .collect()
+            }
+            ResourceKind::Image => {
+                let opts = ListImagesOptionsBuilder::default()
+                    .all(false)
+                    .filters(&filters)
+                    .build();
+                self.call(DockerOp::List, t, c.list_images(Some(opts)))
+                    .await?
+                    .into_iter()
+                    .flat_map(image_objects)
+                    .collect()
+            }
+            ResourceKind::Network => {
+                let opts = ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build();
+                self.call(DockerOp::List, t, c.list_networks(Some(opts)))
+                    .await?
+                    .into_iter()
+                    .map(network_object)
+                    .collect()
+            }
+            ResourceKind::Volume => {
+                let opts = ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build();
+                let resp = self
+                    .call(DockerOp::List, t, c.list_volumes(Some(opts)))
+                    .await?;
+                resp.volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(volume_object)
+                    .collect()
+            }
+            ResourceKind::Path => Vec::new(),
+        })
+    }
+}
+
+impl Engine for Docker {
+    async fn ping(&self) -> Result<String, DockerError> {
+        let version = self
+            .call(DockerOp::Ping, self.timeout, self.client.version())
+            .await?;
+        if !self.negotiated.load(Ordering::Relaxed) {
+            // The engine may be older than bollard's default API version (20.10 speaks 1.41).
+            self.call(
+                DockerOp::Ping,
+                self.timeout,
+                self.client.clone().negotiate_version(),
+            )
+            .await?;
+            self.negotiated.store(true, Ordering::Relaxed);
+        }
+        Ok(format!(
+            "{} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    async fn list(&self, s: &Selectors) -> Result<Vec<DockerObject>, DockerError> {
+        let mut calls = Vec::new();
+        for kind in ResourceKind::DOCKER {
+            for key in &s.label_keys {
+                calls.push((kind, ("label", key.clone())));
+            }
+            for prefix in &s.name_prefixes {
+                match kind {
+                    ResourceKind::Container => calls.push((kind, ("name", prefix.clone()))),
+                    ResourceKind::Image => calls.push((kind, ("reference", format!("{prefix}*")))),
+                    _ => {}
+                }
+            }
+        }
+        let results =
+            futures_util::future::join_all(calls.into_iter().map(|(k, f)| self.list_kind(k, f)))
+                .await;
+        // A single failed listing makes the whole view incomplete: the caller deletes nothing.
+        let mut seen: BTreeMap<(ResourceKind, String, String), DockerObject> = BTreeMap::new();
+        for r in results {
+            for o in r? {
+                seen.entry((o.kind, o.id.clone(), o.name.clone()))
+                    .or_insert(o);
+            }
+        }
+        Ok(seen.into_values().collect())
+    }
+
+    async fn inspect(&self, obj: &DockerObject) -> Result<Option<DockerObject>, DockerError> {
+        let c = &self.client;
+        let t = self.timeout;
+        let found = match obj.kind {
+            ResourceKind::Container => self
+                .call(
+                    DockerOp::Inspect,
+                    t,
+                    c.inspect_container(&obj.id, None::<InspectContainerOptions>),
+                )
+                .await
+                .map(|r| {
+                    let state = r.state.unwrap_or_default();
+                    DockerObject {
+                        kind: ResourceKind::Container,
+                        id: r.id.unwrap_or_default(),
+                        name: r
+                            .name
+                            .unwrap_or_default()
+                            .trim_start_matches('/')
+                            .to_string(),
+                        labels: labels(r.config.and_then(|c| c.labels)),
+                        created: r.created.as_deref().and_then(Timestamp::parse_rfc3339),
+                        running: state.running.unwrap_or(false)
+                            || state.restarting.unwrap_or(false)
+                            || state.paused.unwrap_or(false),
+                        other_refs: Vec::new(),
+                    }
+                }),
+            ResourceKind::Image => self
+                .call(DockerOp::Inspect, t, c.inspect_image(obj.target()))
+                .await
+                .map(|r| {
+                    let tags = r.repo_tags.unwrap_or_default();
+                    DockerObject {
+                        kind: ResourceKind::Image,
+                        id: r.id.unwrap_or_default(),
+                        name: obj.name.clone(),
+                        labels: labels(r.config.and_then(|c| c.labels)),
+                        created: r.created.as_deref().and_then(Timestamp::parse_rfc3339),
+                        running: false,
+                        other_refs: tags.into_iter().filter(|t| *t != obj.name).collect(),
+                    }
+                }),
+            ResourceKind::Network => self
+                .call(
+                    DockerOp::Inspect,
+                    t,
+                    c.inspect_network(&obj.id, None::<InspectNetworkOptions>),
+                )
+                .await
+                .map(|n| DockerObject {
+                    kind: ResourceKind::Network,
+                    id: n.id.unwrap_or_default(),
+                    name: n.name.unwrap_or_default(),
+                    labels: labels(n.labels),
+                    created: n.created.as_deref().and_then(Timestamp::parse_rfc3339),
+                    running: false,
+                    other_refs: Vec::new(),
+                }),
+            ResourceKind::Volume => self
+                .call(DockerOp::Inspect, t, c.inspect_volume(&obj.id))
+                .await
+                .map(volume_object),
+            ResourceKind::Path => return Ok(None),
+        };
+        match found {
+            Ok(o) => Ok(Some(o)),
+            Err(DockerError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<(), DockerError> {
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(secs).build();
+        match self
+            .call(
+                DockerOp::Stop,
+                timeout + self.timeout,
+                self.client.stop_container(id, Some(opts)),
+            )
+            .await
+        {
+            // 304: already stopped.
+            Err(DockerError::Other(m)) if m.starts_with("status 304") => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn remove(&self, obj: &DockerObject) -> Result<(), DockerError> {
+        let c = &self.client;
+        let t = self.timeout;
+        let target = obj.target();
+        let r = match obj.kind {
+            ResourceKind::Container => {
+                // force: a container restarted by its policy between our stop and this call still goes.
+                let opts = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(false)
+                    .build();
+                self.call(DockerOp::Remove, t, c.remove_container(target, Some(opts)))
+                    .await
+            }
+            ResourceKind::Image => {
+                let opts = RemoveImageOptionsBuilder::default()
+                    .force(false)
+                    .noprune(false)
+                    .build();
+                self.call(
+                    DockerOp::Remove,
+                    t,
+                    c.remove_image(target, Some(opts), None),
+                )
+                .await
+                .map(|_| ())
+            }
+            ResourceKind::Network => {
+                self.call(DockerOp::Remove, t, c.remove_network(target))
+                    .await
+            }
+            ResourceKind::Volume => {
+                let opts = RemoveVolumeOptionsBuilder::default().force(false).build();
+                self.call(DockerOp::Remove, t, c.remove_volume(target, Some(opts)))
+                    .await
+            }
+            ResourceKind::Path => Ok(()),
+        };
+        match r {
+            Err(DockerError::NotFound) => Ok(()), // already gone is success
+            r => r,
+        }
+    }
+
+    fn events(
+        &self,
+        since_secs: i64,
+    ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            (
+                "event",
+                ["create", "start", "die", "destroy"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        let opts = EventsOptionsBuilder::default()
+            .since(&since_secs.to_string())
+            .filters(&filters)
+            .build();
+        self.client.events(Some(opts)).map(|r| {
+            let m = r.map_err(DockerError::from_bollard)?;
+            let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let name = attrs.remove("name").unwrap_or_default();
+            attrs.remove("image");
+            attrs.remove("exitCode");
+            Ok(EventHint {
+                object: DockerObject {
+                    kind: ResourceKind::Container,
+                    id: String::new(),
+                    name,
+                    // Container events carry the container's labels as attributes.
+                    labels: attrs.into_iter().collect(),
+                    created: None,
+                    running: false,
+                    other_refs: Vec::new(),
+                },
+                time_secs: m.time.unwrap_or(0),
+            })
+        })
+    }
+}
+
+fn labels(l: Option<HashMap<String, String>>) -> Labels {
+    l.unwrap_or_default().into_iter().collect()
+}
+
+fn container_object(c: bollard::models::ContainerSummary) -> DockerObject {
+    use bollard::models::ContainerSummaryStateEnum as S;
+    DockerObject {
+        kind: ResourceKind::Container,
+        id: c.id.unwrap_or_default(),
+        name: c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels: labels(c.labels),
+        created: c.created.map(Timestamp::from_unix_secs),
+        running: matches!(c.state, Some(S::RUNNING | S::RESTARTING | S::PAUSED)),
+        other_refs: Vec::new(),
+    }
+}
+
+/// One object per reference; an untagged image is one object with an empty name.
+fn image_objects(i: bollard::models::ImageSummary) -> Vec<DockerObject> {
+    let refs: Vec<String> = i
+        .repo_tags
+        .into_iter()
+        .filter(|t| t != "<none>:<none>")
+        .collect();
+    let base = DockerObject {
+        kind: ResourceKind::Image,
+        id: i.id,
+        name: String::new(),
+        labels: i.labels.into_iter().collect(),
+        created: Some(Timestamp::from_unix_secs(i.created)),
+        running: false,
+        other_refs: Vec::new(),
+    };
+    if refs.is_empty() {
+        return vec![base];
+    }
+    refs.iter()
+        .map(|r| DockerObject {
+            name: r.clone(),
+            other_refs: refs.iter().filter(|o| *o != r).cloned().collect(),
+            ..base.clone()
+        })
+        .collect()
+}
+
+fn network_object(n: bollard::models::Network) -> DockerObject {
+    DockerObject {
+        kind: ResourceKind::Network,
+        id: n.id.unwrap_or_default(),
+        name: n.name.unwrap_or_default(),
+        labels: labels(n.labels),
+        created: n.created.as_deref().and_then(Timestamp::parse_rfc3339),
+        running: false,
+        other_refs: Vec::new(),
+    }
+}
+
+fn volume_object(v: bollard::models::Volume) -> DockerObject {
+    DockerObject {
+        kind: ResourceKind::Volume,
+        id: v.name.clone(),
+        name: v.name,
+        labels: v.labels.into_iter().collect(),
+        created: v.created_at.as_deref().and_then(Timestamp::parse_rfc3339),
+        running: false,
+        other_refs: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_drop_prefixes_covered_by_shorter_ones() {
+        let s = Selectors::new(
+            ["reaper.session".to_string()],
+            [
+                "anvyl-agent-".to_string(),
+                "anvyl-agent-bob".to_string(),
+                "custom-".to_string(),
+                String::new(),
+            ],
+        );
+        assert_eq!(
+            s.name_prefixes.into_iter().collect::<Vec<_>>(),
+            ["anvyl-agent-", "custom-"]
+        );
+    }
+
+    #[test]
+    fn images_become_one_object_per_reference() {
+        let i = bollard::models::ImageSummary {
+            id: "sha256:1".into(),
+            repo_tags: vec!["a:1".into(), "b:2".into()],
+            ..Default::default()
+        };
+        let objs = image_objects(i);
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].target(), "a:1");
+        assert_eq!(objs[0].other_refs, ["b:2"]);
+        let dangling = bollard::models::ImageSummary {
+            id: "sha256:2".into(),
+            ..Default::default()
+        };
+        assert_eq!(image_objects(dangling)[0].target(), "sha256:2");
+    }
+}
