@@ -6,6 +6,7 @@
 //! adapter around it: `store` (sled), `docker` (bollard), `paths` (the filesystem), `api`
 //! (HTTP on a Unix socket), `metrics`, and the `controller` loop that ties them together.
 
+pub mod api;
 pub mod config;
 pub mod controller;
 pub mod docker;

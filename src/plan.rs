@@ -70,6 +70,7 @@ impl Target {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Removal {
     pub target: Target,
     /// The owner it is removed on behalf of (for orphans: the missing owner it names).
@@ -81,6 +82,7 @@ pub struct Removal {
 
 /// An orphan still inside its grace period: reported by `reaper orphans`, not removed yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Waiting {
     pub object: DockerObject,
     pub owner: Option<OwnerRef>,

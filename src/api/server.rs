@@ -1,0 +1,572 @@
+//! HTTP handlers: the JSON API on the Unix socket, and `/metrics` + `/healthz` on TCP.
+//! Handlers translate requests into store updates and controller calls; they decide nothing
+//! about Docker objects themselves.
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use super::{
+    ApplyRequest, CleanupRequest, EndRequest, ErrorBody, RecordView, ReportRequest, MAX_BODY_BYTES,
+};
+use crate::controller::Controller;
+use crate::docker::Engine;
+use crate::manifest::{self, Source};
+use crate::model::{
+    AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, SessionPhase, Timestamp,
+};
+use crate::plan::Scope;
+use crate::store::StoreError;
+
+/// A client must send its request headers within this time (slow clients cannot hold a slot).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// And its body within this time.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const API_SOURCE: &str = "api";
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: msg.into(),
+                details: Vec::new(),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Corrupt(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Io(_) => StatusCode::INSUFFICIENT_STORAGE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type Reply = Result<(StatusCode, Value), ApiError>;
+
+fn ok(v: impl Serialize) -> Reply {
+    Ok((
+        StatusCode::OK,
+        serde_json::to_value(v).unwrap_or(Value::Null),
+    ))
+}
+
+/// Serves HTTP/1 connections from `accept` until shutdown; each connection runs as a tracked task.
+pub async fn serve<L, S, F, Fut>(
+    mut accept: L,
+    handler: F,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) where
+    L: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(
+            Request<Incoming>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = accept() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+fn respond(reply: Reply) -> Response<Full<Bytes>> {
+    let (status, body) = match reply {
+        Ok((s, v)) => (s, v),
+        Err(e) => (
+            e.status,
+            serde_json::to_value(&e.body).unwrap_or(Value::Null),
+        ),
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        if len > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            ))
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+fn name_of(s: &str) -> Result<Name, ApiError> {
+    Name::new(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
+}
+
+fn not_found(kind: OwnerKind, name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("{} {name} not found", kind.as_str()),
+    )
+}
+
+/// The API router for the Unix socket.
+pub async fn handle_api<E: Engine>(
+    ctl: Arc<Controller<E>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let reply = match (&method, segs.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => status(&ctl),
+        (&Method::GET, ["v1", "sessions"]) => {
+            ctl.store.sessions().map_err(ApiError::from).and_then(|v| {
+                ok(v.into_iter()
+                    .map(|s| RecordView::from(Record::Session(s)))
+                    .collect::<Vec<_>>())
+            })
+        }
+        (&Method::GET, ["v1", "agents"]) => {
+            ctl.store.agents().map_err(ApiError::from).and_then(|v| {
+                ok(v.into_iter()
+                    .map(|a| RecordView::from(Record::Agent(a)))
+                    .collect::<Vec<_>>())
+            })
+        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name]) => {
+            get_record(&ctl, kind, name)
+        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "objects"]) => {
+            objects(&ctl, kind, name).await
+        }
+        (&Method::DELETE, ["v1", kind @ ("sessions" | "agents"), name]) => {
+            delete(&ctl, kind, name).await
+        }
+        (&Method::POST, ["v1", "sessions", name, "end"]) => {
+            match read_json::<EndRequest>(req).await {
+                Ok(body) => end(&ctl, name, body.failed).await,
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::POST, ["v1", "sessions", name, "heartbeat"]) => heartbeat(&ctl, name).await,
+        (&Method::POST, ["v1", "agents", name, "report"]) => {
+            match read_json::<ReportRequest>(req).await {
+                Ok(body) => report(&ctl, name, body.phase).await,
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::POST, ["v1", "apply"]) => match read_json::<ApplyRequest>(req).await {
+            Ok(body) => apply(&ctl, body).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, ["v1", "orphans"]) => match ctl.preview(&Scope::Normal).await {
+            Ok(plan) => ok(json!({"removals": plan.removals, "waiting": plan.waiting})),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )),
+        },
+        (&Method::POST, ["v1", "cleanup"]) => match read_json::<CleanupRequest>(req).await {
+            Ok(body) => cleanup(&ctl, body).await,
+            Err(e) => Err(e),
+        },
+        (_, ["v1", ..]) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        )),
+    };
+    respond(reply)
+}
+
+fn kind_of(plural: &str) -> OwnerKind {
+    if plural == "agents" {
+        OwnerKind::Agent
+    } else {
+        OwnerKind::Session
+    }
+}
+
+fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
+    let health = ctl.health();
+    let (sessions, agents) = match (ctl.store.sessions(), ctl.store.agents()) {
+        (Ok(s), Ok(a)) => {
+            let mut sc: BTreeMap<&str, usize> =
+                SessionPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+            s.iter()
+                .for_each(|x| *sc.entry(x.status.phase.as_str()).or_default() += 1);
+            let mut ac: BTreeMap<&str, usize> =
+                AgentPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+            a.iter()
+                .for_each(|x| *ac.entry(x.status.phase.as_str()).or_default() += 1);
+            (json!(sc), json!(ac))
+        }
+        _ => (Value::Null, Value::Null),
+    };
+    ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "health": health,
+        "sessions": sessions,
+        "agents": agents,
+    }))
+}
+
+fn get_record<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+    let kind = kind_of(plural);
+    let record = match kind {
+        OwnerKind::Session => ctl.store.session(name)?.map(Record::Session),
+        OwnerKind::Agent => ctl.store.agent(name)?.map(Record::Agent),
+    };
+    record
+        .map(|r| ok(RecordView::from(r)))
+        .unwrap_or_else(|| Err(not_found(kind, name)))
+}
+
+async fn objects<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+    let kind = kind_of(plural);
+    get_record(ctl, plural, name)?;
+    let owner = OwnerRef {
+        kind,
+        name: name_of(name)?,
+    };
+    match ctl.owned_by(&owner).await {
+        Ok(objs) => ok(objs),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+    let now = Timestamp::now();
+    let kind = kind_of(plural);
+    let view = match kind {
+        OwnerKind::Session => {
+            let s = ctl
+                .store
+                .update_session(name, |s| {
+                    forbid_file_owned(kind, name, s.status.source.as_deref())?;
+                    s.status.deleting_since.get_or_insert(now);
+                    Ok(())
+                })
+                .await?;
+            RecordView::from(Record::Session(s))
+        }
+        OwnerKind::Agent => {
+            let a = ctl
+                .store
+                .update_agent(name, |a| {
+                    forbid_file_owned(kind, name, a.status.source.as_deref())?;
+                    a.status.deleting_since.get_or_insert(now);
+                    Ok(())
+                })
+                .await?;
+            RecordView::from(Record::Agent(a))
+        }
+    };
+    info!(owner = %format!("{}/{name}", kind.as_str()), "Deletion requested; objects go first.");
+    ctl.trigger();
+    Ok((
+        StatusCode::ACCEPTED,
+        serde_json::to_value(view).unwrap_or(Value::Null),
+    ))
+}
+
+fn forbid_file_owned(kind: OwnerKind, name: &str, source: Option<&str>) -> Result<(), StoreError> {
+    match source {
+        Some(src) if src != API_SOURCE => Err(StoreError::Conflict(format!(
+            "{}/{name} is declared in {src}; remove it there",
+            kind.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply {
+    let now = Timestamp::now();
+    let s = ctl
+        .store
+        .update_session(name, |s| {
+            if s.status.phase == SessionPhase::Active {
+                s.status.phase = SessionPhase::Ended;
+                s.status.ended_at = Some(now);
+                s.status.end_reason = Some(if failed {
+                    EndReason::Failed
+                } else {
+                    EndReason::Succeeded
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    ctl.trigger();
+    ok(RecordView::from(Record::Session(s)))
+}
+
+async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
+    let now = Timestamp::now();
+    let s = ctl
+        .store
+        .update_session(name, |s| {
+            if s.status.phase != SessionPhase::Active || s.status.deleting_since.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "session {name} is {}; a heartbeat cannot revive it",
+                    s.status.phase.as_str()
+                )));
+            }
+            s.status.last_heartbeat = Some(now);
+            Ok(())
+        })
+        .await?;
+    ctl.trigger();
+    ok(RecordView::from(Record::Session(s)))
+}
+
+async fn report<E: Engine>(ctl: &Controller<E>, name: &str, phase: AgentPhase) -> Reply {
+    let now = Timestamp::now();
+    let a = ctl
+        .store
+        .update_agent(name, |a| {
+            if a.status.deleting_since.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "agent {name} is being deleted"
+                )));
+            }
+            if a.status.phase != phase {
+                a.status.phase = phase;
+                a.status.phase_since = now;
+            }
+            Ok(())
+        })
+        .await?;
+    ctl.trigger();
+    ok(RecordView::from(Record::Agent(a)))
+}
+
+async fn apply<E: Engine>(ctl: &Controller<E>, body: ApplyRequest) -> Reply {
+    let sources: Vec<Source<'_>> = body
+        .files
+        .iter()
+        .map(|f| Source {
+            name: &f.name,
+            content: &f.content,
+        })
+        .collect();
+    let parsed = manifest::parse_batch(&sources).map_err(|errs| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: ErrorBody {
+            error: format!(
+                "{} error(s) in the manifests; nothing was applied",
+                errs.0.len()
+            ),
+            details: errs.0.iter().map(|e| e.to_string()).collect(),
+        },
+    })?;
+    let results = ctl
+        .store
+        .apply(parsed.records, API_SOURCE, Timestamp::now())
+        .await?;
+    ctl.trigger();
+    ok(json!({"results": results, "warnings": parsed.warnings}))
+}
+
+async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
+    let scope = match &req.owner {
+        Some(o) => {
+            get_record(
+                ctl,
+                if o.kind == OwnerKind::Agent {
+                    "agents"
+                } else {
+                    "sessions"
+                },
+                o.name.as_str(),
+            )?;
+            Scope::ManualOwner(o.clone())
+        }
+        None => Scope::ManualAll,
+    };
+    let unavailable = |e: crate::controller::PassError| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    };
+    if req.dry_run {
+        let plan = ctl.preview(&scope).await.map_err(unavailable)?;
+        return ok(json!({"planned": plan.removals, "removed": [], "failed": []}));
+    }
+    let now = Timestamp::now();
+    // A session cleaned up by hand is over: end it, so nothing it starts later survives.
+    if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Session) {
+        ctl.store
+            .update_session(o.name.as_str(), |s| {
+                if s.status.phase == SessionPhase::Active {
+                    s.status.phase = SessionPhase::Ended;
+                    s.status.ended_at = Some(now);
+                    s.status.end_reason = Some(EndReason::Manual);
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    let (plan, report) = ctl.pass(&scope, false).await.map_err(unavailable)?;
+    if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Agent) {
+        if report.failed.is_empty() {
+            ctl.store
+                .update_agent(o.name.as_str(), |a| {
+                    if a.status.phase != AgentPhase::Stopped {
+                        a.status.phase = AgentPhase::Stopped;
+                        a.status.phase_since = now;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+    }
+    ctl.trigger();
+    let failed: Vec<Value> = report
+        .failed
+        .iter()
+        .map(|(t, e)| json!({"target": t, "error": e}))
+        .collect();
+    ok(json!({"planned": plan.removals, "removed": report.removed, "failed": failed}))
+}
+
+/// `/metrics` and `/healthz` on the TCP listener.
+pub async fn handle_metrics<E: Engine>(
+    ctl: Arc<Controller<E>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(ctl.metrics.encode())));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => {
+            let h = ctl.health();
+            let stale = ctl.settings().resync_interval.max(Duration::from_secs(20)) * 3;
+            let fresh = h
+                .last_success
+                .is_some_and(|t| Timestamp::now().since(t) < stale);
+            let status = if fresh && !h.safe_mode {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut resp = respond(Ok((
+                status,
+                serde_json::to_value(&h).unwrap_or(Value::Null),
+            )));
+            *resp.status_mut() = status;
+            resp
+        }
+        _ => respond(Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "try /metrics or /healthz",
+        ))),
+    }
+}
