@@ -1,0 +1,145 @@
+//! Unregistered objects: ours by label, adoption key or agent name prefix, but with no record.
+//! They are orphans, removed once older than the grace period, and never before.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const GRACE: Duration = Duration::from_secs(3);
+
+#[test]
+fn orphans_are_removed_only_after_the_grace_period() {
+    let _scope = Scope::new(&["e2e-orph-"]);
+    let bystanders = Bystanders::create("orph");
+    // Kept alive (and its log printed on failure) until the end of the test.
+    let _reaper = Reaper::start(&["--orphan-grace-period", "3s", "--resync-interval", "2s"]);
+
+    // Each object with the instant before its creation: its Docker `Created` time is later.
+    let mut objs: Vec<(Obj, Instant)> = Vec::new();
+    let mut add = |make: &dyn Fn() -> Obj| {
+        let before = Instant::now();
+        objs.push((make(), before));
+    };
+    let ghost = [("reaper.session", "e2e-orph-ghost")];
+    add(&|| {
+        (
+            Kind::Container,
+            Container::new("e2e-orph-sess")
+                .labels(&ghost)
+                .running()
+                .create(),
+        )
+    });
+    add(&|| {
+        (
+            Kind::Container,
+            Container::new("e2e-orph-new")
+                .labels(&ghost)
+                .created()
+                .create(),
+        )
+    });
+    add(&|| {
+        let labels = [
+            ("reaper.session", "e2e-orph-ghost"),
+            ("reaper.instance", INSTANCE),
+        ];
+        (
+            Kind::Container,
+            Container::new("e2e-orph-ours").labels(&labels).create(),
+        )
+    });
+    add(&|| {
+        (
+            Kind::Container,
+            Container::new("e2e-orph-agent")
+                .label("reaper.agent", "e2e-orph-ghost")
+                .create(),
+        )
+    });
+    add(&|| {
+        (
+            Kind::Container,
+            Container::new("e2e-orph-sid")
+                .label("session_id", "e2e-orph-ghost")
+                .create(),
+        )
+    });
+    add(&|| {
+        (
+            Kind::Container,
+            Container::new("anvyl-agent-e2e-orph-x").created().create(),
+        )
+    });
+    add(&|| (Kind::Network, network("e2e-orph-net", &ghost)));
+    add(&|| (Kind::Volume, volume("e2e-orph-vol", &ghost)));
+    add(&|| (Kind::Image, image("e2e-orph-img:1", &ghost)));
+    add(&|| (Kind::Image, image("anvyl-agent-e2e-orph-x:latest", &[])));
+    let list: Vec<Obj> = objs.iter().map(|(o, _)| o.clone()).collect();
+    let first = objs[0].1;
+
+    // All still there one second after the last was created (and before the first's grace).
+    let check_until = objs.iter().map(|(_, t)| *t).max().unwrap_or(first) + Duration::from_secs(1);
+    while Instant::now() < check_until.min(first + GRACE - Duration::from_millis(300)) {
+        assert!(
+            all_exist(&list),
+            "removed before the grace period: {:?}",
+            missing(&list)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let times = gone_times(&list, first, GRACE + Duration::from_secs(10));
+    for (((kind, id), created), gone) in objs.iter().zip(&times) {
+        let age = gone.saturating_sub(created.duration_since(first));
+        eprintln!("orphan {} {id}: gone when {age:?} old", kind.as_str());
+        assert!(
+            age >= GRACE - Duration::from_millis(500),
+            "orphan {} {id} removed when only {age:?} old (grace {GRACE:?})",
+            kind.as_str()
+        );
+        assert!(
+            age <= GRACE + Duration::from_secs(8),
+            "orphan {} {id} removed only when {age:?} old",
+            kind.as_str()
+        );
+    }
+    bystanders.assert_all_alive();
+}
+
+#[test]
+fn objects_of_a_registered_live_session_are_not_orphans() {
+    let _scope = Scope::new(&["e2e-orph-"]);
+    let bystanders = Bystanders::create("notorph");
+    let r = Reaper::start(&["--orphan-grace-period", "1s", "--resync-interval", "1s"]);
+    r.apply("apiVersion: reaper/v1\nkind: Session\nmetadata: {name: e2e-orph-live}\nspec: {}\n");
+    r.apply("apiVersion: reaper/v1\nkind: Agent\nmetadata: {name: e2e-orph-agent}\nspec: {}\n");
+    r.cli_ok(&["agent", "report", "e2e-orph-agent", "starting"]);
+    let live: Vec<Obj> = vec![
+        (
+            Kind::Container,
+            Container::new("e2e-orph-live-c")
+                .label("reaper.session", "e2e-orph-live")
+                .create(),
+        ),
+        (
+            Kind::Container,
+            Container::new("e2e-orph-live-sid")
+                .label("session_id", "e2e-orph-live")
+                .created()
+                .create(),
+        ),
+        (
+            Kind::Container,
+            Container::new("anvyl-agent-e2e-orph-agent").create(),
+        ),
+    ];
+    // Past the grace period and two resyncs: a live owner keeps everything.
+    assert_holds_for(
+        "objects with a live owner exist",
+        Duration::from_millis(3500),
+        || all_exist(&live),
+    );
+    bystanders.assert_all_alive();
+}
