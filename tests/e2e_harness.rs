@@ -42,3 +42,28 @@ fn waits_are_bounded_and_report_elapsed_time() {
     let err = try_wait_until(Duration::from_millis(100), || false).unwrap_err();
     assert!(err >= Duration::from_millis(100));
 }
+
+#[test]
+fn the_private_engine_can_be_stopped_and_restarted_with_its_data() {
+    let _scope = Scope::new(&["harness-"]);
+    let id = Container::new("harness-restart")
+        .label("reaper-test", "1")
+        .create();
+    stop_docker_engine();
+    let down = docker(&["version"]);
+    assert!(
+        !down.status.success(),
+        "the engine still answers after stop"
+    );
+    start_docker_engine();
+    assert!(
+        exists(Kind::Container, &id),
+        "a container survives an engine restart"
+    );
+    assert!(
+        exists(Kind::Image, TEST_IMAGE),
+        "the test image survives an engine restart"
+    );
+    let again = Container::new("harness-after-restart").create();
+    assert!(is_running(&again));
+}
