@@ -1002,6 +1002,9 @@ pub fn removed_counts(record: &Value) -> (u64, u64, u64, u64, u64) {
 // Bystanders: objects no reaper may ever touch
 // ---------------------------------------------------------------------------------------------
 
+/// What a bystander is, its kind, name, labels and whether it runs.
+type BystanderSpec<'a> = (&'static str, Kind, String, Vec<(&'a str, &'a str)>, bool);
+
 /// Objects that look a bit like ours but are not: each test creates them first and asserts at
 /// the end that every one is still there. Dropping removes them (best effort).
 pub struct Bystanders {
@@ -1027,8 +1030,7 @@ impl Bystanders {
             ("reaper.instance", "someone-else"),
             ("reaper.agent", "theirs"),
         ];
-        // (what, kind, name, labels, running)
-        let specs: Vec<(&'static str, Kind, String, Vec<(&str, &str)>, bool)> = vec![
+        let specs: Vec<BystanderSpec> = vec![
             // Unlabelled, and plainly not ours.
             (
                 "unlabelled running container",
