@@ -7,6 +7,7 @@
 //! (HTTP on a Unix socket), `metrics`, and the `controller` loop that ties them together.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod docker;
@@ -15,9 +16,11 @@ pub mod inventory;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod ownership;
 pub mod paths;
 pub mod plan;
+pub mod serve;
 pub mod store;
 
 #[cfg(test)]

@@ -1,0 +1,538 @@
+//! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
+//! daemon's API on its Unix socket.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::api::client::{Client, ClientError};
+use crate::api::{ApplyFile, ApplyRequest};
+use crate::config::{self, ConfigFile, LogFormat};
+use crate::output::{self, Output};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reaper",
+    version,
+    about = "Removes the Docker objects of ended workflow sessions and failed agents, and nothing else."
+)]
+pub struct Cli {
+    /// The daemon's API socket (default: per-user, see README).
+    #[arg(long, env = "REAPER_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller daemon.
+    Serve(ServeArgs),
+    /// Apply Session and Agent manifests (a file, a directory of *.yaml/*.yml, or - for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List records.
+    Get {
+        what: Plural,
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show a record, its status and conditions, and the Docker objects it owns now.
+    Describe {
+        kind: Kind,
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete a record; its objects are removed first.
+    Delete {
+        kind: Kind,
+        name: String,
+        /// Wait until the record (and so its objects) is gone.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m")]
+        timeout: crate::model::Duration,
+    },
+    /// Session lifecycle: end, heartbeat.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Agent lifecycle: report a phase.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Show what would be removed right now, and why, without removing it.
+    Orphans {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove now: everything removable (orphans without waiting for their grace), or one owner's objects.
+    Cleanup {
+        /// `session NAME` or `agent NAME`; nothing for everything removable.
+        #[arg(num_args = 0..=2, value_names = ["KIND", "NAME"])]
+        target: Vec<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Daemon, store and Docker health, with counts.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Daemon config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// The workflow is over: clean up now.
+    End {
+        name: String,
+        /// The workflow failed (recorded in status; cleanup is the same).
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Renew the session's heartbeat.
+    Heartbeat { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Report an agent's phase: starting, running, failed or stopped.
+    Report { name: String, phase: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file without starting anything.
+    Check { file: PathBuf },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub docker_host: Option<String>,
+    #[arg(long)]
+    pub instance: Option<String>,
+    #[arg(long)]
+    pub paths_root: Option<PathBuf>,
+    #[arg(long)]
+    pub orphan_grace_period: Option<crate::model::Duration>,
+    #[arg(long)]
+    pub resync_interval: Option<crate::model::Duration>,
+    #[arg(long)]
+    pub history_retention: Option<crate::model::Duration>,
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Repeatable: label keys whose value names the owning session.
+    #[arg(long = "session-label-key")]
+    pub session_label_keys: Vec<String>,
+    #[arg(long)]
+    pub agent_name_prefix: Option<String>,
+    #[arg(long)]
+    pub docker_timeout: Option<crate::model::Duration>,
+    /// Plan and log, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run one pass and exit; the exit code says whether any removal failed.
+    #[arg(long)]
+    pub once: bool,
+    /// text (default) or json: one JSON object per line.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Plural {
+    #[value(alias = "session")]
+    Sessions,
+    #[value(alias = "agent")]
+    Agents,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "sessions")]
+    Session,
+    #[value(alias = "agents")]
+    Agent,
+}
+
+impl Kind {
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Session => "sessions",
+            Kind::Agent => "agents",
+        }
+    }
+}
+
+/// An error the user sees, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let mut message = e.to_string();
+        if let ClientError::Api { details, .. } = &e {
+            for d in details {
+                message.push_str("\n  ");
+                message.push_str(d);
+            }
+        }
+        Failure::new(1, message)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::new(1, e.to_string())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// Maps the serve flags into the same shape as the config file, so flags override it key by key.
+pub fn serve_overrides(a: &ServeArgs, socket: Option<PathBuf>) -> ConfigFile {
+    let adoption = (!a.session_label_keys.is_empty() || a.agent_name_prefix.is_some()).then(|| {
+        config::AdoptionFile {
+            session_label_keys: (!a.session_label_keys.is_empty())
+                .then(|| a.session_label_keys.clone()),
+            agent_name_prefix: a.agent_name_prefix.clone(),
+        }
+    });
+    ConfigFile {
+        docker: a
+            .docker_host
+            .clone()
+            .map(|host| config::DockerFile { host: Some(host) }),
+        data_dir: a.data_dir.clone(),
+        socket,
+        metrics_listen: a.metrics_listen,
+        instance: a.instance.clone(),
+        adoption,
+        paths_root: a.paths_root.clone(),
+        manifests: a.manifests.clone(),
+        orphan_grace_period: a.orphan_grace_period,
+        resync_interval: a.resync_interval,
+        history_retention: a.history_retention,
+        concurrency: a.concurrency,
+        docker_timeout: a.docker_timeout,
+        dry_run: a.dry_run.then_some(true),
+        log_format: a.log_format,
+        ..ConfigFile::default()
+    }
+}
+
+pub async fn run_client(socket: &Path, command: Command) -> Outcome {
+    let c = Client::new(socket);
+    match command {
+        Command::Serve(_) | Command::Config(_) => Err(Failure::new(2, "not a client command")),
+        Command::Apply { files } => apply(&c, &files).await,
+        Command::Get { what, name, output } => {
+            let path = match &name {
+                Some(n) => format!("/v1/{}/{}", plural_of(what), n),
+                None => format!("/v1/{}", plural_of(what)),
+            };
+            let v: Value = c.get(&path).await?;
+            print!("{}", output::records(&v, what == Plural::Agents, output));
+            Ok(())
+        }
+        Command::Describe { kind, name, output } => {
+            let record: Value = c.get(&format!("/v1/{}/{name}", kind.plural())).await?;
+            let objects: Value = c
+                .get(&format!("/v1/{}/{name}/objects", kind.plural()))
+                .await?;
+            let v = json!({"record": record, "objects": objects});
+            print!("{}", output::describe(&v, output));
+            Ok(())
+        }
+        Command::Delete {
+            kind,
+            name,
+            wait,
+            timeout,
+        } => {
+            let _: Value = c.delete(&format!("/v1/{}/{name}", kind.plural())).await?;
+            println!("{}/{name} deletion requested", kind_str(kind));
+            if wait {
+                wait_gone(&c, kind, &name, timeout.std()).await?;
+                println!("{}/{name} deleted", kind_str(kind));
+            }
+            Ok(())
+        }
+        Command::Session(SessionCommand::End { name, failed }) => {
+            let v: Value = c
+                .post(
+                    &format!("/v1/sessions/{name}/end"),
+                    &json!({"failed": failed}),
+                )
+                .await?;
+            println!(
+                "session/{name} {}",
+                v.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("ended")
+                    .to_lowercase()
+            );
+            Ok(())
+        }
+        Command::Session(SessionCommand::Heartbeat { name }) => {
+            let _: Value = c
+                .post(&format!("/v1/sessions/{name}/heartbeat"), &json!({}))
+                .await?;
+            Ok(())
+        }
+        Command::Agent(AgentCommand::Report { name, phase }) => {
+            let phase = crate::model::AgentPhase::parse(&phase).ok_or_else(|| {
+                Failure::new(
+                    2,
+                    format!(
+                        "invalid phase {phase:?}: expected starting, running, failed or stopped"
+                    ),
+                )
+            })?;
+            let _: Value = c
+                .post(
+                    &format!("/v1/agents/{name}/report"),
+                    &json!({"phase": phase}),
+                )
+                .await?;
+            println!("agent/{name} {}", phase.as_str());
+            Ok(())
+        }
+        Command::Orphans { output } => {
+            let v: Value = c.get("/v1/orphans").await?;
+            print!("{}", output::orphans(&v, output));
+            Ok(())
+        }
+        Command::Cleanup {
+            target,
+            yes,
+            dry_run,
+        } => cleanup(&c, &target, yes, dry_run).await,
+        Command::Status { output } => {
+            let v: Value = c.get("/v1/status").await?;
+            print!("{}", output::status(&v, output));
+            Ok(())
+        }
+    }
+}
+
+fn plural_of(p: Plural) -> &'static str {
+    match p {
+        Plural::Sessions => "sessions",
+        Plural::Agents => "agents",
+    }
+}
+
+fn kind_str(k: Kind) -> &'static str {
+    match k {
+        Kind::Session => "session",
+        Kind::Agent => "agent",
+    }
+}
+
+async fn wait_gone(c: &Client, kind: Kind, name: &str, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    loop {
+        match c
+            .get::<Value>(&format!("/v1/{}/{name}", kind.plural()))
+            .await
+        {
+            Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(_) if started.elapsed() >= timeout => {
+                return Err(Failure::new(
+                    1,
+                    format!("{}/{name} still exists after {timeout:?}", kind_str(kind)),
+                ))
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Reads `-f` arguments: files, directories (their *.yaml / *.yml, sorted), or `-` for stdin.
+pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
+    let mut out = Vec::new();
+    for arg in args {
+        if arg == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            out.push(decode("<stdin>", buf)?);
+            continue;
+        }
+        let path = Path::new(arg);
+        let meta = std::fs::metadata(path).map_err(|e| Failure::new(1, format!("{arg}: {e}")))?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Failure::new(1, format!("{arg}: {e}")))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                        && p.is_file()
+                })
+                .collect();
+            files.sort();
+            for f in files {
+                let bytes = std::fs::read(&f)
+                    .map_err(|e| Failure::new(1, format!("{}: {e}", f.display())))?;
+                out.push(decode(&f.display().to_string(), bytes)?);
+            }
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| Failure::new(1, format!("{arg}: {e}")))?;
+            out.push(decode(arg, bytes)?);
+        }
+    }
+    Ok(out)
+}
+
+fn decode(name: &str, bytes: Vec<u8>) -> Result<ApplyFile, Failure> {
+    if bytes.len() > crate::manifest::MAX_STREAM_BYTES {
+        return Err(Failure::new(
+            1,
+            format!(
+                "{name}: larger than {} bytes; nothing was applied",
+                crate::manifest::MAX_STREAM_BYTES
+            ),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map(|content| ApplyFile {
+            name: name.to_string(),
+            content,
+        })
+        .map_err(|e| {
+            Failure::new(
+                1,
+                format!(
+                    "{name}: not valid UTF-8 (byte {}); nothing was applied",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })
+}
+
+async fn apply(c: &Client, args: &[String]) -> Outcome {
+    let files = read_manifest_files(args)?;
+    let v: Value = c.post("/v1/apply", &ApplyRequest { files }).await?;
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
+    for r in v["results"].as_array().into_iter().flatten() {
+        println!(
+            "{}/{} {}",
+            r["kind"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or_default(),
+            r["action"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Outcome {
+    let owner = match target {
+        [] => Value::Null,
+        [kind, name] => {
+            let kind = match kind.as_str() {
+                "session" | "sessions" => "session",
+                "agent" | "agents" => "agent",
+                other => {
+                    return Err(Failure::new(
+                        2,
+                        format!("invalid target kind {other:?}: expected session or agent"),
+                    ))
+                }
+            };
+            json!({"kind": kind, "name": name})
+        }
+        _ => {
+            return Err(Failure::new(
+                2,
+                "cleanup takes `session NAME`, `agent NAME`, or nothing",
+            ))
+        }
+    };
+    let preview: Value = c
+        .post("/v1/cleanup", &json!({"owner": owner, "dryRun": true}))
+        .await?;
+    let planned = preview["planned"].as_array().cloned().unwrap_or_default();
+    if planned.is_empty() {
+        println!("Nothing to clean up.");
+        return Ok(());
+    }
+    print!("{}", output::removals(&planned));
+    if dry_run {
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::new(
+                2,
+                format!("refusing to remove {} object(s) without confirmation: stdin is not a terminal; pass --yes", planned.len()),
+            ));
+        }
+        print!("Remove these {} object(s)? [y/N] ", planned.len());
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Nothing removed.");
+            return Ok(());
+        }
+    }
+    let done: Value = c
+        .post("/v1/cleanup", &json!({"owner": owner, "dryRun": false}))
+        .await?;
+    let removed = done["removed"].as_array().map_or(0, Vec::len);
+    let failed = done["failed"].as_array().cloned().unwrap_or_default();
+    println!("Removed {removed} object(s).");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        for f in &failed {
+            eprintln!(
+                "failed: {}: {}",
+                f["target"]["name"].as_str().unwrap_or_default(),
+                f["error"].as_str().unwrap_or_default()
+            );
+        }
+        Err(Failure::new(
+            1,
+            format!(
+                "{} removal(s) failed; they will be retried by the daemon",
+                failed.len()
+            ),
+        ))
+    }
+}

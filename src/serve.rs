@@ -1,0 +1,211 @@
+//! `reaper serve`: opens the store, connects to Docker, and runs the reconcile loop, the event
+//! watcher, the API (Unix socket) and the metrics listener (TCP) until SIGTERM or SIGINT.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::api::server::{handle_api, handle_metrics, serve as serve_http};
+use crate::config::Config;
+use crate::controller::{Controller, Settings};
+use crate::docker::{Docker, Engine};
+use crate::metrics::Metrics;
+use crate::ownership::Rules;
+use crate::plan::Scope;
+use crate::store::Store;
+
+/// In-flight work gets this long to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--once` settles in at most this many passes (removals, then status).
+const ONCE_MAX_PASSES: usize = 5;
+
+pub fn settings(c: &Config) -> Settings {
+    Settings {
+        rules: Rules {
+            instance: c.instance.clone(),
+            session_label_keys: c.session_label_keys.clone(),
+            agent_name_prefix: c.agent_name_prefix.clone(),
+        },
+        orphan_grace: c.orphan_grace_period,
+        history_retention: c.history_retention,
+        resync_interval: c.resync_interval.std(),
+        concurrency: c.concurrency,
+        paths_root: c.paths_root.clone(),
+        dry_run: c.dry_run,
+    }
+}
+
+/// Runs the daemon; returns the process exit code.
+pub async fn run(config: Config, once: bool) -> Result<i32, String> {
+    for dir in [&config.data_dir, &config.paths_root] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let store = Arc::new(Store::open(&config.data_dir.join("store")).map_err(|e| {
+        metrics.set_safe_mode(true);
+        format!(
+            "cannot open the store in {}: {e}",
+            config.data_dir.display()
+        )
+    })?);
+    let docker = Arc::new(
+        Docker::new(
+            &config.docker_host,
+            config.docker_timeout.std(),
+            metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let ctl = Arc::new(Controller::new(
+        store.clone(),
+        docker,
+        metrics,
+        settings(&config),
+    ));
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        docker = %config.docker_host,
+        data_dir = %config.data_dir.display(),
+        dry_run = config.dry_run,
+        "Starting reaper."
+    );
+    if once {
+        return Ok(run_once(&ctl).await);
+    }
+
+    let api = bind_socket(&config.socket).await?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} for metrics: {e}",
+                config.metrics_listen
+            )
+        })?;
+    info!(socket = %config.socket.display(), metrics = %config.metrics_listen, "Listening.");
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(ctl.clone().run(shutdown.clone()));
+    tracker.spawn(ctl.clone().watch_events(shutdown.clone()));
+    {
+        let ctl = ctl.clone();
+        let handler = move |req| {
+            let ctl = ctl.clone();
+            Box::pin(async move { handle_api(ctl, req).await }) as _
+        };
+        let api = Arc::new(api);
+        let accept = move || {
+            let api = api.clone();
+            async move { api.accept().await.map(|(s, _)| s) }
+        };
+        tracker.spawn(serve_http(
+            accept,
+            handler,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    {
+        let ctl = ctl.clone();
+        let handler = move |req| {
+            let ctl = ctl.clone();
+            Box::pin(async move { handle_metrics(ctl, req).await }) as _
+        };
+        let listener = Arc::new(metrics_listener);
+        let accept = move || {
+            let l = listener.clone();
+            async move { l.accept().await.map(|(s, _)| s) }
+        };
+        tracker.spawn(serve_http(
+            accept,
+            handler,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    wait_for_signal().await;
+    info!("Shutting down: finishing in-flight removals.");
+    shutdown.cancel();
+    tokio::spawn(async {
+        // A second signal means: stop now.
+        wait_for_signal().await;
+        warn!("Second signal: exiting at once.");
+        std::process::exit(130);
+    });
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("In-flight work did not finish within {DRAIN_TIMEOUT:?}.");
+    }
+    if let Err(e) = store.flush().await {
+        error!(error = %e, "Final store flush failed.");
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    info!("Stopped.");
+    Ok(0)
+}
+
+async fn run_once<E: Engine>(ctl: &Controller<E>) -> i32 {
+    let mut failed = false;
+    for _ in 0..ONCE_MAX_PASSES {
+        match ctl.pass(&Scope::Normal, ctl.settings().dry_run).await {
+            Ok((_, report)) => {
+                failed = !report.failed.is_empty();
+                if report.removed.is_empty() {
+                    break;
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "Pass failed; nothing was deleted.");
+                return 1;
+            }
+        }
+    }
+    i32::from(failed)
+}
+
+/// Binds the API socket; a stale socket file is replaced, a live daemon's is not.
+async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(format!(
+                "another reaper daemon is already listening on {}",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // The socket's permissions are the API's access control: owner and group only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
