@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply Session and Agent manifests (a file, a directory of *.yaml/*.yml, or - for stdin).
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
