@@ -157,6 +157,12 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Also serve the API on this TCP address; every request must carry the bearer token.
+    #[arg(long)]
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// The bearer token for --api-listen.
+    #[arg(long, env = "REAPER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -249,6 +255,8 @@ pub fn serve_overrides(a: &ServeArgs, socket: Option<PathBuf>) -> ConfigFile {
         docker_timeout: a.docker_timeout,
         dry_run: a.dry_run.then_some(true),
         log_format: a.log_format,
+        api_listen: a.api_listen,
+        api_token: a.api_token.clone().map(config::Secret::new),
         ..ConfigFile::default()
     }
 }

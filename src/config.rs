@@ -58,6 +58,8 @@ pub struct ConfigFile {
     pub dry_run: Option<bool>,
     pub log_format: Option<LogFormat>,
     pub api_token: Option<Secret>,
+    /// Optional TCP listener for the API (off by default); every request needs `apiToken`.
+    pub api_listen: Option<SocketAddr>,
     /// The file these values came from, for error messages (set by `parse`).
     #[serde(skip)]
     pub source: Option<String>,
@@ -101,6 +103,8 @@ pub struct Config {
     /// Never serialised, so printing the effective config cannot leak it.
     #[serde(skip_serializing)]
     pub api_token: Option<Secret>,
+    /// Optional TCP listener for the API (off by default); every request needs `apiToken`.
+    pub api_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -358,6 +362,13 @@ impl ConfigFile {
                 ));
             }
         }
+        if self.api_listen.is_some() && self.api_token.is_none() {
+            out.push((
+                &["apiListen"],
+                "a TCP API listener needs apiToken (or REAPER_API_TOKEN): requests must carry it"
+                    .into(),
+            ));
+        }
         if let Some(token) = &self.api_token {
             if token.0.is_empty() || token.0.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 out.push((
@@ -403,6 +414,7 @@ impl ConfigFile {
             dry_run: self.dry_run.or(lower.dry_run),
             log_format: self.log_format.or(lower.log_format),
             api_token: self.api_token.or(lower.api_token),
+            api_listen: self.api_listen.or(lower.api_listen),
             source: self.source.or(lower.source),
         }
     }
@@ -548,6 +560,7 @@ fn resolve_in(file: ConfigFile, flags: ConfigFile, env: &Env) -> Result<Config, 
         dry_run: merged.dry_run.unwrap_or(false),
         log_format: merged.log_format.unwrap_or_default(),
         api_token: merged.api_token,
+        api_listen: merged.api_listen,
     })
 }
 

@@ -85,8 +85,44 @@ pub struct PassReport {
     pub planned: Vec<Target>,
 }
 
+/// The store, or why it cannot be opened. Opening is retried on use, so an operator who repairs
+/// or restores the data dir gets reaper out of safe mode without a restart.
+pub struct StoreSlot {
+    dir: std::path::PathBuf,
+    store: RwLock<Option<Arc<Store>>>,
+}
+
+impl StoreSlot {
+    /// Tries to open the store now; a failure is kept for `get` to retry.
+    pub fn open(dir: &std::path::Path) -> (Self, Option<StoreError>) {
+        let (store, err) = match Store::open(dir) {
+            Ok(s) => (Some(Arc::new(s)), None),
+            Err(e) => (None, Some(e)),
+        };
+        (
+            StoreSlot {
+                dir: dir.to_path_buf(),
+                store: RwLock::new(store),
+            },
+            err,
+        )
+    }
+
+    pub fn get(&self) -> Result<Arc<Store>, StoreError> {
+        if let Some(s) = self.store.read().ok().and_then(|s| s.clone()) {
+            return Ok(s);
+        }
+        let opened = Arc::new(Store::open(&self.dir)?);
+        if let Ok(mut slot) = self.store.write() {
+            *slot = Some(opened.clone());
+        }
+        info!(dir = %self.dir.display(), "Store opened.");
+        Ok(opened)
+    }
+}
+
 pub struct Controller<E: Engine> {
-    pub store: Arc<Store>,
+    slot: StoreSlot,
     pub engine: Arc<E>,
     pub metrics: Arc<Metrics>,
     settings: Settings,
@@ -100,19 +136,14 @@ pub struct Controller<E: Engine> {
 }
 
 impl<E: Engine> Controller<E> {
-    pub fn new(
-        store: Arc<Store>,
-        engine: Arc<E>,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-    ) -> Self {
+    pub fn new(slot: StoreSlot, engine: Arc<E>, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let executor = Executor::new(settings.concurrency, settings.paths_root.clone());
         let health = Health {
             dry_run: settings.dry_run,
             ..Health::default()
         };
         Controller {
-            store,
+            slot,
             engine,
             metrics,
             settings,
@@ -127,6 +158,11 @@ impl<E: Engine> Controller<E> {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The store; an error means it cannot be read and nothing may be deleted.
+    pub fn store(&self) -> Result<Arc<Store>, StoreError> {
+        self.slot.get()
     }
 
     /// Asks for a pass as soon as possible; triggers during a pass coalesce into one more pass.
@@ -224,8 +260,8 @@ impl<E: Engine> Controller<E> {
         &self,
         scope: &Scope,
     ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
-        let sessions = self.store.sessions()?;
-        let agents = self.store.agents()?;
+        let sessions = self.store()?.sessions()?;
+        let agents = self.store()?.agents()?;
         if !self.health().docker_up {
             let version = self.engine.ping().await?;
             self.set_health(|h| h.docker_version = Some(version));
@@ -481,7 +517,7 @@ impl<E: Engine> Controller<E> {
     ) -> Result<(), StoreError> {
         let restarted_at = self.restarted_at;
         let result = self
-            .store
+            .store()?
             .update_session(name, |s| {
                 // Re-check against the stored record: a heartbeat may have arrived meanwhile.
                 if s.deadline(restarted_at).is_some_and(|(d, _)| now >= d) {
@@ -558,6 +594,10 @@ impl<E: Engine> Controller<E> {
         }
         let owners: std::collections::BTreeSet<&OwnerRef> =
             counts.keys().chain(failing.keys()).collect();
+        let store = match self.store() {
+            Ok(s) => s,
+            Err(e) => return warn!(error = %e, "Could not record removal counts."),
+        };
         for owner in owners {
             let c = counts.get(owner).copied().unwrap_or_default();
             let cond = failing.get(owner).map(|m| Condition {
@@ -566,8 +606,7 @@ impl<E: Engine> Controller<E> {
                 since: now,
             });
             let r = match owner.kind {
-                OwnerKind::Session => self
-                    .store
+                OwnerKind::Session => store
                     .update_session(owner.name.as_str(), |s| {
                         add_counts(&mut s.status.removed, &c);
                         set_condition(&mut s.status.conditions, cond.clone());
@@ -575,8 +614,7 @@ impl<E: Engine> Controller<E> {
                     })
                     .await
                     .map(|_| ()),
-                OwnerKind::Agent => self
-                    .store
+                OwnerKind::Agent => store
                     .update_agent(owner.name.as_str(), |a| {
                         add_counts(&mut a.status.removed, &c);
                         set_condition(&mut a.status.conditions, cond.clone());
@@ -597,7 +635,7 @@ impl<E: Engine> Controller<E> {
             Transition::Expire { .. } => Ok(()),
             Transition::SessionCleaned { name, ended_at } => {
                 let s = self
-                    .store
+                    .store()?
                     .update_session(name.as_str(), |s| {
                         if matches!(s.status.phase, SessionPhase::Ended | SessionPhase::Expired)
                             && s.status.deleting_since.is_none()
@@ -622,7 +660,7 @@ impl<E: Engine> Controller<E> {
             }
             Transition::AgentStopped { name, failed_since } => {
                 let a = self
-                    .store
+                    .store()?
                     .update_agent(name.as_str(), |a| {
                         let due = match failed_since {
                             Some(since) => {
@@ -656,7 +694,7 @@ impl<E: Engine> Controller<E> {
                 owner,
                 deleting_since,
             } => {
-                if self.store.remove(owner).await? {
+                if self.store()?.remove(owner).await? {
                     if let Some(since) = deleting_since {
                         self.metrics.owner_cleaned(owner.kind, now.since(*since));
                         info!(owner = %owner, "Deleted record's objects are gone; record removed.");

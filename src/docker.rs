@@ -464,6 +464,12 @@ impl Engine for Docker {
     }
 }
 
+/// Listings give creation times in whole seconds. Ages count from the last instant of that
+/// second, so nothing is ever judged older than it really is.
+fn whole_second(secs: i64) -> Timestamp {
+    Timestamp(Timestamp::from_unix_secs(secs).0 + 999)
+}
+
 fn labels(l: Option<HashMap<String, String>>) -> Labels {
     l.unwrap_or_default().into_iter().collect()
 }
@@ -480,7 +486,7 @@ fn container_object(c: bollard::models::ContainerSummary) -> DockerObject {
             .trim_start_matches('/')
             .to_string(),
         labels: labels(c.labels),
-        created: c.created.map(Timestamp::from_unix_secs),
+        created: c.created.map(whole_second),
         running: matches!(c.state, Some(S::RUNNING | S::RESTARTING | S::PAUSED)),
         other_refs: Vec::new(),
     }
@@ -498,7 +504,7 @@ fn image_objects(i: bollard::models::ImageSummary) -> Vec<DockerObject> {
         id: i.id,
         name: String::new(),
         labels: i.labels.into_iter().collect(),
-        created: Some(Timestamp::from_unix_secs(i.created)),
+        created: Some(whole_second(i.created)),
         running: false,
         other_refs: Vec::new(),
     };
@@ -532,7 +538,18 @@ fn volume_object(v: bollard::models::Volume) -> DockerObject {
         id: v.name.clone(),
         name: v.name,
         labels: v.labels.into_iter().collect(),
-        created: v.created_at.as_deref().and_then(Timestamp::parse_rfc3339),
+        // Volume times are whole seconds too: assume the end of that second.
+        created: v
+            .created_at
+            .as_deref()
+            .and_then(Timestamp::parse_rfc3339)
+            .map(|t| {
+                if t.0 % 1000 == 0 {
+                    Timestamp(t.0 + 999)
+                } else {
+                    t
+                }
+            }),
         running: false,
         other_refs: Vec::new(),
     }

@@ -11,14 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::api::server::{handle_api, handle_metrics, serve as serve_http};
+use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
 use crate::config::Config;
-use crate::controller::{Controller, Settings};
+use crate::controller::{Controller, Settings, StoreSlot};
 use crate::docker::{Docker, Engine};
 use crate::metrics::Metrics;
 use crate::ownership::Rules;
 use crate::plan::Scope;
-use crate::store::Store;
 
 /// In-flight work gets this long to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,13 +47,12 @@ pub async fn run(config: Config, once: bool) -> Result<i32, String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let store = Arc::new(Store::open(&config.data_dir.join("store")).map_err(|e| {
+    let (slot, store_error) = StoreSlot::open(&config.data_dir.join("store"));
+    if let Some(e) = store_error {
+        // Keep running in safe mode: report it, delete nothing, retry opening on every pass.
         metrics.set_safe_mode(true);
-        format!(
-            "cannot open the store in {}: {e}",
-            config.data_dir.display()
-        )
-    })?);
+        error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
+    }
     let docker = Arc::new(
         Docker::new(
             &config.docker_host,
@@ -63,12 +61,7 @@ pub async fn run(config: Config, once: bool) -> Result<i32, String> {
         )
         .map_err(|e| e.to_string())?,
     );
-    let ctl = Arc::new(Controller::new(
-        store.clone(),
-        docker,
-        metrics,
-        settings(&config),
-    ));
+    let ctl = Arc::new(Controller::new(slot, docker, metrics, settings(&config)));
     info!(
         version = env!("CARGO_PKG_VERSION"),
         docker = %config.docker_host,
@@ -113,6 +106,30 @@ pub async fn run(config: Config, once: bool) -> Result<i32, String> {
             tracker.clone(),
         ));
     }
+    if let (Some(addr), Some(token)) = (config.api_listen, config.api_token.as_ref()) {
+        let listener = Arc::new(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for the API: {e}"))?,
+        );
+        info!(api = %addr, "Serving the API on TCP; every request needs the bearer token.");
+        let token: Arc<str> = Arc::from(token.expose());
+        let ctl = ctl.clone();
+        let handler = move |req| {
+            let (ctl, token) = (ctl.clone(), token.clone());
+            Box::pin(async move { handle_api_with_token(ctl, token, req).await }) as _
+        };
+        let accept = move || {
+            let l = listener.clone();
+            async move { l.accept().await.map(|(s, _)| s) }
+        };
+        tracker.spawn(serve_http(
+            accept,
+            handler,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     {
         let ctl = ctl.clone();
         let handler = move |req| {
@@ -148,8 +165,10 @@ pub async fn run(config: Config, once: bool) -> Result<i32, String> {
     {
         warn!("In-flight work did not finish within {DRAIN_TIMEOUT:?}.");
     }
-    if let Err(e) = store.flush().await {
-        error!(error = %e, "Final store flush failed.");
+    if let Ok(store) = ctl.store() {
+        if let Err(e) = store.flush().await {
+            error!(error = %e, "Final store flush failed.");
+        }
     }
     let _ = std::fs::remove_file(&config.socket);
     info!("Stopped.");

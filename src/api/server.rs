@@ -217,20 +217,7 @@ pub async fn handle_api<E: Engine>(
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let reply = match (&method, segs.as_slice()) {
         (&Method::GET, ["v1", "status"]) => status(&ctl),
-        (&Method::GET, ["v1", "sessions"]) => {
-            ctl.store.sessions().map_err(ApiError::from).and_then(|v| {
-                ok(v.into_iter()
-                    .map(|s| RecordView::from(Record::Session(s)))
-                    .collect::<Vec<_>>())
-            })
-        }
-        (&Method::GET, ["v1", "agents"]) => {
-            ctl.store.agents().map_err(ApiError::from).and_then(|v| {
-                ok(v.into_iter()
-                    .map(|a| RecordView::from(Record::Agent(a)))
-                    .collect::<Vec<_>>())
-            })
-        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents")]) => list(&ctl, kind),
         (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name]) => {
             get_record(&ctl, kind, name)
         }
@@ -290,8 +277,11 @@ fn kind_of(plural: &str) -> OwnerKind {
 
 fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
     let health = ctl.health();
-    let (sessions, agents) = match (ctl.store.sessions(), ctl.store.agents()) {
-        (Ok(s), Ok(a)) => {
+    let records = ctl
+        .store()
+        .and_then(|st| Ok((st.sessions()?, st.agents()?)));
+    let (sessions, agents) = match records {
+        Ok((s, a)) => {
             let mut sc: BTreeMap<&str, usize> =
                 SessionPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
             s.iter()
@@ -312,11 +302,28 @@ fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
     }))
 }
 
+fn list<E: Engine>(ctl: &Controller<E>, plural: &str) -> Reply {
+    let store = ctl.store()?;
+    let views: Vec<RecordView> = match kind_of(plural) {
+        OwnerKind::Session => store
+            .sessions()?
+            .into_iter()
+            .map(|s| RecordView::from(Record::Session(s)))
+            .collect(),
+        OwnerKind::Agent => store
+            .agents()?
+            .into_iter()
+            .map(|a| RecordView::from(Record::Agent(a)))
+            .collect(),
+    };
+    ok(views)
+}
+
 fn get_record<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
     let kind = kind_of(plural);
     let record = match kind {
-        OwnerKind::Session => ctl.store.session(name)?.map(Record::Session),
-        OwnerKind::Agent => ctl.store.agent(name)?.map(Record::Agent),
+        OwnerKind::Session => ctl.store()?.session(name)?.map(Record::Session),
+        OwnerKind::Agent => ctl.store()?.agent(name)?.map(Record::Agent),
     };
     record
         .map(|r| ok(RecordView::from(r)))
@@ -345,7 +352,7 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
     let view = match kind {
         OwnerKind::Session => {
             let s = ctl
-                .store
+                .store()?
                 .update_session(name, |s| {
                     forbid_file_owned(kind, name, s.status.source.as_deref())?;
                     s.status.deleting_since.get_or_insert(now);
@@ -356,7 +363,7 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
         }
         OwnerKind::Agent => {
             let a = ctl
-                .store
+                .store()?
                 .update_agent(name, |a| {
                     forbid_file_owned(kind, name, a.status.source.as_deref())?;
                     a.status.deleting_since.get_or_insert(now);
@@ -387,7 +394,7 @@ fn forbid_file_owned(kind: OwnerKind, name: &str, source: Option<&str>) -> Resul
 async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply {
     let now = Timestamp::now();
     let s = ctl
-        .store
+        .store()?
         .update_session(name, |s| {
             if s.status.phase == SessionPhase::Active {
                 s.status.phase = SessionPhase::Ended;
@@ -408,7 +415,7 @@ async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply 
 async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
     let now = Timestamp::now();
     let s = ctl
-        .store
+        .store()?
         .update_session(name, |s| {
             if s.status.phase != SessionPhase::Active || s.status.deleting_since.is_some() {
                 return Err(StoreError::Conflict(format!(
@@ -427,7 +434,7 @@ async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
 async fn report<E: Engine>(ctl: &Controller<E>, name: &str, phase: AgentPhase) -> Reply {
     let now = Timestamp::now();
     let a = ctl
-        .store
+        .store()?
         .update_agent(name, |a| {
             if a.status.deleting_since.is_some() {
                 return Err(StoreError::Conflict(format!(
@@ -465,7 +472,7 @@ async fn apply<E: Engine>(ctl: &Controller<E>, body: ApplyRequest) -> Reply {
         },
     })?;
     let results = ctl
-        .store
+        .store()?
         .apply(parsed.records, API_SOURCE, Timestamp::now())
         .await?;
     ctl.trigger();
@@ -498,7 +505,7 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
     let now = Timestamp::now();
     // A session cleaned up by hand is over: end it, so nothing it starts later survives.
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Session) {
-        ctl.store
+        ctl.store()?
             .update_session(o.name.as_str(), |s| {
                 if s.status.phase == SessionPhase::Active {
                     s.status.phase = SessionPhase::Ended;
@@ -512,7 +519,7 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
     let (plan, report) = ctl.pass(&scope, false).await.map_err(unavailable)?;
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Agent) {
         if report.failed.is_empty() {
-            ctl.store
+            ctl.store()?
                 .update_agent(o.name.as_str(), |a| {
                     if a.status.phase != AgentPhase::Stopped {
                         a.status.phase = AgentPhase::Stopped;
@@ -530,6 +537,36 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
         .map(|(t, e)| json!({"target": t, "error": e}))
         .collect();
     ok(json!({"planned": plan.removals, "removed": report.removed, "failed": failed}))
+}
+
+/// The API on the optional TCP listener: the same routes, each behind the bearer token.
+pub async fn handle_api_with_token<E: Engine>(
+    ctl: Arc<Controller<E>>,
+    token: Arc<str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        let mut resp = respond(Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )));
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    handle_api(ctl, req).await
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `/metrics` and `/healthz` on the TCP listener.
