@@ -14,6 +14,7 @@ pub mod docker;
 pub mod executor;
 pub mod inventory;
 pub mod manifest;
+pub mod manifest_dir;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod plan;
 pub mod serve;
 pub mod store;
+pub mod systemd;
 
 #[cfg(test)]
 mod fixtures;
