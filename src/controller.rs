@@ -125,7 +125,7 @@ pub struct Controller<E: Engine> {
     slot: StoreSlot,
     pub engine: Arc<E>,
     pub metrics: Arc<Metrics>,
-    settings: Settings,
+    settings: RwLock<Settings>,
     executor: Executor,
     wake: Notify,
     pass_lock: tokio::sync::Mutex<()>,
@@ -146,7 +146,7 @@ impl<E: Engine> Controller<E> {
             slot,
             engine,
             metrics,
-            settings,
+            settings: RwLock::new(settings),
             executor,
             wake: Notify::new(),
             pass_lock: tokio::sync::Mutex::new(()),
@@ -156,8 +156,21 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// The current settings; SIGHUP may replace them between passes.
+    pub fn settings(&self) -> Settings {
+        self.settings.read().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Replaces the reloadable settings (rules, grace periods, resync, dry run). Concurrency
+    /// and the paths root are fixed at start.
+    pub fn reload(&self, new: Settings) {
+        if let Ok(mut s) = self.settings.write() {
+            *s = new;
+        }
+        if let Ok(mut h) = self.health.write() {
+            h.dry_run = self.settings().dry_run;
+        }
+        self.trigger();
     }
 
     /// The store; an error means it cannot be read and nothing may be deleted.
@@ -185,8 +198,9 @@ impl<E: Engine> Controller<E> {
         let mut backoff = PASS_BACKOFF_MIN;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            let mut wake_at = started + self.settings.resync_interval;
-            match self.pass(&Scope::Normal, self.settings.dry_run).await {
+            let settings = self.settings();
+            let mut wake_at = started + settings.resync_interval;
+            match self.pass(&Scope::Normal, settings.dry_run).await {
                 Ok((plan, report)) => {
                     backoff = PASS_BACKOFF_MIN;
                     if !report.removed.is_empty() {
@@ -230,7 +244,7 @@ impl<E: Engine> Controller<E> {
                             backoff = PASS_BACKOFF_MIN;
                             since = since.max(hint.time_secs);
                             let ours = self.matchers.read().map(|m| {
-                                ownership::is_ours(&hint.object, &self.settings.rules, &m)
+                                ownership::is_ours(&hint.object, &self.settings().rules, &m)
                             });
                             if ours.unwrap_or(true) {
                                 self.trigger();
@@ -266,8 +280,9 @@ impl<E: Engine> Controller<E> {
             let version = self.engine.ping().await?;
             self.set_health(|h| h.docker_version = Some(version));
         }
-        let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
-        let rules = &self.settings.rules;
+        let settings = self.settings();
+        let matchers = Matchers::new(&sessions, &agents, &settings.rules);
+        let rules = &settings.rules;
         let selectors = Selectors::new(
             [SESSION_LABEL.to_string(), AGENT_LABEL.to_string()]
                 .into_iter()
@@ -308,7 +323,7 @@ impl<E: Engine> Controller<E> {
                     .flat_map(|a| a.spec.build_dir.iter().cloned()),
             )
             .collect();
-        let root = self.settings.paths_root.clone();
+        let root = settings.paths_root.clone();
         let paths = tokio::task::spawn_blocking(move || {
             let mut found = std::collections::BTreeSet::new();
             for p in candidates {
@@ -324,10 +339,11 @@ impl<E: Engine> Controller<E> {
     }
 
     fn plan_config(&self) -> PlanConfig {
+        let settings = self.settings();
         PlanConfig {
-            rules: self.settings.rules.clone(),
-            orphan_grace: self.settings.orphan_grace,
-            history_retention: self.settings.history_retention,
+            rules: settings.rules,
+            orphan_grace: settings.orphan_grace,
+            history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
             agent_running_grace: crate::model::Duration(AGENT_RUNNING_GRACE),
         }
@@ -349,11 +365,12 @@ impl<E: Engine> Controller<E> {
     /// The Docker objects an owner claims right now, for `reaper describe`.
     pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, PassError> {
         let (sessions, agents, actual) = self.observe(&Scope::Normal).await?;
-        let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
+        let rules = self.settings().rules;
+        let matchers = Matchers::new(&sessions, &agents, &rules);
         Ok(actual
             .objects
             .into_iter()
-            .filter(|o| ownership::claims(o, &self.settings.rules, &matchers).contains(owner))
+            .filter(|o| ownership::claims(o, &rules, &matchers).contains(owner))
             .collect())
     }
 
@@ -444,8 +461,9 @@ impl<E: Engine> Controller<E> {
             }
             report.planned = plan.removals.iter().map(|r| r.target.clone()).collect();
         } else if !plan.removals.is_empty() {
-            let matchers = Matchers::new(&sessions, &agents, &self.settings.rules);
-            let rules = &self.settings.rules;
+            let settings = self.settings();
+            let matchers = Matchers::new(&sessions, &agents, &settings.rules);
+            let rules = &settings.rules;
             let restarted_at = self.restarted_at;
             let manual_owner = match scope {
                 Scope::ManualOwner(o) => Some(o.clone()),

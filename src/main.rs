@@ -21,20 +21,21 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                let file = match &args.config {
-                    Some(path) => match ConfigFile::load(path) {
-                        Ok(f) => Some(f),
-                        Err(e) => return fail(1, &e.to_string()),
-                    },
-                    None => None,
-                };
-                let config =
-                    match Config::resolve(file, cli::serve_overrides(&args, cli.socket.clone())) {
-                        Ok(c) => c,
-                        Err(e) => return fail(1, &e.to_string()),
+                let once = args.once;
+                let socket = cli.socket.clone();
+                let resolve = move || -> Result<Config, String> {
+                    let file = match &args.config {
+                        Some(path) => Some(ConfigFile::load(path).map_err(|e| e.to_string())?),
+                        None => None,
                     };
+                    Config::resolve(file, cli::serve_overrides(&args, socket.clone())).map_err(|e| e.to_string())
+                };
+                let config = match resolve() {
+                    Ok(c) => c,
+                    Err(e) => return fail(1, &e),
+                };
                 init_tracing(config.log_format);
-                match reaper::serve::run(config, args.once).await {
+                match reaper::serve::run(config, once, Box::new(resolve)).await {
                     Ok(code) => code,
                     Err(e) => fail(1, &e),
                 }

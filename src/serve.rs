@@ -40,8 +40,11 @@ pub fn settings(c: &Config) -> Settings {
     }
 }
 
+/// Re-reads the config (file and flags) for SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// Runs the daemon; returns the process exit code.
-pub async fn run(config: Config, once: bool) -> Result<i32, String> {
+pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, String> {
     for dir in [&config.data_dir, &config.paths_root] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -149,6 +152,8 @@ pub async fn run(config: Config, once: bool) -> Result<i32, String> {
         ));
     }
 
+    tracker.spawn(reload_on_hangup(ctl.clone(), reload, shutdown.clone()));
+
     wait_for_signal().await;
     info!("Shutting down: finishing in-flight removals.");
     shutdown.cancel();
@@ -216,6 +221,24 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
     Ok(listener)
+}
+
+/// SIGHUP: re-read the config and apply what can change without a restart.
+async fn reload_on_hangup<E: Engine>(ctl: Arc<Controller<E>>, reload: Reloader, shutdown: CancellationToken) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match reload() {
+            Ok(new) => {
+                ctl.reload(settings(&new));
+                info!("Configuration reloaded (concurrency, paths root, socket and listen addresses need a restart).");
+            }
+            Err(e) => error!(error = %e, "Reload failed; keeping the running configuration."),
+        }
+    }
 }
 
 async fn wait_for_signal() {
