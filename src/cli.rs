@@ -90,6 +90,27 @@ pub enum Command {
     /// Daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Save or restore every record with its status, as YAML.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Print every record with its status as multi-document YAML.
+    Export {
+        /// Read the store directly instead of asking the daemon (the daemon must be stopped).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore records (with status) from an export; existing records of the same name are replaced.
+    Import {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Write the store directly instead of through the daemon (the daemon must be stopped).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,6 +286,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
     let c = Client::new(socket);
     match command {
         Command::Serve(_) | Command::Config(_) => Err(Failure::new(2, "not a client command")),
+        Command::Store(cmd) => store_command(&c, cmd).await,
         Command::Apply { files } => apply(&c, &files).await,
         Command::Get { what, name, output } => {
             let path = match &name {
@@ -542,5 +564,70 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
                 failed.len()
             ),
         ))
+    }
+}
+
+async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
+    let offline = |dir: &Path| {
+        crate::store::Store::open(&dir.join("store")).map_err(|e| {
+            Failure::new(
+                1,
+                format!(
+                    "cannot open the store in {}: {e} (is the daemon still running?)",
+                    dir.display()
+                ),
+            )
+        })
+    };
+    match cmd {
+        StoreCommand::Export { data_dir } => {
+            let records: Vec<crate::api::RecordView> = match data_dir {
+                Some(dir) => {
+                    let store = offline(&dir)?;
+                    let records = store.export().map_err(|e| Failure::new(1, e.to_string()))?;
+                    records
+                        .into_iter()
+                        .map(crate::api::RecordView::from)
+                        .collect()
+                }
+                None => c.get("/v1/export").await?,
+            };
+            for r in records {
+                print!(
+                    "---\n{}",
+                    serde_yaml::to_string(&r).map_err(|e| Failure::new(1, e.to_string()))?
+                );
+            }
+            Ok(())
+        }
+        StoreCommand::Import { file, data_dir } => {
+            let input = read_manifest_files(std::slice::from_ref(&file))?;
+            let mut records = Vec::new();
+            for f in &input {
+                records.extend(
+                    crate::api::parse_export(&f.content)
+                        .map_err(|e| Failure::new(1, format!("{}: {e}", f.name)))?,
+                );
+            }
+            let n = match data_dir {
+                Some(dir) => {
+                    let store = offline(&dir)?;
+                    let records = records
+                        .into_iter()
+                        .map(crate::model::Record::from)
+                        .collect();
+                    store
+                        .import(records)
+                        .await
+                        .map_err(|e| Failure::new(1, e.to_string()))?
+                }
+                None => {
+                    let v: Value = c.post("/v1/import", &json!({"records": records})).await?;
+                    v["imported"].as_u64().unwrap_or(0) as usize
+                }
+            };
+            println!("Imported {n} record(s).");
+            Ok(())
+        }
     }
 }

@@ -70,6 +70,44 @@ pub enum RecordView {
     },
 }
 
+/// `POST /v1/import`: records with their status, as `GET /v1/export` returns them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub records: Vec<RecordView>,
+}
+
+impl From<RecordView> for Record {
+    fn from(v: RecordView) -> Self {
+        match v {
+            RecordView::Session { session, .. } => Record::Session(session),
+            RecordView::Agent { agent, .. } => Record::Agent(agent),
+        }
+    }
+}
+
+/// Reads a multi-document YAML stream of records with their status (`reaper store export`).
+pub fn parse_export(text: &str) -> Result<Vec<RecordView>, String> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        let r: RecordView =
+            serde_yaml::from_value(v).map_err(|e| format!("document {}: {e}", i + 1))?;
+        let (RecordView::Session { api_version, .. } | RecordView::Agent { api_version, .. }) = &r;
+        if api_version != API_VERSION {
+            return Err(format!(
+                "document {}: apiVersion must be {API_VERSION}",
+                i + 1
+            ));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 impl From<Record> for RecordView {
     fn from(r: Record) -> Self {
         match r {

@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::{
-    ApplyRequest, CleanupRequest, EndRequest, ErrorBody, RecordView, ReportRequest, MAX_BODY_BYTES,
+    ApplyRequest, CleanupRequest, EndRequest, ErrorBody, ImportRequest, RecordView, ReportRequest,
+    MAX_BODY_BYTES,
 };
 use crate::controller::Controller;
 use crate::docker::Engine;
@@ -244,6 +245,11 @@ pub async fn handle_api<E: Engine>(
             Ok(body) => apply(&ctl, body).await,
             Err(e) => Err(e),
         },
+        (&Method::GET, ["v1", "export"]) => export(&ctl),
+        (&Method::POST, ["v1", "import"]) => match read_json::<ImportRequest>(req).await {
+            Ok(body) => import(&ctl, body).await,
+            Err(e) => Err(e),
+        },
         (&Method::GET, ["v1", "orphans"]) => match ctl.preview(&Scope::Normal).await {
             Ok(plan) => ok(json!({"removals": plan.removals, "waiting": plan.waiting})),
             Err(e) => Err(ApiError::new(
@@ -300,6 +306,22 @@ fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
         "sessions": sessions,
         "agents": agents,
     }))
+}
+
+fn export<E: Engine>(ctl: &Controller<E>) -> Reply {
+    let records = ctl.store()?.export()?;
+    ok(records
+        .into_iter()
+        .map(RecordView::from)
+        .collect::<Vec<_>>())
+}
+
+async fn import<E: Engine>(ctl: &Controller<E>, body: ImportRequest) -> Reply {
+    let records: Vec<Record> = body.records.into_iter().map(Record::from).collect();
+    let n = ctl.store()?.import(records).await?;
+    info!(records = n, "Records imported.");
+    ctl.trigger();
+    ok(json!({"imported": n}))
 }
 
 fn list<E: Engine>(ctl: &Controller<E>, plural: &str) -> Reply {
