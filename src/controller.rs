@@ -133,6 +133,7 @@ pub struct Controller<E: Engine> {
     /// Matchers of the latest pass, so the event stream can ignore foreign containers.
     matchers: RwLock<Arc<Matchers>>,
     restarted_at: Timestamp,
+    manifest_dir: RwLock<Option<Arc<crate::manifest_dir::ManifestDir>>>,
 }
 
 impl<E: Engine> Controller<E> {
@@ -153,12 +154,16 @@ impl<E: Engine> Controller<E> {
             health: RwLock::new(health),
             matchers: RwLock::new(Arc::new(Matchers::default())),
             restarted_at: Timestamp::now(),
+            manifest_dir: RwLock::new(None),
         }
     }
 
     /// The current settings; SIGHUP may replace them between passes.
     pub fn settings(&self) -> Settings {
-        self.settings.read().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// Replaces the reloadable settings (rules, grace periods, resync, dry run). Concurrency
@@ -171,6 +176,22 @@ impl<E: Engine> Controller<E> {
             h.dry_run = self.settings().dry_run;
         }
         self.trigger();
+    }
+
+    /// Lets `reaper status` report the manifest directory's failing files.
+    pub fn set_manifest_dir(&self, md: Arc<crate::manifest_dir::ManifestDir>) {
+        if let Ok(mut slot) = self.manifest_dir.write() {
+            *slot = Some(md);
+        }
+    }
+
+    /// Manifest files that currently fail validation: (file, error).
+    pub fn manifest_errors(&self) -> Vec<(String, String)> {
+        self.manifest_dir
+            .read()
+            .ok()
+            .and_then(|m| m.as_ref().map(|m| m.errors()))
+            .unwrap_or_default()
     }
 
     /// The store; an error means it cannot be read and nothing may be deleted.

@@ -329,6 +329,13 @@ pub fn status(v: &Value, o: Output) -> String {
     out.push_str(&format!("agents:     {}\n", counts("/agents")));
     out.push_str(&format!("owned:      {}\n", counts("/health/owned")));
     out.push_str(&format!("orphans:    {}\n", counts("/health/orphans")));
+    for e in v["manifestErrors"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "manifest:   INVALID {}: {}\n",
+            s(e, "/file"),
+            s(e, "/error")
+        ));
+    }
     out
 }
 

@@ -15,9 +15,12 @@ use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serv
 use crate::config::Config;
 use crate::controller::{Controller, Settings, StoreSlot};
 use crate::docker::{Docker, Engine};
+use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use crate::model::Timestamp;
 use crate::ownership::Rules;
 use crate::plan::Scope;
+use crate::systemd;
 
 /// In-flight work gets this long to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,10 +155,18 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         ));
     }
 
-    tracker.spawn(reload_on_hangup(ctl.clone(), reload, shutdown.clone()));
+    let manifests = watch_manifests(&config, &ctl, &shutdown, &tracker).await;
+    tracker.spawn(reload_on_hangup(
+        ctl.clone(),
+        reload,
+        manifests,
+        shutdown.clone(),
+    ));
+    tracker.spawn(tell_systemd(ctl.clone(), shutdown.clone()));
 
     wait_for_signal().await;
     info!("Shutting down: finishing in-flight removals.");
+    systemd::stopping();
     shutdown.cancel();
     tokio::spawn(async {
         // A second signal means: stop now.
@@ -223,13 +234,85 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// SIGHUP: re-read the config and apply what can change without a restart.
-async fn reload_on_hangup<E: Engine>(ctl: Arc<Controller<E>>, reload: Reloader, shutdown: CancellationToken) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+/// Starts the declarative manifest directory, if configured: synced once before the first
+/// pass, then on every change.
+async fn watch_manifests<E: Engine>(
+    config: &Config,
+    ctl: &Arc<Controller<E>>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Option<Arc<ManifestDir>> {
+    let dir = config.manifests.clone()?;
+    let store = match ctl.store() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, dir = %dir.display(), "The manifest directory is not applied: the store is unavailable.");
+            return None;
+        }
+    };
+    let md = Arc::new(ManifestDir::new(dir.clone(), store, ctl.metrics.clone()));
+    if let Err(e) = md.sync().await {
+        error!(error = %e, dir = %dir.display(), "First sync of the manifest directory failed; retrying on changes.");
+    }
+    ctl.set_manifest_dir(md.clone());
+    ctl.trigger();
+    let trigger = ctl.clone();
+    tracker.spawn(md.clone().run(move || trigger.trigger(), shutdown.clone()));
+    info!(dir = %dir.display(), "Watching the manifest directory.");
+    Some(md)
+}
+
+/// `Type=notify`: ready once the store is open and the first Docker sync succeeded; the
+/// watchdog is fed only while passes keep succeeding, so a stuck loop gets restarted.
+async fn tell_systemd<E: Engine>(ctl: Arc<Controller<E>>, shutdown: CancellationToken) {
+    let tick = systemd::watchdog_interval()
+        .map_or(Duration::from_secs(1), |w| w / 2)
+        .max(Duration::from_millis(100));
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(if ready { tick } else { Duration::from_millis(100) }) => {}
+        }
+        let h = ctl.health();
+        let stale = ctl.settings().resync_interval.max(Duration::from_secs(20)) * 3;
+        let healthy = h
+            .last_success
+            .is_some_and(|t| Timestamp::now().since(t) < stale);
+        if !ready && h.last_success.is_some() {
+            ready = systemd::ready();
+            if !ready {
+                return; // Not under systemd: nothing more to tell.
+            }
+            systemd::status("Reconciling.");
+        }
+        if ready && healthy && systemd::watchdog_interval().is_some() {
+            systemd::watchdog();
+        }
+    }
+}
+
+/// SIGHUP: re-read the config and the manifest directory, and apply what can change without
+/// a restart.
+async fn reload_on_hangup<E: Engine>(
+    ctl: Arc<Controller<E>>,
+    reload: Reloader,
+    manifests: Option<Arc<ManifestDir>>,
+    shutdown: CancellationToken,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = hup.recv() => {}
+        }
+        systemd::reloading();
+        if let Some(md) = &manifests {
+            if let Err(e) = md.sync().await {
+                error!(error = %e, "Manifest directory sync failed.");
+            }
         }
         match reload() {
             Ok(new) => {
@@ -238,6 +321,7 @@ async fn reload_on_hangup<E: Engine>(ctl: Arc<Controller<E>>, reload: Reloader, 
             }
             Err(e) => error!(error = %e, "Reload failed; keeping the running configuration."),
         }
+        systemd::notify("READY=1");
     }
 }
 

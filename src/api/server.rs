@@ -305,6 +305,9 @@ fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
         "health": health,
         "sessions": sessions,
         "agents": agents,
+        "manifestErrors": ctl.manifest_errors().into_iter()
+            .map(|(file, error)| json!({"file": file, "error": error}))
+            .collect::<Vec<_>>(),
     }))
 }
 
