@@ -28,7 +28,8 @@ fn main() -> ExitCode {
                         Some(path) => Some(ConfigFile::load(path).map_err(|e| e.to_string())?),
                         None => None,
                     };
-                    Config::resolve(file, cli::serve_overrides(&args, socket.clone())).map_err(|e| e.to_string())
+                    Config::resolve(file, cli::serve_overrides(&args, socket.clone()))
+                        .map_err(|e| e.to_string())
                 };
                 let config = match resolve() {
                     Ok(c) => c,
