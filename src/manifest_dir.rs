@@ -242,13 +242,14 @@ impl ManifestDir {
 
         // Hand-overs: a record moved from one file to another keeps its status and objects.
         for (owner, (src, deleting)) in &current {
-            match declared.get(owner) {
-                Some(to) if to != src && !*deleting && !failed.contains_key(src) => {
-                    if !declared_by(scan, src, owner) {
-                        out.changed |= self.hand_over(owner, src, to).await?;
-                    }
+            if let Some(to) = declared.get(owner) {
+                if to != src
+                    && !*deleting
+                    && !failed.contains_key(src)
+                    && !declared_by(scan, src, owner)
+                {
+                    out.changed |= self.hand_over(owner, src, to).await?;
                 }
-                _ => {}
             }
         }
 
