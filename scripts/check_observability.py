@@ -326,9 +326,16 @@ def live(args):
         import subprocess
 
         print(f"Running scenario: {args.run}", file=sys.stderr)
-        rc = subprocess.call(["bash", "-c", args.run])
-        if rc != 0:
-            failures.append(f"scenario command exited {rc}: {args.run}")
+        started = time.monotonic()
+        try:
+            rc = subprocess.run(["bash", "-c", args.run], timeout=args.run_timeout).returncode
+            if rc != 0:
+                failures.append(f"scenario command exited {rc}: {args.run}")
+        except subprocess.TimeoutExpired:
+            failures.append(f"scenario command killed after {args.run_timeout:g}s: {args.run}")
+        print(f"Scenario took {time.monotonic() - started:.1f}s.", file=sys.stderr)
+        # The waits after the scenario get their own bound.
+        deadline = time.monotonic() + args.timeout
     # Enough samples for rate() over the substituted interval to have two points.
     start = scrape_count(prom, args.job, args.instance)
     wait_for(
@@ -395,6 +402,20 @@ def live(args):
                 msg = f"{where}: every series is NaN (no events in the last {args.rate_interval})"
                 (failures if args.fail_on_nan else notes).append(msg)
 
+    # Expectations: each must be accepted and return at least one sample (write them with a
+    # comparison, e.g. `increase(x[5m]) > 0`, so "did not happen" is an empty result).
+    for expr in args.expect or []:
+        try:
+            concrete = substitute(expr, values)
+        except KeyError as err:
+            failures.append(f"expect: unknown variable ${err.args[0]} in {expr}")
+            continue
+        ok, data = query(prom, concrete)
+        if not ok:
+            failures.append(f"expect: rejected: {data}\n      {concrete}")
+        elif data["resultType"] in ("vector", "matrix") and not data["result"]:
+            failures.append(f"expect: no sample satisfies\n      {concrete}")
+
     # Every rule of the rules file is loaded and has evaluated without error.
     expected = rule_names(args.rules)
 
@@ -437,7 +458,8 @@ def live(args):
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     print(
-        f"Live: {checked} dashboard expressions and {len(expected)} rules checked "
+        f"Live: {checked} dashboard expressions, {len(args.expect or [])} expectations and "
+        f"{len(expected)} rules checked "
         f"against {args.instance}.",
         file=sys.stderr,
     )
@@ -499,6 +521,12 @@ def main():
     lv.add_argument("--timeout", type=float, default=90, help="overall bound on waiting, seconds")
     lv.add_argument("--fail-on-nan", action="store_true")
     lv.add_argument("--run", help="scenario command to run once the target is scraped")
+    lv.add_argument("--run-timeout", type=float, default=600, help="bound on the scenario, seconds")
+    lv.add_argument(
+        "--expect",
+        action="append",
+        help="PromQL (dashboard variables allowed) that must return data after the scenario",
+    )
     args = ap.parse_args()
     if args.cmd == "lint":
         problems = lint_dashboard(args.dashboard)
