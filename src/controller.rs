@@ -185,6 +185,10 @@ impl<E: Engine> Controller<E> {
         }
     }
 
+    pub fn manifest_dir(&self) -> Option<Arc<crate::manifest_dir::ManifestDir>> {
+        self.manifest_dir.read().ok().and_then(|m| m.clone())
+    }
+
     /// Manifest files that currently fail validation: (file, error).
     pub fn manifest_errors(&self) -> Vec<(String, String)> {
         self.manifest_dir
@@ -348,8 +352,20 @@ impl<E: Engine> Controller<E> {
         let paths = tokio::task::spawn_blocking(move || {
             let mut found = std::collections::BTreeSet::new();
             for p in candidates {
-                if paths::exists_below(&root, &p).map_err(|e| PassError::Paths(e.to_string()))? {
-                    found.insert(p);
+                match paths::exists_below(&root, &p) {
+                    Ok(true) => {
+                        found.insert(p);
+                    }
+                    Ok(false) => {}
+                    // The root itself is unreadable: the whole view is in doubt.
+                    Err(e @ paths::PathError::Root { .. }) => {
+                        return Err(PassError::Paths(e.to_string()))
+                    }
+                    // One path is odd (e.g. a symlink on the way): plan it, so its removal is
+                    // refused and reported on its owner, without stopping everyone's cleanup.
+                    Err(_) => {
+                        found.insert(p);
+                    }
                 }
             }
             Ok::<_, PassError>(found)

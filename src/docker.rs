@@ -52,6 +52,13 @@ impl DockerError {
                 status_code: 409,
                 message,
             } => DockerError::Conflict(message),
+            // A network with endpoints left is refused with a 403; like a 409 it clears once
+            // the containers using it are gone.
+            B::DockerResponseServerError { message, .. }
+                if message.contains("has active endpoints") =>
+            {
+                DockerError::Conflict(message)
+            }
             // The engine reports some races as 500s (moby #27381).
             B::DockerResponseServerError { message, .. }
                 if message.contains("already in progress")

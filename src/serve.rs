@@ -155,13 +155,8 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         ));
     }
 
-    let manifests = watch_manifests(&config, &ctl, &shutdown, &tracker).await;
-    tracker.spawn(reload_on_hangup(
-        ctl.clone(),
-        reload,
-        manifests,
-        shutdown.clone(),
-    ));
+    watch_manifests(&config, &ctl, &shutdown, &tracker).await;
+    tracker.spawn(reload_on_hangup(ctl.clone(), reload, shutdown.clone()));
     tracker.spawn(tell_systemd(ctl.clone(), shutdown.clone()));
 
     wait_for_signal().await;
@@ -234,39 +229,56 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// Starts the declarative manifest directory, if configured: synced once before the first
-/// pass, then on every change.
+/// Starts the declarative manifest directory, if configured: synced before the first pass
+/// when the store is open, else as soon as it opens; then on every change.
 async fn watch_manifests<E: Engine>(
     config: &Config,
     ctl: &Arc<Controller<E>>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
-) -> Option<Arc<ManifestDir>> {
-    let dir = config.manifests.clone()?;
-    let store = match ctl.store() {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, dir = %dir.display(), "The manifest directory is not applied: the store is unavailable.");
-            return None;
+) {
+    let Some(dir) = config.manifests.clone() else {
+        return;
+    };
+    let start = {
+        let (ctl, shutdown, tracker) = (ctl.clone(), shutdown.clone(), tracker.clone());
+        async move {
+            let store = loop {
+                match ctl.store() {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        warn!(error = %e, dir = %dir.display(), "The manifest directory waits for the store.");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(ctl.settings().resync_interval) => {}
+                        }
+                    }
+                }
+            };
+            let md = Arc::new(ManifestDir::new(dir.clone(), store, ctl.metrics.clone()));
+            if let Err(e) = md.sync().await {
+                error!(error = %e, dir = %dir.display(), "First sync of the manifest directory failed; retrying on changes.");
+            }
+            ctl.set_manifest_dir(md.clone());
+            ctl.trigger();
+            info!(dir = %dir.display(), "Watching the manifest directory.");
+            let trigger = ctl.clone();
+            tracker.spawn(md.run(move || trigger.trigger(), shutdown));
         }
     };
-    let md = Arc::new(ManifestDir::new(dir.clone(), store, ctl.metrics.clone()));
-    if let Err(e) = md.sync().await {
-        error!(error = %e, dir = %dir.display(), "First sync of the manifest directory failed; retrying on changes.");
+    if ctl.store().is_ok() {
+        start.await; // synced before the first pass settles
+    } else {
+        tracker.spawn(start);
     }
-    ctl.set_manifest_dir(md.clone());
-    ctl.trigger();
-    let trigger = ctl.clone();
-    tracker.spawn(md.clone().run(move || trigger.trigger(), shutdown.clone()));
-    info!(dir = %dir.display(), "Watching the manifest directory.");
-    Some(md)
 }
 
 /// `Type=notify`: ready once the store is open and the first Docker sync succeeded; the
 /// watchdog is fed only while passes keep succeeding, so a stuck loop gets restarted.
 async fn tell_systemd<E: Engine>(ctl: Arc<Controller<E>>, shutdown: CancellationToken) {
+    // watchdog_interval() is already half of WatchdogSec.
     let tick = systemd::watchdog_interval()
-        .map_or(Duration::from_secs(1), |w| w / 2)
+        .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(100));
     let mut ready = false;
     loop {
@@ -297,7 +309,6 @@ async fn tell_systemd<E: Engine>(ctl: Arc<Controller<E>>, shutdown: Cancellation
 async fn reload_on_hangup<E: Engine>(
     ctl: Arc<Controller<E>>,
     reload: Reloader,
-    manifests: Option<Arc<ManifestDir>>,
     shutdown: CancellationToken,
 ) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -309,7 +320,7 @@ async fn reload_on_hangup<E: Engine>(
             _ = hup.recv() => {}
         }
         systemd::reloading();
-        if let Some(md) = &manifests {
+        if let Some(md) = ctl.manifest_dir() {
             if let Err(e) = md.sync().await {
                 error!(error = %e, "Manifest directory sync failed.");
             }

@@ -50,10 +50,10 @@ const EXPECTATIONS: &[&str] = &[
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="volume"}[10m])) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="image"}[10m])) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="path"}[10m])) > 0"#,
-    // Failed removals: a volume in use is a 409, a conflict. A network with active endpoints is
-    // a 403 from the engine; it should be a conflict too (see NETWORK_IN_USE_CLASSES).
+    // Failed removals: a volume in use is a 409, a network with active endpoints a 403; both
+    // are conflicts (they clear once the user goes).
     r#"increase(reaper_cleanup_failures_total{job=~"$job", instance=~"$instance", resource="volume", error="conflict"}[10m]) > 0"#,
-    r#"sum(increase(reaper_cleanup_failures_total{job=~"$job", instance=~"$instance", resource="network", error=~"conflict|other"}[10m])) > 0"#,
+    r#"sum(increase(reaper_cleanup_failures_total{job=~"$job", instance=~"$instance", resource="network", error="conflict"}[10m])) > 0"#,
     r#"increase(reaper_cleanup_attempts_total{job=~"$job", instance=~"$instance", resource="network"}[10m]) > 0"#,
     r#"increase(reaper_cleanup_attempts_total{job=~"$job", instance=~"$instance", resource="volume"}[10m]) > 0"#,
     r#"increase(reaper_docker_api_errors_total{job=~"$job", instance=~"$instance", operation="remove"}[10m]) > 0"#,
@@ -90,10 +90,9 @@ const EXPECTATIONS: &[&str] = &[
     r#"reaper_manifest_errors{job=~"$job", instance=~"$instance"} == 0"#,
 ];
 
-/// The error classes a failed removal of a network with active endpoints may count under today.
-/// The engine answers 403 ("has active endpoints"), which src/docker.rs maps to `other`; the
-/// issue wants `conflict`. Tighten to `["conflict"]` once the adapter maps it.
-const NETWORK_IN_USE_CLASSES: &[&str] = &["conflict", "other"];
+/// The error class a failed removal of a network with active endpoints counts under: the
+/// engine answers 403 ("has active endpoints"), which the adapter treats as a conflict.
+const NETWORK_IN_USE_CLASSES: &[&str] = &["conflict"];
 
 #[test]
 fn a_real_prometheus_sees_every_metric_move_and_every_panel_and_rule_works() {
