@@ -30,13 +30,12 @@ use crate::model::{
     AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, SessionPhase, Timestamp,
 };
 use crate::plan::Scope;
-use crate::store::StoreError;
+use crate::store::{self, StoreError, API_SOURCE};
 
 /// A client must send its request headers within this time (slow clients cannot hold a slot).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// And its body within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-pub const API_SOURCE: &str = "api";
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -406,12 +405,10 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
     ))
 }
 
+/// Records declared by a manifest file change only through that file.
 fn forbid_file_owned(kind: OwnerKind, name: &str, source: Option<&str>) -> Result<(), StoreError> {
     match source {
-        Some(src) if src != API_SOURCE => Err(StoreError::Conflict(format!(
-            "{}/{name} is declared in {src}; remove it there",
-            kind.as_str()
-        ))),
+        Some(src) if src != API_SOURCE => Err(store::source_conflict(kind, name, src, API_SOURCE)),
         _ => Ok(()),
     }
 }
