@@ -94,66 +94,36 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
     let tracker = TaskTracker::new();
     tracker.spawn(ctl.clone().run(shutdown.clone()));
     tracker.spawn(ctl.clone().watch_events(shutdown.clone()));
-    {
-        let ctl = ctl.clone();
-        let handler = move |req| {
-            let ctl = ctl.clone();
-            Box::pin(async move { handle_api(ctl, req).await }) as _
-        };
-        let api = Arc::new(api);
-        let accept = move || {
-            let api = api.clone();
-            async move { api.accept().await.map(|(s, _)| s) }
-        };
-        tracker.spawn(serve_http(
-            accept,
-            handler,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
-    }
+    let c = ctl.clone();
+    tracker.spawn(serve_http(
+        api,
+        move |req| handle_api(c.clone(), req),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     if let (Some(addr), Some(token)) = (config.api_listen, config.api_token.as_ref()) {
-        let listener = Arc::new(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} for the API: {e}"))?,
-        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for the API: {e}"))?;
         info!(api = %addr, "Serving the API on TCP; every request needs the bearer token.");
         let token: Arc<str> = Arc::from(token.expose());
-        let ctl = ctl.clone();
-        let handler = move |req| {
-            let (ctl, token) = (ctl.clone(), token.clone());
-            Box::pin(async move { handle_api_with_token(ctl, token, req).await }) as _
-        };
-        let accept = move || {
-            let l = listener.clone();
-            async move { l.accept().await.map(|(s, _)| s) }
-        };
+        let c = ctl.clone();
+        let handler = move |req| handle_api_with_token(c.clone(), token.clone(), req);
         tracker.spawn(serve_http(
-            accept,
+            listener,
             handler,
             shutdown.clone(),
             tracker.clone(),
         ));
     }
-    {
-        let ctl = ctl.clone();
-        let handler = move |req| {
-            let ctl = ctl.clone();
-            Box::pin(async move { handle_metrics(ctl, req).await }) as _
-        };
-        let listener = Arc::new(metrics_listener);
-        let accept = move || {
-            let l = listener.clone();
-            async move { l.accept().await.map(|(s, _)| s) }
-        };
-        tracker.spawn(serve_http(
-            accept,
-            handler,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
-    }
+    let c = ctl.clone();
+    let handler = move |req| handle_metrics(c.clone(), req);
+    tracker.spawn(serve_http(
+        metrics_listener,
+        handler,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
 
     watch_manifests(&config, &ctl, &shutdown, &tracker).await;
     tracker.spawn(reload_on_hangup(ctl.clone(), reload, shutdown.clone()));

@@ -77,29 +77,43 @@ fn ok(v: impl Serialize) -> Reply {
     ))
 }
 
-/// Serves HTTP/1 connections from `accept` until shutdown; each connection runs as a tracked task.
-pub async fn serve<L, S, F, Fut>(
-    mut accept: L,
+/// Anything that accepts byte streams: the API's Unix socket and the TCP listeners.
+pub trait Listener: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_stream(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Serves HTTP/1 connections from `listener` until shutdown; each connection is a tracked task.
+pub async fn serve<L, F, Fut>(
+    listener: L,
     handler: F,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) where
-    L: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<S>>,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(
-            Request<Incoming>,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    L: Listener,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
-            s = accept() => match s {
+            s = listener.accept_stream() => match s {
                 Ok(s) => s,
                 Err(e) => {
                     debug!(error = %e, "Accept failed.");
