@@ -663,7 +663,7 @@ impl<E: Engine> Controller<E> {
             let r = match owner.kind {
                 OwnerKind::Session => store
                     .update_session(owner.name.as_str(), |s| {
-                        add_counts(&mut s.status.removed, &c);
+                        s.status.removed.merge(&c);
                         set_condition(&mut s.status.conditions, cond.clone());
                         Ok(())
                     })
@@ -671,7 +671,7 @@ impl<E: Engine> Controller<E> {
                     .map(|_| ()),
                 OwnerKind::Agent => store
                     .update_agent(owner.name.as_str(), |a| {
-                        add_counts(&mut a.status.removed, &c);
+                        a.status.removed.merge(&c);
                         set_condition(&mut a.status.conditions, cond.clone());
                         Ok(())
                     })
@@ -761,14 +761,6 @@ impl<E: Engine> Controller<E> {
             }
         }
     }
-}
-
-fn add_counts(total: &mut ObjectCounts, c: &ObjectCounts) {
-    total.containers += c.containers;
-    total.networks += c.networks;
-    total.volumes += c.volumes;
-    total.images += c.images;
-    total.paths += c.paths;
 }
 
 fn set_condition(conditions: &mut Vec<Condition>, cond: Option<Condition>) {

@@ -148,6 +148,13 @@ impl ObjectCounts {
         };
         *slot += n;
     }
+    pub fn merge(&mut self, other: &ObjectCounts) {
+        self.containers += other.containers;
+        self.networks += other.networks;
+        self.volumes += other.volumes;
+        self.images += other.images;
+        self.paths += other.paths;
+    }
     pub fn total(&self) -> u64 {
         self.containers + self.networks + self.volumes + self.images + self.paths
     }
