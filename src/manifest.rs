@@ -1033,8 +1033,13 @@ impl<'de> Visitor<'de> for Locate<'_> {
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         self.deserialize(d)
     }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        self.here()
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        // serde_yaml presents `!tag value` as an enum. Its value must be read (here: walked
+        // into), or its events stay queued and serde_yaml panics on the next ones (found by
+        // fuzzing: `metadata: !t` above an invalid name).
+        self.here()?;
+        let (IgnoredAny, variant) = data.variant::<IgnoredAny>()?;
+        de::VariantAccess::newtype_variant_seed(variant, self)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let Some((first, rest)) = self.path.split_first() else {
@@ -1667,6 +1672,22 @@ mod tests {
         let err = parse(&text).unwrap_err();
         assert_eq!(err.0.len(), MAX_ERRORS + 1);
         assert!(err.0[MAX_ERRORS].message.contains("stopped after"));
+    }
+
+    #[test]
+    fn tagged_values_above_an_error_do_not_panic() {
+        // Regression (cargo fuzz, manifest target): locating an error below a `!tag` left the
+        // tagged value unread and serde_yaml panicked with "unexpected end of mapping".
+        let e = one_error("apiVersion: reaper/v1\nkind: Session\nmetadata: !t\n  name: Bad_Name\n");
+        assert!(e.message.contains("Bad_Name"), "{e}");
+        let e = one_error(
+            "apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: s\nspec: !t\n  ttl: bad\n",
+        );
+        assert!(e.to_string().contains("spec"), "{e}");
+        let e = one_error("apiVersion: reaper/v1\nkind: Session\nmetadata:\n !\n  name: Bad\n");
+        assert_eq!(e.document, 1, "{e}");
+        let e = one_error("apiVersion: reaper/v1\nkind: Session\nmetadata: {name: s}\nspec: {paths: !t [a, \"/abs\"]}\n");
+        assert!(e.to_string().contains("paths"), "{e}");
     }
 
     #[test]
