@@ -109,6 +109,12 @@ fn corpus() -> Vec<Case> {
             words: &["label key"],
         },
         Case {
+            // Found by cargo fuzz: serde_yaml panicked locating an error below a `!tag`.
+            what: "tagged mapping above an invalid name",
+            text: "apiVersion: reaper/v1\nkind: Session\nmetadata: !t\n  name: Bad_Name\n".into(),
+            words: &["Bad_Name"],
+        },
+        Case {
             what: "label key a=b (Docker filter injection)",
             text: session("{name: i}", "{match: {labels: {\"a=b\": v}}}"),
             words: &["label key"],
