@@ -417,14 +417,12 @@ pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
     let mut out = Vec::new();
     for arg in args {
         if arg == "-" {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf)?;
-            out.push(decode("<stdin>", buf)?);
+            out.push(read_capped("<stdin>", std::io::stdin().lock())?);
             continue;
         }
         let path = Path::new(arg);
         let meta = std::fs::metadata(path).map_err(|e| Failure::new(1, format!("{arg}: {e}")))?;
-        if meta.is_dir() {
+        let files = if meta.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| Failure::new(1, format!("{arg}: {e}")))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -434,43 +432,46 @@ pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
                 })
                 .collect();
             files.sort();
-            for f in files {
-                let bytes = std::fs::read(&f)
-                    .map_err(|e| Failure::new(1, format!("{}: {e}", f.display())))?;
-                out.push(decode(&f.display().to_string(), bytes)?);
-            }
+            files
         } else {
-            let bytes = std::fs::read(path).map_err(|e| Failure::new(1, format!("{arg}: {e}")))?;
-            out.push(decode(arg, bytes)?);
+            vec![path.to_path_buf()]
+        };
+        for f in files {
+            let name = f.display().to_string();
+            let file =
+                std::fs::File::open(&f).map_err(|e| Failure::new(1, format!("{name}: {e}")))?;
+            out.push(read_capped(&name, file)?);
         }
     }
     Ok(out)
 }
 
-fn decode(name: &str, bytes: Vec<u8>) -> Result<ApplyFile, Failure> {
-    if bytes.len() > crate::manifest::MAX_STREAM_BYTES {
+/// Reads at most the manifest size limit (plus one byte to notice more), so a huge input is
+/// refused without being held in memory, and invalid UTF-8 is refused with its position.
+fn read_capped(name: &str, reader: impl Read) -> Result<ApplyFile, Failure> {
+    let limit = crate::manifest::MAX_STREAM_BYTES;
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::new(1, format!("{name}: {e}")))?;
+    if bytes.len() > limit {
         return Err(Failure::new(
             1,
-            format!(
-                "{name}: larger than {} bytes; nothing was applied",
-                crate::manifest::MAX_STREAM_BYTES
-            ),
+            format!("{name}: larger than {limit} bytes; nothing was applied"),
         ));
     }
-    String::from_utf8(bytes)
-        .map(|content| ApplyFile {
+    match String::from_utf8(bytes) {
+        Ok(content) => Ok(ApplyFile {
             name: name.to_string(),
             content,
-        })
-        .map_err(|e| {
-            Failure::new(
-                1,
-                format!(
-                    "{name}: not valid UTF-8 (byte {}); nothing was applied",
-                    e.utf8_error().valid_up_to()
-                ),
-            )
-        })
+        }),
+        Err(e) => {
+            let located = crate::manifest::decode_utf8(name, e.as_bytes()).err();
+            let why = located.map_or_else(|| "not valid UTF-8".to_string(), |l| l.to_string());
+            Err(Failure::new(1, format!("{why}; nothing was applied")))
+        }
+    }
 }
 
 async fn apply(c: &Client, args: &[String]) -> Outcome {
