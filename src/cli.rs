@@ -440,6 +440,14 @@ pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
             let name = f.display().to_string();
             let file =
                 std::fs::File::open(&f).map_err(|e| Failure::new(1, format!("{name}: {e}")))?;
+            let limit = crate::manifest::MAX_STREAM_BYTES as u64;
+            if file.metadata().is_ok_and(|m| m.len() > limit) {
+                // Refuse before reading a byte of it.
+                return Err(Failure::new(
+                    1,
+                    format!("{name}: larger than {limit} bytes; nothing was applied"),
+                ));
+            }
             out.push(read_capped(&name, file)?);
         }
     }
