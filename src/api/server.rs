@@ -68,13 +68,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type Reply = Result<(StatusCode, Value), ApiError>;
+/// A reply's status and JSON body, serialised once, straight to bytes (no `Value` tree:
+/// listing 10,000 records spent a quarter of its time building and dropping one).
+type Reply = Result<(StatusCode, Vec<u8>), ApiError>;
 
 fn ok(v: impl Serialize) -> Reply {
-    Ok((
-        StatusCode::OK,
-        serde_json::to_value(v).unwrap_or(Value::Null),
-    ))
+    with_status(StatusCode::OK, v)
+}
+
+fn with_status(status: StatusCode, v: impl Serialize) -> Reply {
+    serde_json::to_vec(&v)
+        .map(|body| (status, body))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the reply: {e}"),
+            )
+        })
 }
 
 /// Anything that accepts byte streams: the API's Unix socket and the TCP listeners.
@@ -146,14 +156,10 @@ pub async fn serve<L, F, Fut>(
 }
 
 fn respond(reply: Reply) -> Response<Full<Bytes>> {
-    let (status, body) = match reply {
-        Ok((s, v)) => (s, v),
-        Err(e) => (
-            e.status,
-            serde_json::to_value(&e.body).unwrap_or(Value::Null),
-        ),
+    let (status, bytes) = match reply {
+        Ok(r) => r,
+        Err(e) => (e.status, serde_json::to_vec(&e.body).unwrap_or_default()),
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -413,10 +419,7 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
     };
     info!(owner = %format!("{}/{name}", kind.as_str()), "Deletion requested; objects go first.");
     ctl.trigger();
-    Ok((
-        StatusCode::ACCEPTED,
-        serde_json::to_value(view).unwrap_or(Value::Null),
-    ))
+    with_status(StatusCode::ACCEPTED, view)
 }
 
 /// Records declared by a manifest file change only through that file.
@@ -630,12 +633,7 @@ pub async fn handle_metrics<E: Engine>(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let mut resp = respond(Ok((
-                status,
-                serde_json::to_value(&h).unwrap_or(Value::Null),
-            )));
-            *resp.status_mut() = status;
-            resp
+            respond(with_status(status, &h))
         }
         _ => respond(Err(ApiError::new(
             StatusCode::NOT_FOUND,
