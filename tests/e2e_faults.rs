@@ -89,12 +89,14 @@ fn kill_9_mid_cleanup_twenty_times_loses_nothing() {
     const SESSIONS: usize = 10;
     const PER: usize = 10;
     const KILLS: usize = 20;
-    let resync = Duration::from_secs(2);
+    // Nothing here waits for the resync: a restarted daemon passes at once. The interval only
+    // sets the bound the issue asks for ("gone within one resync interval").
+    let resync = Duration::from_secs(10);
     let _scope = Scope::new(&["e2e-fk-"]);
     let bystanders = Bystanders::create("killnine");
     let mut rng = Rng::new();
     // One removal at a time, so the cleanup of 100 containers spans many kills.
-    let mut r = Reaper::start(&["--resync-interval", "2s", "--concurrency", "1"]);
+    let mut r = Reaper::start(&["--resync-interval", "10s", "--concurrency", "1"]);
 
     let names: Vec<String> = (0..SESSIONS).map(|i| format!("e2e-fk-s{i}")).collect();
     let docs: String = names.iter().map(|n| session_doc(n, "")).collect();
@@ -155,9 +157,9 @@ fn kill_9_mid_cleanup_twenty_times_loses_nothing() {
         mid_cleanup >= KILLS / 2,
         "only {mid_cleanup} of {KILLS} kills happened while a cleanup was under way"
     );
-    // Everything left must go within one resync interval, plus the time the removals take
-    // one at a time (measured and printed).
-    let times = gone_times(&ended_objs, after_last, resync + Duration::from_secs(20));
+    // Everything left must go within one resync interval of the last restart (measured and
+    // printed), even one removal at a time.
+    let times = gone_times(&ended_objs, after_last, resync);
     let last = times.iter().max().copied().unwrap_or_default();
     eprintln!(
         "after the last restart: {left_at_restart} objects were left; all gone after {last:?}"
