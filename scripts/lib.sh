@@ -39,6 +39,8 @@ ensure_packages() {
     command -v docker >/dev/null 2>&1 || missing+=(docker.io)
     have_static_busybox || missing+=(busybox-static)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # The schemathesis run (tests/api_abuse.rs) makes a venv; Debian splits venv support out.
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
     [ ${#missing[@]} -eq 0 ] && return 0
     # Deduplicate (docker.io may be listed twice).
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
