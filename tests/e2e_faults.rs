@@ -91,17 +91,19 @@ fn kill_9_mid_cleanup_twenty_times_loses_nothing() {
     const KILLS: usize = 20;
     // Nothing here waits for the resync: a restarted daemon passes at once. The interval only
     // sets the bound the issue asks for ("gone within one resync interval").
-    let resync = Duration::from_secs(10);
+    let resync = Duration::from_secs(20);
     let _scope = Scope::new(&["e2e-fk-"]);
     let bystanders = Bystanders::create("killnine");
     let mut rng = Rng::new();
     // One removal at a time, so the cleanup of 100 containers spans many kills.
-    let mut r = Reaper::start(&["--resync-interval", "10s", "--concurrency", "1"]);
+    let mut r = Reaper::start(&["--resync-interval", "20s", "--concurrency", "1"]);
 
     let names: Vec<String> = (0..SESSIONS).map(|i| format!("e2e-fk-s{i}")).collect();
     let docs: String = names.iter().map(|n| session_doc(n, "")).collect();
     r.apply(&format!("{docs}{}", session_doc("e2e-fk-live", "")));
-    let objs = containers_for(&names, PER, 2);
+    // All running: each removal is a graceful stop plus a delete, so a session's cleanup takes
+    // long enough (one at a time) that the kills land in the middle of it even on a quiet machine.
+    let objs = containers_for(&names, PER, PER);
     let live: Vec<Obj> = containers_for(&["e2e-fk-live".to_string()], 3, 1)
         .into_iter()
         .map(|(_, o)| o)
@@ -129,7 +131,7 @@ fn kill_9_mid_cleanup_twenty_times_loses_nothing() {
         let fresh = format!("e2e-fk-k{kill}");
         r.apply(&session_doc(&fresh, ""));
         applied.push(fresh);
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
         r.kill9();
         // Was a cleanup under way? (Counted just after the kill: nothing moves meanwhile.)
         if existence(&ended_objs(&ended)).into_iter().any(|e| e) {
