@@ -660,24 +660,13 @@ impl<E: Engine> Controller<E> {
                 message: m.clone(),
                 since: now,
             });
-            let r = match owner.kind {
-                OwnerKind::Session => store
-                    .update_session(owner.name.as_str(), |s| {
-                        s.status.removed.merge(&c);
-                        set_condition(&mut s.status.conditions, cond.clone());
-                        Ok(())
-                    })
-                    .await
-                    .map(|_| ()),
-                OwnerKind::Agent => store
-                    .update_agent(owner.name.as_str(), |a| {
-                        a.status.removed.merge(&c);
-                        set_condition(&mut a.status.conditions, cond.clone());
-                        Ok(())
-                    })
-                    .await
-                    .map(|_| ()),
-            };
+            let r = store
+                .update_owner(owner, |st| {
+                    st.removed.merge(&c);
+                    set_condition(st.conditions, cond.clone());
+                    Ok(())
+                })
+                .await;
             match r {
                 Ok(()) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 
 use crate::manifest::{self, Source, MAX_STREAM_BYTES};
 use crate::metrics::Metrics;
-use crate::model::{OwnerKind, OwnerRef, Record, Timestamp};
+use crate::model::{OwnerRef, Record, Timestamp};
 use crate::store::{ApplyAction, Store, StoreError, API_SOURCE};
 
 /// Quiet time after the last filesystem event before a sync, so one editor save is one sync.
@@ -309,22 +309,10 @@ impl ManifestDir {
             *source = Some(to.to_string());
             Ok(())
         };
-        let r = match owner.kind {
-            OwnerKind::Session => self
-                .store
-                .update_session(owner.name.as_str(), |s| {
-                    check(&mut s.status.source, s.status.deleting_since.is_some())
-                })
-                .await
-                .map(|_| ()),
-            OwnerKind::Agent => self
-                .store
-                .update_agent(owner.name.as_str(), |a| {
-                    check(&mut a.status.source, a.status.deleting_since.is_some())
-                })
-                .await
-                .map(|_| ()),
-        };
+        let r = self
+            .store
+            .update_owner(owner, |c| check(c.source, c.deleting_since.is_some()))
+            .await;
         match r {
             Ok(()) => {
                 info!(owner = %owner, from, to, "Record moved to another manifest file.");
@@ -346,22 +334,10 @@ impl ManifestDir {
             *since = Some(now);
             Ok(())
         };
-        let r = match owner.kind {
-            OwnerKind::Session => self
-                .store
-                .update_session(owner.name.as_str(), |s| {
-                    mark(s.status.source.as_deref(), &mut s.status.deleting_since)
-                })
-                .await
-                .map(|_| ()),
-            OwnerKind::Agent => self
-                .store
-                .update_agent(owner.name.as_str(), |a| {
-                    mark(a.status.source.as_deref(), &mut a.status.deleting_since)
-                })
-                .await
-                .map(|_| ()),
-        };
+        let r = self
+            .store
+            .update_owner(owner, |c| mark(c.source.as_deref(), c.deleting_since))
+            .await;
         match r {
             Ok(()) => {
                 info!(owner = %owner, file = source,
@@ -648,7 +624,7 @@ async fn next_event(watcher: &mut Option<Watcher>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Name, SessionPhase};
+    use crate::model::{Name, OwnerKind, SessionPhase};
 
     struct Fixture {
         _tmp: tempfile::TempDir,

@@ -28,8 +28,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::watch;
 
 use crate::model::{
-    Agent, AgentPhase, AgentStatus, Name, OwnerKind, OwnerRef, Record, Session, SessionPhase,
-    SessionStatus, Timestamp,
+    Agent, AgentPhase, AgentStatus, Condition, Name, ObjectCounts, OwnerKind, OwnerRef, Record,
+    Session, SessionPhase, SessionStatus, Timestamp,
 };
 
 /// The `source` of records written through the API (`reaper apply`).
@@ -105,6 +105,14 @@ pub fn source_conflict(
             "{what} is declared in {owning_source}; change it there"
         ))
     }
+}
+
+/// The status fields Sessions and Agents share, borrowed for one `update_owner`.
+pub struct CommonStatus<'a> {
+    pub source: &'a mut Option<String>,
+    pub deleting_since: &'a mut Option<Timestamp>,
+    pub removed: &'a mut ObjectCounts,
+    pub conditions: &'a mut Vec<Condition>,
 }
 
 /// What `apply` did to one record, as kubectl reports it.
@@ -285,6 +293,25 @@ impl Store {
         F: Fn(&mut Agent) -> Result<(), StoreError>,
     {
         self.update(name, f).await
+    }
+
+    /// Atomic read-modify-write of the status fields every record kind has, for callers that
+    /// do not care which kind `owner` is. Flushed before returning.
+    pub async fn update_owner<F>(&self, owner: &OwnerRef, f: F) -> Result<(), StoreError>
+    where
+        F: Fn(CommonStatus<'_>) -> Result<(), StoreError>,
+    {
+        let name = owner.name.as_str();
+        match owner.kind {
+            OwnerKind::Session => {
+                let f = |s: &mut Session| f(s.common());
+                self.update_session(name, f).await.map(drop)
+            }
+            OwnerKind::Agent => {
+                let f = |a: &mut Agent| f(a.common());
+                self.update_agent(name, f).await.map(drop)
+            }
+        }
     }
 
     /// Final removal of a record, once its objects are gone. Returns whether it existed.
@@ -615,9 +642,19 @@ trait Stored: Serialize + DeserializeOwned + Clone + PartialEq {
     fn take_desired(&mut self, new: &Self);
     /// The status of a record that was just created.
     fn fresh_status(&mut self, now: Timestamp, source: &str);
+    /// The status fields both kinds share.
+    fn common(&mut self) -> CommonStatus<'_>;
 }
 
 impl Stored for Session {
+    fn common(&mut self) -> CommonStatus<'_> {
+        CommonStatus {
+            source: &mut self.status.source,
+            deleting_since: &mut self.status.deleting_since,
+            removed: &mut self.status.removed,
+            conditions: &mut self.status.conditions,
+        }
+    }
     const KIND: OwnerKind = OwnerKind::Session;
     fn name(&self) -> &Name {
         &self.metadata.name
@@ -646,6 +683,14 @@ impl Stored for Session {
 }
 
 impl Stored for Agent {
+    fn common(&mut self) -> CommonStatus<'_> {
+        CommonStatus {
+            source: &mut self.status.source,
+            deleting_since: &mut self.status.deleting_since,
+            removed: &mut self.status.removed,
+            conditions: &mut self.status.conditions,
+        }
+    }
     const KIND: OwnerKind = OwnerKind::Agent;
     fn name(&self) -> &Name {
         &self.metadata.name
