@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::docker::{DockerError, Engine, Selectors};
 use crate::executor::{Executed, Executor, Outcome, FAILING_AFTER};
-use crate::inventory::{Actual, DockerObject};
+use crate::inventory::{short_id, Actual, DockerObject};
 use crate::metrics::Metrics;
 use crate::model::{
     Agent, AgentPhase, Condition, EndReason, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
@@ -206,6 +206,15 @@ impl<E: Engine> Controller<E> {
     /// Asks for a pass as soon as possible; triggers during a pass coalesce into one more pass.
     pub fn trigger(&self) {
         self.wake.notify_one();
+    }
+
+    /// A pass succeeded within three resync intervals (at least a minute): the loop is alive.
+    /// `/healthz` and the systemd watchdog both go by this.
+    pub fn reconciled_recently(&self) -> bool {
+        let stale = self.settings().resync_interval.max(Duration::from_secs(20)) * 3;
+        self.health()
+            .last_success
+            .is_some_and(|t| Timestamp::now().since(t) < stale)
     }
 
     pub fn health(&self) -> Health {
@@ -766,11 +775,6 @@ pub fn target_label(t: &Target) -> String {
         Target::Docker(o) => format!("{} ({})", o.name, short_id(&o.id)),
         Target::Path { path } => path.to_string(),
     }
-}
-
-fn short_id(id: &str) -> &str {
-    let id = id.strip_prefix("sha256:").unwrap_or(id);
-    &id[..id.len().min(12)]
 }
 
 /// Converts a wall-clock deadline into a tokio instant.

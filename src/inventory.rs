@@ -65,6 +65,13 @@ pub fn repository_of(reference: &str) -> &str {
     }
 }
 
+/// The first 12 characters of an ID, as `docker ps` shows it, without a `sha256:` prefix.
+/// Cuts on a character boundary: a path target's "ID" is its (possibly non-ASCII) path.
+pub fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ObjectKey {
     pub kind: ResourceKind,
@@ -82,6 +89,13 @@ pub struct Actual {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_ids_cut_on_character_boundaries() {
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("répertoire/été-2026"), "répertoire/é");
+    }
 
     #[test]
     fn repository_keeps_registry_ports_and_drops_tags() {

@@ -3,6 +3,7 @@
 use clap::ValueEnum;
 use serde_json::Value;
 
+use crate::inventory::short_id;
 use crate::model::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,15 +193,10 @@ pub fn describe(v: &Value, o: Output) -> String {
             "  - {} {} {}\n",
             s(&obj, "/kind"),
             s(&obj, "/name"),
-            short(s(&obj, "/id"))
+            short_id(s(&obj, "/id"))
         ));
     }
     out
-}
-
-fn short(id: &str) -> &str {
-    let id = id.strip_prefix("sha256:").unwrap_or(id);
-    &id[..id.len().min(12)]
 }
 
 fn owner(r: &Value) -> String {
@@ -221,7 +217,7 @@ pub fn removals(items: &[Value]) -> String {
             vec![
                 s(r, "/target/kind").into(),
                 s(r, "/target/name").into(),
-                short(s(r, "/target/id")).into(),
+                short_id(s(r, "/target/id")).into(),
                 owner(r),
                 s(r, "/reason").into(),
             ]
@@ -260,7 +256,7 @@ pub fn orphans(v: &Value, o: Output) -> String {
                 .iter()
                 .map(|p| {
                     if *p == "/id" {
-                        short(s(r, p)).to_string()
+                        short_id(s(r, p)).to_string()
                     } else {
                         s(r, p).to_string()
                     }

@@ -17,7 +17,6 @@ use crate::controller::{Controller, Settings, StoreSlot};
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
-use crate::model::Timestamp;
 use crate::ownership::Rules;
 use crate::plan::Scope;
 use crate::systemd;
@@ -257,10 +256,7 @@ async fn tell_systemd<E: Engine>(ctl: Arc<Controller<E>>, shutdown: Cancellation
             _ = tokio::time::sleep(if ready { tick } else { Duration::from_millis(100) }) => {}
         }
         let h = ctl.health();
-        let stale = ctl.settings().resync_interval.max(Duration::from_secs(20)) * 3;
-        let healthy = h
-            .last_success
-            .is_some_and(|t| Timestamp::now().since(t) < stale);
+        let healthy = ctl.reconciled_recently();
         if !ready && h.last_success.is_some() {
             ready = systemd::ready();
             if !ready {

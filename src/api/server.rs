@@ -618,17 +618,13 @@ pub async fn handle_metrics<E: Engine>(
             let mut resp = Response::new(Full::new(Bytes::from(ctl.metrics.encode())));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(ctl.metrics.content_type()),
             );
             resp
         }
         (&Method::GET, "/healthz") => {
             let h = ctl.health();
-            let stale = ctl.settings().resync_interval.max(Duration::from_secs(20)) * 3;
-            let fresh = h
-                .last_success
-                .is_some_and(|t| Timestamp::now().since(t) < stale);
-            let status = if fresh && !h.safe_mode {
+            let status = if ctl.reconciled_recently() && !h.safe_mode {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
