@@ -1,13 +1,17 @@
 //! The reconcile loop. Level-triggered: every pass reads the whole desired state (store) and the
 //! whole actual state (Docker, paths), plans, persists the status changes that gate deletions,
-//! executes, and records the outcome. Record changes, Docker events and deadlines wake it within
-//! milliseconds; a periodic resync makes it correct when events are lost. It fails closed: if
-//! the store or a Docker listing cannot be read, the pass deletes nothing.
+//! and hands the removals to the executor's queue without waiting for them, so a session ended
+//! meanwhile is planned at once while earlier removals still run. Outcomes come back through
+//! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
+//! Record changes, Docker events and deadlines wake the loop within milliseconds; a periodic
+//! resync makes it correct when events are lost. It fails closed: if the store or a Docker
+//! listing cannot be read, the pass deletes nothing.
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -15,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::docker::{DockerError, Engine, Selectors};
-use crate::executor::{Executed, Executor, Outcome, FAILING_AFTER};
+use crate::executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 use crate::inventory::{short_id, Actual, DockerObject};
 use crate::metrics::Metrics;
 use crate::model::{
@@ -24,7 +28,7 @@ use crate::model::{
 };
 use crate::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::paths;
-use crate::plan::{self, Plan, PlanConfig, Scope, Target, Transition};
+use crate::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
 use crate::store::{Store, StoreError};
 
 /// How long a `Running` agent may have no running container before it is set `Stopped`.
@@ -130,10 +134,73 @@ pub struct Controller<E: Engine> {
     wake: Notify,
     pass_lock: tokio::sync::Mutex<()>,
     health: RwLock<Health>,
-    /// Matchers of the latest pass, so the event stream can ignore foreign containers.
-    matchers: RwLock<Arc<Matchers>>,
     restarted_at: Timestamp,
     manifest_dir: RwLock<Option<Arc<crate::manifest_dir::ManifestDir>>>,
+    /// The desired state the executor's last-moment re-check goes by; see `desired`.
+    desired: Mutex<Option<Arc<Desired>>>,
+    /// Status changes from finished removals not yet written, per owner.
+    unrecorded: Mutex<BTreeMap<OwnerRef, StatusDelta>>,
+    /// Since the queue last ran empty: something was removed, or a Docker event was held back.
+    /// Either is worth a pass once it is empty; a queue that only skipped things is not.
+    look_again: AtomicBool,
+}
+
+/// The desired state at one store generation, reduced to what the re-check before a delete
+/// needs: who claims an object, and until when each owner is live.
+struct Desired {
+    generation: u64,
+    rules: Rules,
+    matchers: Matchers,
+    /// Live owners, with the deadline their liveness ends at (if any).
+    live_until: BTreeMap<OwnerRef, Option<Timestamp>>,
+}
+
+impl Desired {
+    fn new(
+        generation: u64,
+        sessions: &[Session],
+        agents: &[Agent],
+        rules: Rules,
+        now: Timestamp,
+        restarted_at: Timestamp,
+    ) -> Self {
+        let sessions_live = sessions
+            .iter()
+            .filter(|s| s.is_live(now, restarted_at))
+            .map(|s| {
+                let owner = OwnerRef {
+                    kind: OwnerKind::Session,
+                    name: s.metadata.name.clone(),
+                };
+                (owner, s.deadline(restarted_at).map(|(at, _)| at))
+            });
+        let agents_live = agents.iter().filter(|a| a.is_live()).map(|a| {
+            let owner = OwnerRef {
+                kind: OwnerKind::Agent,
+                name: a.metadata.name.clone(),
+            };
+            (owner, None)
+        });
+        Desired {
+            generation,
+            matchers: Matchers::new(sessions, agents, &rules),
+            rules,
+            live_until: sessions_live.chain(agents_live).collect(),
+        }
+    }
+
+    fn is_live(&self, owner: &OwnerRef, now: Timestamp) -> bool {
+        self.live_until
+            .get(owner)
+            .is_some_and(|until| until.is_none_or(|at| now < at))
+    }
+}
+
+/// What finished removals change on one owner's status.
+#[derive(Default)]
+struct StatusDelta {
+    removed: ObjectCounts,
+    failing: Option<Condition>,
 }
 
 impl<E: Engine> Controller<E> {
@@ -152,9 +219,11 @@ impl<E: Engine> Controller<E> {
             wake: Notify::new(),
             pass_lock: tokio::sync::Mutex::new(()),
             health: RwLock::new(health),
-            matchers: RwLock::new(Arc::new(Matchers::default())),
             restarted_at: Timestamp::now(),
             manifest_dir: RwLock::new(None),
+            desired: Mutex::new(None),
+            unrecorded: Mutex::new(BTreeMap::new()),
+            look_again: AtomicBool::new(false),
         }
     }
 
@@ -172,6 +241,8 @@ impl<E: Engine> Controller<E> {
         if let Ok(mut s) = self.settings.write() {
             *s = new;
         }
+        // The ownership rules may have changed: the re-check must not use the old ones.
+        *lock(&self.desired) = None;
         if let Ok(mut h) = self.health.write() {
             h.dry_run = self.settings().dry_run;
         }
@@ -208,6 +279,17 @@ impl<E: Engine> Controller<E> {
         self.wake.notify_one();
     }
 
+    /// A hint that something of ours changed in Docker. Worth a pass, unless removals are under
+    /// way: the queue running empty triggers one anyway, and a pass per event of our own
+    /// removals would only load the engine that is busy removing.
+    fn nudge(&self) {
+        if self.executor.is_idle() {
+            self.trigger();
+        } else {
+            self.look_again.store(true, SeqCst);
+        }
+    }
+
     /// A pass succeeded within three resync intervals (at least a minute): the loop is alive.
     /// `/healthz` and the systemd watchdog both go by this.
     pub fn reconciled_recently(&self) -> bool {
@@ -234,13 +316,10 @@ impl<E: Engine> Controller<E> {
             let started = Instant::now();
             let settings = self.settings();
             let mut wake_at = started + settings.resync_interval;
-            match self.pass(&Scope::Normal, settings.dry_run).await {
-                Ok((plan, report)) => {
+            // Removals run on in the executor; it wakes this loop when its queue runs empty.
+            match self.reconcile(&Scope::Normal, settings.dry_run).await {
+                Ok((plan, _)) => {
                     backoff = PASS_BACKOFF_MIN;
-                    if !report.removed.is_empty() {
-                        // Look again at once: confirms what went and marks owners cleaned.
-                        wake_at = started;
-                    }
                     if let Some(t) = plan.next_wake {
                         wake_at = wake_at.min(instant_of(t));
                     }
@@ -277,11 +356,12 @@ impl<E: Engine> Controller<E> {
                         Some(Ok(hint)) => {
                             backoff = PASS_BACKOFF_MIN;
                             since = since.max(hint.time_secs);
-                            let ours = self.matchers.read().map(|m| {
-                                ownership::is_ours(&hint.object, &self.settings().rules, &m)
+                            let desired = lock(&self.desired).clone();
+                            let ours = desired.map(|d| {
+                                ownership::is_ours(&hint.object, &d.rules, &d.matchers)
                             });
                             if ours.unwrap_or(true) {
-                                self.trigger();
+                                self.nudge();
                             }
                         }
                         Some(Err(e)) => {
@@ -308,14 +388,17 @@ impl<E: Engine> Controller<E> {
         &self,
         scope: &Scope,
     ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
-        let sessions = self.store()?.sessions()?;
-        let agents = self.store()?.agents()?;
+        let store = self.store()?;
+        let generation = store.generation();
+        let sessions = store.sessions()?;
+        let agents = store.agents()?;
         if !self.health().docker_up {
             let version = self.engine.ping().await?;
             self.set_health(|h| h.docker_version = Some(version));
         }
         let settings = self.settings();
-        let matchers = Matchers::new(&sessions, &agents, &settings.rules);
+        let desired = self.desired_at(generation, &sessions, &agents);
+        let matchers = &desired.matchers;
         let rules = &settings.rules;
         let selectors = Selectors::new(
             [SESSION_LABEL.to_string(), AGENT_LABEL.to_string()]
@@ -326,9 +409,6 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
-        if let Ok(mut m) = self.matchers.write() {
-            *m = Arc::new(matchers);
-        }
         let now = Timestamp::now();
         let manual = |o: OwnerRef| matches!(scope, Scope::ManualOwner(m) if *m == o);
         let candidates: Vec<_> = sessions
@@ -420,16 +500,41 @@ impl<E: Engine> Controller<E> {
             .collect())
     }
 
-    /// One full pass. Passes never overlap.
+    /// A pass that also waits for its own removals and writes their outcome: for `--once`,
+    /// `reaper cleanup` and tests, which report what happened.
     pub async fn pass(
         &self,
         scope: &Scope,
         dry_run: bool,
     ) -> Result<(Plan, PassReport), PassError> {
+        let (plan, tickets) = self.reconcile(scope, dry_run).await?;
+        let mut report = PassReport::default();
+        if dry_run {
+            report.planned = plan.removals.iter().map(|r| r.target.clone()).collect();
+        }
+        for (target, ticket) in tickets {
+            match ticket.outcome().await {
+                Outcome::Removed => report.removed.push(target),
+                Outcome::Failed { message, .. } => report.failed.push((target, message)),
+                Outcome::Skipped(_) => report.skipped += 1,
+                Outcome::Deferred => report.deferred += 1,
+            }
+        }
+        self.record_outcomes().await;
+        Ok((plan, report))
+    }
+
+    /// One pass: observe, plan, persist what gates deletions, and queue the removals, with a
+    /// ticket for each. Passes never overlap; they do not wait for removals.
+    pub async fn reconcile(
+        &self,
+        scope: &Scope,
+        dry_run: bool,
+    ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
         let _guard = self.pass_lock.lock().await;
         let started = std::time::Instant::now();
         let now = Timestamp::now();
-        let result = self.pass_locked(scope, dry_run, now).await;
+        let result = self.reconcile_locked(scope, dry_run, now).await;
         self.metrics.reconcile_finished(
             result.is_ok(),
             started.elapsed(),
@@ -483,12 +588,13 @@ impl<E: Engine> Controller<E> {
         result
     }
 
-    async fn pass_locked(
+    async fn reconcile_locked(
         &self,
         scope: &Scope,
         dry_run: bool,
         now: Timestamp,
-    ) -> Result<(Plan, PassReport), PassError> {
+    ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
+        self.write_unrecorded().await;
         let (sessions, agents, actual) = self.observe(scope).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
         self.record_gauges(&plan, &sessions, &agents);
@@ -500,50 +606,100 @@ impl<E: Engine> Controller<E> {
             }
         }
 
-        let mut report = PassReport::default();
+        let mut tickets = Vec::new();
         if dry_run {
             for r in &plan.removals {
                 info!(kind = %r.target.kind(), target = %target_label(&r.target), owner = ?r.owner.as_ref().map(|o| o.to_string()), reason = %r.reason, "Dry run: would remove.");
             }
-            report.planned = plan.removals.iter().map(|r| r.target.clone()).collect();
-        } else if !plan.removals.is_empty() {
-            let settings = self.settings();
-            let matchers = Matchers::new(&sessions, &agents, &settings.rules);
-            let rules = &settings.rules;
-            let restarted_at = self.restarted_at;
-            let manual_owner = match scope {
+        } else {
+            let forced = match scope {
                 Scope::ManualOwner(o) => Some(o.clone()),
                 _ => None,
             };
-            let live = |o: &OwnerRef| match o.kind {
-                OwnerKind::Session => sessions
-                    .iter()
-                    .any(|s| s.metadata.name == o.name && s.is_live(now, restarted_at)),
-                OwnerKind::Agent => agents
-                    .iter()
-                    .any(|a| a.metadata.name == o.name && a.is_live()),
-            };
-            let recheck = move |fresh: &DockerObject, r: &plan::Removal| {
-                let claims = ownership::claims(fresh, rules, &matchers);
-                let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
-                let nobody_live = claims
-                    .iter()
-                    .all(|c| !live(c) || manual_owner.as_ref() == Some(c));
-                !claims.is_empty() && owner_ok && nobody_live
-            };
-            let executed = self
-                .executor
-                .execute(self.engine.as_ref(), plan.removals.clone(), &recheck)
-                .await;
-            self.record_outcomes(&executed, &mut report, now).await;
+            for r in &plan.removals {
+                let ticket = self.executor.submit(r.clone(), forced.clone());
+                tickets.push((r.target.clone(), ticket));
+            }
         }
 
-        for t in &plan.transitions {
+        // An owner with removals queued, running, or finished but not yet written is not done,
+        // whatever this pass's listing showed; a later pass finishes it.
+        let busy: BTreeSet<OwnerRef> = self
+            .executor
+            .owners()
+            .into_iter()
+            .chain(lock(&self.unrecorded).keys().cloned())
+            .collect();
+        for t in plan
+            .transitions
+            .iter()
+            .filter(|t| !busy.contains(&t.owner()))
+        {
             if let Err(e) = self.apply_transition(t, now).await {
                 warn!(error = %e, "Could not record a status change; it will be retried next pass.");
             }
         }
-        Ok((plan, report))
+        Ok((plan, tickets))
+    }
+
+    /// Works the executor's queue until `shutdown`, then writes what the last removals changed.
+    pub async fn run_removals(self: Arc<Self>, shutdown: CancellationToken) {
+        self.executor
+            .run(self.engine.as_ref(), self.as_ref(), &shutdown)
+            .await;
+        self.record_outcomes().await;
+        debug!("Removal worker stopped.");
+    }
+
+    /// Writes finished removals' status changes now, between passes.
+    async fn record_outcomes(&self) {
+        let _guard = self.pass_lock.lock().await;
+        self.write_unrecorded().await;
+    }
+
+    /// The desired state for the re-check before a delete, read again only if the store
+    /// changed since the last pass. `None` (do not delete) when the store cannot be read.
+    fn desired(&self) -> Option<Arc<Desired>> {
+        let store = self.store().ok()?;
+        // Held while reading, so that concurrent deletes read the store once between them.
+        let mut cache = lock(&self.desired);
+        let generation = store.generation();
+        if let Some(d) = cache.as_ref().filter(|d| d.generation == generation) {
+            return Some(d.clone());
+        }
+        let sessions = store.sessions().ok()?;
+        let agents = store.agents().ok()?;
+        Some(self.build_desired(&mut cache, generation, &sessions, &agents))
+    }
+
+    /// The desired state at `generation`, from records read at (or after) it.
+    fn desired_at(&self, generation: u64, sessions: &[Session], agents: &[Agent]) -> Arc<Desired> {
+        let mut cache = lock(&self.desired);
+        match cache.as_ref().filter(|d| d.generation == generation) {
+            Some(d) => d.clone(),
+            None => self.build_desired(&mut cache, generation, sessions, agents),
+        }
+    }
+
+    fn build_desired(
+        &self,
+        cache: &mut Option<Arc<Desired>>,
+        generation: u64,
+        sessions: &[Session],
+        agents: &[Agent],
+    ) -> Arc<Desired> {
+        let rules = self.settings().rules;
+        let now = Timestamp::now();
+        let d = Arc::new(Desired::new(
+            generation,
+            sessions,
+            agents,
+            rules,
+            now,
+            self.restarted_at,
+        ));
+        *cache = Some(d.clone());
+        d
     }
 
     fn record_gauges(&self, plan: &Plan, sessions: &[Session], agents: &[Agent]) {
@@ -602,85 +758,34 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    async fn record_outcomes(
-        &self,
-        executed: &[Executed],
-        report: &mut PassReport,
-        now: Timestamp,
-    ) {
-        let mut counts: BTreeMap<OwnerRef, ObjectCounts> = BTreeMap::new();
-        let mut failing: BTreeMap<OwnerRef, String> = BTreeMap::new();
-        for e in executed {
-            let kind = e.removal.target.kind();
-            let target = target_label(&e.removal.target);
-            let owner = e
-                .removal
-                .owner
-                .as_ref()
-                .map(|o| o.to_string())
-                .unwrap_or_default();
-            match &e.outcome {
-                Outcome::Removed => {
-                    self.metrics.cleanup_attempted(kind);
-                    self.metrics.cleanup_succeeded(kind, e.removal.reason);
-                    info!(kind = %kind, target = %target, owner = %owner, reason = %e.removal.reason, "Removed.");
-                    if let Some(o) = &e.removal.owner {
-                        counts.entry(o.clone()).or_default().add(kind, 1);
-                    }
-                    report.removed.push(e.removal.target.clone());
-                }
-                Outcome::Failed {
-                    class,
-                    message,
-                    failures,
-                } => {
-                    self.metrics.cleanup_attempted(kind);
-                    self.metrics.cleanup_failed(kind, *class);
-                    warn!(kind = %kind, target = %target, owner = %owner, error = %message, failures, "Removal failed; will retry with backoff.");
-                    if *failures >= FAILING_AFTER {
-                        if let Some(o) = &e.removal.owner {
-                            failing.insert(
-                                o.clone(),
-                                format!("{kind} {target}: {message} ({failures} attempts)"),
-                            );
-                        }
-                    }
-                    report
-                        .failed
-                        .push((e.removal.target.clone(), message.clone()));
-                }
-                Outcome::Skipped(why) => {
-                    info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
-                    report.skipped += 1;
-                }
-                Outcome::Deferred => report.deferred += 1,
-            }
+    /// Writes the status changes of finished removals, one update per owner, all at once so
+    /// that the store's group commit covers them with few flushes.
+    async fn write_unrecorded(&self) {
+        let deltas = std::mem::take(&mut *lock(&self.unrecorded));
+        if deltas.is_empty() {
+            return;
         }
-        let owners: std::collections::BTreeSet<&OwnerRef> =
-            counts.keys().chain(failing.keys()).collect();
         let store = match self.store() {
             Ok(s) => s,
             Err(e) => return warn!(error = %e, "Could not record removal counts."),
         };
-        for owner in owners {
-            let c = counts.get(owner).copied().unwrap_or_default();
-            let cond = failing.get(owner).map(|m| Condition {
-                type_: CONDITION_REMOVAL_FAILING.into(),
-                message: m.clone(),
-                since: now,
-            });
-            let r = store
-                .update_owner(owner, |st| {
-                    st.removed.merge(&c);
-                    set_condition(st.conditions, cond.clone());
-                    Ok(())
-                })
-                .await;
-            match r {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
+        let writes = deltas.into_iter().map(|(owner, delta)| {
+            let store = &store;
+            async move {
+                let r = store
+                    .update_owner(&owner, |st| {
+                        st.removed.merge(&delta.removed);
+                        set_condition(st.conditions, delta.failing.clone());
+                        Ok(())
+                    })
+                    .await;
+                match r {
+                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
+                }
             }
-        }
+        });
+        futures_util::future::join_all(writes).await;
     }
 
     async fn apply_transition(&self, t: &Transition, now: Timestamp) -> Result<(), StoreError> {
@@ -781,4 +886,84 @@ pub fn target_label(t: &Target) -> String {
 fn instant_of(t: Timestamp) -> Instant {
     let delta = t.millis() - Timestamp::now().millis();
     Instant::now() + Duration::from_millis(delta.max(0) as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the data is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<E: Engine> Hooks for Controller<E> {
+    /// The desired state as it is now, not as the planning pass saw it: an owner that came back
+    /// to life (an agent reported running again, a record re-applied) keeps its objects.
+    fn may_remove(&self, fresh: &DockerObject, r: &Removal, forced: Option<&OwnerRef>) -> bool {
+        if self.health.read().map_or(true, |h| h.safe_mode) {
+            return false;
+        }
+        let Some(desired) = self.desired() else {
+            return false;
+        };
+        let now = Timestamp::now();
+        let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
+        let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
+        let nobody_live = claims
+            .iter()
+            .all(|c| forced == Some(c) || !desired.is_live(c, now));
+        !claims.is_empty() && owner_ok && nobody_live
+    }
+
+    fn finished(&self, e: &Executed) {
+        let kind = e.removal.target.kind();
+        let target = target_label(&e.removal.target);
+        let owner = e.removal.owner.as_ref();
+        let mut delta = StatusDelta::default();
+        match &e.outcome {
+            Outcome::Removed => {
+                self.metrics.cleanup_attempted(kind);
+                self.metrics.cleanup_succeeded(kind, e.removal.reason);
+                info!(kind = %kind, target = %target, owner = %display_owner(owner), reason = %e.removal.reason, "Removed.");
+                delta.removed.add(kind, 1);
+                self.look_again.store(true, SeqCst);
+            }
+            Outcome::Failed {
+                class,
+                message,
+                failures,
+            } => {
+                self.metrics.cleanup_attempted(kind);
+                self.metrics.cleanup_failed(kind, *class);
+                warn!(kind = %kind, target = %target, owner = %display_owner(owner), error = %message, failures, "Removal failed; will retry with backoff.");
+                if *failures >= FAILING_AFTER {
+                    delta.failing = Some(Condition {
+                        type_: CONDITION_REMOVAL_FAILING.into(),
+                        message: format!("{kind} {target}: {message} ({failures} attempts)"),
+                        since: Timestamp::now(),
+                    });
+                }
+            }
+            Outcome::Skipped(why) => {
+                info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
+            }
+            Outcome::Deferred => {}
+        }
+        let Some(owner) = owner else { return };
+        if delta.removed.total() > 0 || delta.failing.is_some() {
+            let mut unrecorded = lock(&self.unrecorded);
+            let entry = unrecorded.entry(owner.clone()).or_default();
+            entry.removed.merge(&delta.removed);
+            entry.failing = delta.failing.or(entry.failing.take());
+        }
+    }
+
+    fn idle(&self) {
+        // Confirms what went and lets the owners be marked cleaned. Not after a queue that only
+        // skipped or failed: the same plan would queue the same things again at once.
+        if self.look_again.swap(false, SeqCst) {
+            self.trigger();
+        }
+    }
+}
+
+fn display_owner(owner: Option<&OwnerRef>) -> String {
+    owner.map(|o| o.to_string()).unwrap_or_default()
 }

@@ -1,18 +1,24 @@
-//! Carries out planned removals: stage by stage in removal order (containers, networks, volumes,
-//! images, paths), with bounded parallelism, a fresh ownership re-check right before each delete,
-//! and per-object exponential backoff so a stuck object never spins.
-//! It does not know why an action was chosen.
+//! Carries out planned removals. Passes hand their removals over and go on, so there is one
+//! queue for the whole daemon: the engine has `concurrency` removals in flight as long as there
+//! is work, with no gap while the next pass lists and plans. The queue keeps removal order
+//! across passes (containers, networks, volumes, images, paths: a later kind starts once no
+//! earlier kind is queued or running), holds each object once however many passes planned it,
+//! re-checks ownership on a fresh look right before each delete, and backs off per object so
+//! a stuck object never spins. It does not know why an action was chosen.
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::docker::Engine;
+use crate::docker::{DockerError, Engine};
 use crate::inventory::{DockerObject, ObjectKey};
-use crate::model::{ErrorClass, ResourceKind};
+use crate::model::{ErrorClass, OwnerRef, ResourceKind};
 use crate::paths;
 use crate::plan::{Removal, Target};
 
@@ -32,7 +38,7 @@ pub enum Outcome {
     },
     /// The fresh look showed it is no longer ours to remove (owner came back, tag moved).
     Skipped(String),
-    /// Still backing off from an earlier failure.
+    /// Still backing off from an earlier failure, or dropped from the queue at shutdown.
     Deferred,
 }
 
@@ -42,8 +48,43 @@ pub struct Executed {
     pub outcome: Outcome,
 }
 
-/// The re-check the executor applies to the fresh object: may this still be removed?
-pub type Recheck<'a> = dyn Fn(&DockerObject, &Removal) -> bool + Send + Sync + 'a;
+/// What the executor asks of its owner (the controller).
+pub trait Hooks: Sync {
+    /// The last word before a delete, on the object as it is now: may it still be removed?
+    /// `forced` is an owner an operator asked to clean up even though it is live.
+    fn may_remove(
+        &self,
+        fresh: &DockerObject,
+        removal: &Removal,
+        forced: Option<&OwnerRef>,
+    ) -> bool;
+    /// A removal finished. Called before its owner stops counting as busy (see `owners`).
+    fn finished(&self, executed: &Executed);
+    /// The queue ran empty after doing some work.
+    fn idle(&self);
+}
+
+/// A submitted removal: already answered, or queued with a receiver for its outcome.
+pub enum Ticket {
+    Deferred,
+    Queued(oneshot::Receiver<Outcome>),
+}
+
+impl Ticket {
+    /// The outcome; `Deferred` if the executor stopped before getting to it.
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Ticket::Deferred => Outcome::Deferred,
+            Ticket::Queued(rx) => rx.await.unwrap_or(Outcome::Deferred),
+        }
+    }
+}
+
+struct Job {
+    removal: Removal,
+    forced: Option<OwnerRef>,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+}
 
 #[derive(Debug)]
 struct Backoff {
@@ -51,10 +92,21 @@ struct Backoff {
     retry_at: Instant,
 }
 
+#[derive(Default)]
+struct State {
+    /// Keys waiting to start, per kind (in removal order), each in arrival order.
+    queued: BTreeMap<ResourceKind, VecDeque<ObjectKey>>,
+    /// Every job queued or running.
+    jobs: HashMap<ObjectKey, Job>,
+    running: BTreeMap<ResourceKind, usize>,
+    backoff: HashMap<ObjectKey, Backoff>,
+}
+
 pub struct Executor {
     concurrency: usize,
     paths_root: PathBuf,
-    backoff: Mutex<HashMap<ObjectKey, Backoff>>,
+    state: Mutex<State>,
+    work: Notify,
 }
 
 impl Executor {
@@ -62,53 +114,147 @@ impl Executor {
         Executor {
             concurrency: concurrency.max(1),
             paths_root,
-            backoff: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
+            work: Notify::new(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; if one did, the state is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a removal unless it is backing off. An object already queued or running is not
+    /// queued twice; the ticket then follows the job already there.
+    pub fn submit(&self, removal: Removal, forced: Option<OwnerRef>) -> Ticket {
+        let key = key_of(&removal.target);
+        let (tx, rx) = oneshot::channel();
+        let mut s = self.state();
+        if let Some(job) = s.jobs.get_mut(&key) {
+            job.waiters.push(tx);
+            job.forced = job.forced.take().or(forced);
+            return Ticket::Queued(rx);
+        }
+        if s.backoff
+            .get(&key)
+            .is_some_and(|b| Instant::now() < b.retry_at)
+        {
+            return Ticket::Deferred;
+        }
+        let kind = removal.target.kind();
+        s.queued.entry(kind).or_default().push_back(key.clone());
+        s.jobs.insert(
+            key,
+            Job {
+                removal,
+                forced,
+                waiters: vec![tx],
+            },
+        );
+        drop(s);
+        self.work.notify_one();
+        Ticket::Queued(rx)
+    }
+
+    /// Owners with a removal queued or running: not finished yet, whatever a listing shows.
+    pub fn owners(&self) -> BTreeSet<OwnerRef> {
+        self.state()
+            .jobs
+            .values()
+            .filter_map(|j| j.removal.owner.clone())
+            .collect()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.state().jobs.is_empty()
     }
 
     /// The earliest instant a deferred object may be retried.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.backoff.lock().ok()?.values().map(|b| b.retry_at).min()
+        self.state().backoff.values().map(|b| b.retry_at).min()
     }
 
-    pub async fn execute<E: Engine>(
+    /// Works the queue until `shutdown`; then lets running removals finish (each Docker call
+    /// has its own timeout), drops what has not started and returns.
+    pub async fn run<E: Engine>(
         &self,
         engine: &E,
-        removals: Vec<Removal>,
-        recheck: &Recheck<'_>,
-    ) -> Vec<Executed> {
-        let mut out = Vec::with_capacity(removals.len());
-        let mut by_kind: HashMap<ResourceKind, Vec<Removal>> = HashMap::new();
-        for r in removals {
-            by_kind.entry(r.target.kind()).or_default().push(r);
-        }
-        for kind in ResourceKind::ALL {
-            let Some(stage) = by_kind.remove(&kind) else {
-                continue;
-            };
-            let done: Vec<Executed> = futures_util::stream::iter(stage)
-                .map(|r| async move {
-                    let outcome = self.one(engine, &r, recheck).await;
-                    Executed {
-                        removal: r,
-                        outcome,
+        hooks: &dyn Hooks,
+        shutdown: &CancellationToken,
+    ) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            if !shutdown.is_cancelled() {
+                while let Some((key, removal, forced)) = self.start_next(running.len()) {
+                    running.push(async move {
+                        let outcome = self.one(engine, &removal, forced.as_ref(), hooks).await;
+                        (key, Executed { removal, outcome })
+                    });
+                }
+            } else if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((key, executed)) = running.next() => {
+                    hooks.finished(&executed);
+                    if self.finish(&key, executed.outcome) {
+                        hooks.idle();
                     }
-                })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-            out.extend(done);
+                }
+                _ = self.work.notified() => {}
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            }
         }
-        out
+        // Waiters of the jobs dropped here see `Deferred`; the backoff memory is kept.
+        let mut s = self.state();
+        let backoff = std::mem::take(&mut s.backoff);
+        *s = State {
+            backoff,
+            ..State::default()
+        };
     }
 
-    async fn one<E: Engine>(&self, engine: &E, r: &Removal, recheck: &Recheck<'_>) -> Outcome {
-        let key = key_of(&r.target);
-        if self.deferred(&key) {
-            return Outcome::Deferred;
+    /// The next job to start, if a slot is free and removal order allows one.
+    fn start_next(&self, in_flight: usize) -> Option<(ObjectKey, Removal, Option<OwnerRef>)> {
+        if in_flight >= self.concurrency {
+            return None;
         }
+        let mut s = self.state();
+        let s = &mut *s;
+        // The earliest kind with anything queued or running gates every later kind.
+        let kind = ResourceKind::ALL.into_iter().find(|k| {
+            s.queued.get(k).is_some_and(|q| !q.is_empty())
+                || s.running.get(k).is_some_and(|n| *n > 0)
+        })?;
+        let key = s.queued.get_mut(&kind)?.pop_front()?;
+        let job = s.jobs.get(&key)?;
+        *s.running.entry(kind).or_default() += 1;
+        Some((key, job.removal.clone(), job.forced.clone()))
+    }
+
+    /// Retires a job, answers its waiters, and says whether the queue is now empty.
+    fn finish(&self, key: &ObjectKey, outcome: Outcome) -> bool {
+        let mut s = self.state();
+        if let Some(n) = s.running.get_mut(&key.kind) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(job) = s.jobs.remove(key) {
+            for w in job.waiters {
+                let _ = w.send(outcome.clone());
+            }
+        }
+        s.jobs.is_empty()
+    }
+
+    async fn one<E: Engine>(
+        &self,
+        engine: &E,
+        r: &Removal,
+        forced: Option<&OwnerRef>,
+        hooks: &dyn Hooks,
+    ) -> Outcome {
         let result = match &r.target {
-            Target::Docker(obj) => remove_docker(engine, obj, r, recheck).await,
+            Target::Docker(obj) => remove_docker(engine, obj, r, forced, hooks).await,
             Target::Path { path } => {
                 let (root, path) = (self.paths_root.clone(), path.clone());
                 match tokio::task::spawn_blocking(move || paths::remove_below(&root, &path)).await {
@@ -118,9 +264,10 @@ impl Executor {
                 }
             }
         };
+        let key = key_of(&r.target);
         match result {
             Ok(true) => {
-                self.forget(&key);
+                self.state().backoff.remove(&key);
                 Outcome::Removed
             }
             Ok(false) => Outcome::Skipped("no longer removable on a fresh look".into()),
@@ -132,23 +279,9 @@ impl Executor {
         }
     }
 
-    fn deferred(&self, key: &ObjectKey) -> bool {
-        self.backoff
-            .lock()
-            .is_ok_and(|b| b.get(key).is_some_and(|b| Instant::now() < b.retry_at))
-    }
-
-    fn forget(&self, key: &ObjectKey) {
-        if let Ok(mut b) = self.backoff.lock() {
-            b.remove(key);
-        }
-    }
-
     fn failed(&self, key: ObjectKey) -> u32 {
-        let Ok(mut map) = self.backoff.lock() else {
-            return 1;
-        };
-        let b = map.entry(key).or_insert(Backoff {
+        let mut s = self.state();
+        let b = s.backoff.entry(key).or_insert(Backoff {
             failures: 0,
             retry_at: Instant::now(),
         });
@@ -166,20 +299,22 @@ async fn remove_docker<E: Engine>(
     engine: &E,
     obj: &DockerObject,
     r: &Removal,
-    recheck: &Recheck<'_>,
+    forced: Option<&OwnerRef>,
+    hooks: &dyn Hooks,
 ) -> Result<bool, (ErrorClass, String)> {
-    let fail = |e: crate::docker::DockerError| (e.class(), e.to_string());
+    let fail = |e: DockerError| (e.class(), e.to_string());
     let Some(fresh) = engine.inspect(obj).await.map_err(fail)? else {
         return Ok(true);
     };
     // Never trust the listing alone: the labels on the object itself must still say it is ours,
-    // and a reference must still point at the image that was planned.
-    if fresh.id != obj.id || !recheck(&fresh, r) {
+    // a reference must still point at the image that was planned, and no owner may have come
+    // back to life since the pass that planned it.
+    if fresh.id != obj.id || !hooks.may_remove(&fresh, r, forced) {
         return Ok(false);
     }
     if fresh.kind == ResourceKind::Container && fresh.running {
         match engine.stop(&fresh.id, r.stop_timeout.std()).await {
-            Ok(()) | Err(crate::docker::DockerError::NotFound) => {}
+            Ok(()) | Err(DockerError::NotFound) => {}
             Err(e) => return Err(fail(e)),
         }
     }

@@ -114,6 +114,26 @@ pub enum Transition {
     },
 }
 
+impl Transition {
+    /// The record it changes.
+    pub fn owner(&self) -> OwnerRef {
+        let session = |name: &Name| OwnerRef {
+            kind: OwnerKind::Session,
+            name: name.clone(),
+        };
+        match self {
+            Transition::Expire { name, .. } | Transition::SessionCleaned { name, .. } => {
+                session(name)
+            }
+            Transition::AgentStopped { name, .. } => OwnerRef {
+                kind: OwnerKind::Agent,
+                name: name.clone(),
+            },
+            Transition::Purge { owner, .. } => owner.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Observed {
     /// Ours, with a live owner.

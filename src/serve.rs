@@ -75,7 +75,12 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         "Starting reaper."
     );
     if once {
-        return Ok(run_once(&ctl).await);
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(ctl.clone().run_removals(stop.clone()));
+        let code = run_once(&ctl).await;
+        stop.cancel();
+        let _ = worker.await;
+        return Ok(code);
     }
 
     let api = bind_socket(&config.socket).await?;
@@ -92,6 +97,7 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(ctl.clone().run(shutdown.clone()));
+    tracker.spawn(ctl.clone().run_removals(shutdown.clone()));
     tracker.spawn(ctl.clone().watch_events(shutdown.clone()));
     let c = ctl.clone();
     tracker.spawn(serve_http(

@@ -208,6 +208,11 @@ impl Store {
         self.changes.subscribe()
     }
 
+    /// The current value `subscribe` would show: equal values mean no change in between.
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// All sessions, sorted by name. One undecodable record fails the whole read.
     pub fn sessions(&self) -> Result<Vec<Session>, StoreError> {
         self.list(OwnerKind::Session)

@@ -1,7 +1,9 @@
 //! The controller against a fault-injecting engine (the `Engine` trait is the seam) and a real
 //! sled store: a failed listing deletes nothing and enters safe mode; a 409 is retried with
 //! backoff instead of spinning; an object whose labels no longer say it is ours on the last
-//! look is skipped. End-to-end behaviour against the real engine is tested in `e2e_*`.
+//! look is skipped; passes do not wait for removals, yet never call an owner done, or remove
+//! what an owner revived meanwhile, while its removals are still queued.
+//! End-to-end behaviour against the real engine is tested in `e2e_*`.
 
 use futures_util::Stream;
 use std::collections::BTreeMap;
@@ -11,11 +13,17 @@ use std::time::Duration;
 
 use reaper::controller::{Controller, Settings, StoreSlot};
 use reaper::docker::{DockerError, Engine, EventHint, Selectors};
+use reaper::executor::Outcome;
 use reaper::inventory::DockerObject;
 use reaper::metrics::Metrics;
-use reaper::model::{Labels, ResourceKind, Timestamp};
+use reaper::model::{
+    Agent, AgentPhase, AgentSpec, AgentStatus, EndReason, Labels, Name, ObjectMeta, Record,
+    ResourceKind, Session, SessionPhase, SessionSpec, SessionStatus, Timestamp,
+};
 use reaper::ownership::Rules;
 use reaper::plan::Scope;
+use reaper::store::API_SOURCE;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct FakeEngine {
@@ -25,6 +33,13 @@ struct FakeEngine {
     /// Labels the object has on the last look, if they changed since the listing.
     relabel: Mutex<Option<Labels>>,
     removes: AtomicUsize,
+    inspects: AtomicUsize,
+    /// Kinds in the order their deletes started.
+    removed_kinds: Mutex<Vec<ResourceKind>>,
+    /// Held for writing by a test: every inspect (the first step of a removal) waits.
+    hold: tokio::sync::RwLock<()>,
+    /// The listing shows nothing, though the objects are still there to inspect.
+    hidden: Mutex<bool>,
 }
 
 impl Engine for FakeEngine {
@@ -35,9 +50,14 @@ impl Engine for FakeEngine {
         if *self.fail_list.lock().unwrap() {
             return Err(DockerError::Other("status 500: listing broke".into()));
         }
+        if *self.hidden.lock().unwrap() {
+            return Ok(Vec::new());
+        }
         Ok(self.objects.lock().unwrap().clone())
     }
     async fn inspect(&self, obj: &DockerObject) -> Result<Option<DockerObject>, DockerError> {
+        let _released = self.hold.read().await;
+        self.inspects.fetch_add(1, Ordering::SeqCst);
         let found = self
             .objects
             .lock()
@@ -53,10 +73,13 @@ impl Engine for FakeEngine {
         }))
     }
     async fn stop(&self, _: &str, _: Duration) -> Result<(), DockerError> {
+        // A graceful stop takes a while: long enough for anything not held back to overtake.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(())
     }
     async fn remove(&self, obj: &DockerObject) -> Result<(), DockerError> {
         self.removes.fetch_add(1, Ordering::SeqCst);
+        self.removed_kinds.lock().unwrap().push(obj.kind);
         if let Some(e) = self.remove_error.lock().unwrap().clone() {
             return Err(e);
         }
@@ -71,6 +94,12 @@ impl Engine for FakeEngine {
     }
 }
 
+fn owned(id: &str, label: &str, owner: &str) -> DockerObject {
+    let mut o = orphan(id);
+    o.labels = BTreeMap::from([(label.to_string(), owner.to_string())]);
+    o
+}
+
 fn orphan(id: &str) -> DockerObject {
     DockerObject {
         kind: ResourceKind::Container,
@@ -83,7 +112,8 @@ fn orphan(id: &str) -> DockerObject {
     }
 }
 
-fn controller(engine: Arc<FakeEngine>) -> (Controller<FakeEngine>, tempfile::TempDir) {
+/// A controller with its removal worker running, as the daemon has it.
+fn controller(engine: Arc<FakeEngine>) -> (Arc<Controller<FakeEngine>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (slot, err) = StoreSlot::open(&dir.path().join("store"));
     assert!(err.is_none());
@@ -97,7 +127,9 @@ fn controller(engine: Arc<FakeEngine>) -> (Controller<FakeEngine>, tempfile::Tem
         dry_run: false,
     };
     let metrics = Arc::new(Metrics::new().unwrap());
-    (Controller::new(slot, engine, metrics, settings), dir)
+    let ctl = Arc::new(Controller::new(slot, engine, metrics, settings));
+    tokio::spawn(ctl.clone().run_removals(CancellationToken::new()));
+    (ctl, dir)
 }
 
 fn metric(ctl: &Controller<FakeEngine>, line_start: &str) -> f64 {
@@ -177,4 +209,220 @@ async fn an_object_that_is_no_longer_ours_on_the_last_look_is_skipped() {
     assert_eq!(plan.removals.len(), 1, "the listing made it look removable");
     assert_eq!(report.skipped, 1);
     assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+}
+
+/// Bounds every wait in these tests: a hang fails clearly instead of stalling the suite.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 10 s"))
+}
+
+#[tokio::test]
+async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .push(owned("c1", "reaper.session", "run-1"));
+    let (ctl, _dir) = controller(engine.clone());
+    let store = ctl.store().unwrap();
+    store
+        .apply(
+            vec![Record::Session(session("run-1"))],
+            API_SOURCE,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .update_session("run-1", |s| {
+            s.status.phase = SessionPhase::Ended;
+            s.status.ended_at = Some(Timestamp::now());
+            s.status.end_reason = Some(EndReason::Succeeded);
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let hold = engine.hold.write().await;
+    let (_, first) = within(
+        "a pass with a removal stuck",
+        ctl.reconcile(&Scope::Normal, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.len(), 1);
+    // The next pass plans the same object again: it is not queued a second time.
+    let (_, second) = within("a second pass", ctl.reconcile(&Scope::Normal, false))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    // A listing that no longer shows the object must not mark the session Cleaned while its
+    // removal (and the count it adds) is still under way.
+    *engine.hidden.lock().unwrap() = true;
+    let (plan, _) = within("a third pass", ctl.reconcile(&Scope::Normal, false))
+        .await
+        .unwrap();
+    assert!(
+        !plan.transitions.is_empty(),
+        "the listing alone would call it done"
+    );
+    assert_eq!(
+        store.session("run-1").unwrap().unwrap().status.phase,
+        SessionPhase::Ended
+    );
+    *engine.hidden.lock().unwrap() = false;
+
+    drop(hold);
+    for (_, ticket) in first.into_iter().chain(second) {
+        assert_eq!(
+            within("the removal", ticket.outcome()).await,
+            Outcome::Removed
+        );
+    }
+    assert_eq!(
+        engine.removes.load(Ordering::SeqCst),
+        1,
+        "one job, one delete"
+    );
+
+    within("the confirming pass", ctl.pass(&Scope::Normal, false))
+        .await
+        .unwrap();
+    let s = store.session("run-1").unwrap().unwrap();
+    assert_eq!(s.status.phase, SessionPhase::Cleaned);
+    assert_eq!(
+        s.status.removed.total(),
+        1,
+        "counted before it was called done"
+    );
+}
+
+#[tokio::test]
+async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .push(owned("c1", "reaper.agent", "bot"));
+    let (ctl, _dir) = controller(engine.clone());
+    let store = ctl.store().unwrap();
+    store
+        .apply(
+            vec![Record::Agent(agent("bot"))],
+            API_SOURCE,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let set_phase = |phase| {
+        let store = store.clone();
+        async move {
+            store
+                .update_agent("bot", |a| {
+                    a.status.phase = phase;
+                    a.status.phase_since = Timestamp::now();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+    };
+    set_phase(AgentPhase::Failed).await;
+
+    let hold = engine.hold.write().await;
+    let (_, tickets) = within("a pass", ctl.reconcile(&Scope::Normal, false))
+        .await
+        .unwrap();
+    assert_eq!(tickets.len(), 1, "a failed agent's container is removed");
+    // The agent starts again (what `reaper agent report running` records) before the delete.
+    set_phase(AgentPhase::Running).await;
+    drop(hold);
+    let (_, ticket) = tickets.into_iter().next().unwrap();
+    assert!(matches!(
+        within("the removal", ticket.outcome()).await,
+        Outcome::Skipped(_)
+    ));
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+    assert_eq!(engine.objects.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn removal_order_holds_across_passes() {
+    let engine = Arc::new(FakeEngine::default());
+    let (ctl, _dir) = controller(engine.clone());
+    let mut network = orphan("n1");
+    network.kind = ResourceKind::Network;
+    let mut container = orphan("c1");
+    container.running = true;
+    engine.objects.lock().unwrap().push(container);
+
+    // The container's removal is under way when a later pass plans the network.
+    let hold = engine.hold.write().await;
+    let (_, mut tickets) = within("a pass", ctl.reconcile(&Scope::Normal, false))
+        .await
+        .unwrap();
+    engine.objects.lock().unwrap().push(network);
+    let (_, more) = within("a second pass", ctl.reconcile(&Scope::Normal, false))
+        .await
+        .unwrap();
+    tickets.extend(more);
+    drop(hold);
+    for (_, ticket) in tickets {
+        assert_eq!(
+            within("a removal", ticket.outcome()).await,
+            Outcome::Removed
+        );
+    }
+    assert_eq!(
+        *engine.removed_kinds.lock().unwrap(),
+        [ResourceKind::Container, ResourceKind::Network],
+        "a network waits for every container removal queued before it"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_that_only_skipped_does_not_wake_the_loop_again() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(orphan("x"));
+    *engine.relabel.lock().unwrap() =
+        Some(BTreeMap::from([("app".to_string(), "theirs".to_string())]));
+    let (ctl, _dir) = controller(engine.clone());
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+    // The plan keeps proposing it and the re-check keeps refusing: that is one look per resync
+    // (30 s here), not a pass per emptied queue.
+    let looks = engine.inspects.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&looks),
+        "{looks} inspects in 1 s: the loop spins"
+    );
+}
+
+fn session(name: &str) -> Session {
+    Session {
+        metadata: ObjectMeta {
+            name: Name::new(name).unwrap(),
+            labels: Default::default(),
+        },
+        spec: SessionSpec::default(),
+        status: SessionStatus::default(),
+    }
+}
+
+fn agent(name: &str) -> Agent {
+    Agent {
+        metadata: ObjectMeta {
+            name: Name::new(name).unwrap(),
+            labels: Default::default(),
+        },
+        spec: AgentSpec::default(),
+        status: AgentStatus::default(),
+    }
 }
