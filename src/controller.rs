@@ -3,8 +3,8 @@
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
 //! meanwhile is planned at once while earlier removals still run. Outcomes come back through
 //! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
-//! Record changes, Docker events and deadlines wake the loop within milliseconds; a periodic
-//! resync makes it correct when events are lost. It fails closed: if the store or a Docker
+//! Record changes and deadlines wake the loop within milliseconds, Docker events about our
+//! objects within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost. It fails closed: if the store or a Docker
 //! listing cannot be read, the pass deletes nothing.
 
 use futures_util::StreamExt;
@@ -37,6 +37,9 @@ const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CONDITION_REMOVAL_FAILING: &str = "RemovalFailing";
+/// Docker events of ours start at most one pass per this interval: a workflow system starting
+/// a hundred containers should not cost a hundred full listings.
+const EVENT_COALESCE: Duration = Duration::from_millis(250);
 
 /// What the controller needs from the daemon config.
 #[derive(Clone, Debug)]
@@ -347,11 +350,21 @@ impl<E: Engine> Controller<E> {
     pub async fn watch_events(self: Arc<Self>, shutdown: CancellationToken) {
         let mut since = Timestamp::now().millis() / 1000;
         let mut backoff = PASS_BACKOFF_MIN;
+        // The first event nudges at once; more within EVENT_COALESCE make one nudge at its end.
+        let mut last_nudge = Instant::now()
+            .checked_sub(EVENT_COALESCE)
+            .unwrap_or_else(Instant::now);
+        let mut held: Option<Instant> = None;
         loop {
             let mut stream = Box::pin(self.engine.events(since.saturating_sub(1)));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
+                        held = None;
+                        last_nudge = Instant::now();
+                        self.nudge();
+                    }
                     item = stream.next() => match item {
                         Some(Ok(hint)) => {
                             backoff = PASS_BACKOFF_MIN;
@@ -360,8 +373,14 @@ impl<E: Engine> Controller<E> {
                             let ours = desired.map(|d| {
                                 ownership::is_ours(&hint.object, &d.rules, &d.matchers)
                             });
-                            if ours.unwrap_or(true) {
-                                self.nudge();
+                            if ours.unwrap_or(true) && held.is_none() {
+                                let due = last_nudge + EVENT_COALESCE;
+                                if Instant::now() >= due {
+                                    last_nudge = Instant::now();
+                                    self.nudge();
+                                } else {
+                                    held = Some(due);
+                                }
                             }
                         }
                         Some(Err(e)) => {
@@ -516,7 +535,7 @@ impl<E: Engine> Controller<E> {
             match ticket.outcome().await {
                 Outcome::Removed => report.removed.push(target),
                 Outcome::Failed { message, .. } => report.failed.push((target, message)),
-                Outcome::Skipped(_) => report.skipped += 1,
+                Outcome::Skipped(_) | Outcome::Gone => report.skipped += 1,
                 Outcome::Deferred => report.deferred += 1,
             }
         }
@@ -541,7 +560,13 @@ impl<E: Engine> Controller<E> {
             Timestamp::now().as_secs_f64(),
         );
         match &result {
-            Ok((plan, _)) => {
+            Ok((plan, tickets)) => {
+                debug!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    planned = plan.removals.len(),
+                    queued = tickets.len(),
+                    "Pass finished."
+                );
                 self.metrics.set_safe_mode(false);
                 self.metrics.set_docker_up(true);
                 self.set_health(|h| {
@@ -933,6 +958,8 @@ impl<E: Engine> Hooks for Controller<E> {
                 self.metrics.cleanup_attempted(kind);
                 self.metrics.cleanup_failed(kind, *class);
                 warn!(kind = %kind, target = %target, owner = %display_owner(owner), error = %message, failures, "Removal failed; will retry with backoff.");
+                // One more pass, to schedule the loop's wake-up for the retry.
+                self.look_again.store(true, SeqCst);
                 if *failures >= FAILING_AFTER {
                     delta.failing = Some(Condition {
                         type_: CONDITION_REMOVAL_FAILING.into(),
@@ -944,6 +971,7 @@ impl<E: Engine> Hooks for Controller<E> {
             Outcome::Skipped(why) => {
                 info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
             }
+            Outcome::Gone => debug!(kind = %kind, target = %target, "Already gone."),
             Outcome::Deferred => {}
         }
         let Some(owner) = owner else { return };
@@ -957,7 +985,8 @@ impl<E: Engine> Hooks for Controller<E> {
 
     fn idle(&self) {
         // Confirms what went and lets the owners be marked cleaned. Not after a queue that only
-        // skipped or failed: the same plan would queue the same things again at once.
+        // skipped: the same plan would queue the same things again at once. (After a failure
+        // the object is in backoff, so the pass queues nothing and wakes for the retry.)
         if self.look_again.swap(false, SeqCst) {
             self.trigger();
         }

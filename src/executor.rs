@@ -38,6 +38,9 @@ pub enum Outcome {
     },
     /// The fresh look showed it is no longer ours to remove (owner came back, tag moved).
     Skipped(String),
+    /// Already gone when its turn came (removed by someone else, or by an earlier job that a
+    /// pass listing at the same moment did not see finish): nothing done, nothing counted.
+    Gone,
     /// Still backing off from an earlier failure, or dropped from the queue at shutdown.
     Deferred,
 }
@@ -169,9 +172,19 @@ impl Executor {
         self.state().jobs.is_empty()
     }
 
-    /// The earliest instant a deferred object may be retried.
+    /// The earliest instant, still to come, at which a deferred object may be retried. An entry
+    /// whose time has passed was either resubmitted by the last pass or is no longer planned
+    /// (gone by other means); it must not wake the loop again and again. Entries not retried
+    /// for `BACKOFF_MAX` are forgotten.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.state().backoff.values().map(|b| b.retry_at).min()
+        let now = Instant::now();
+        let mut s = self.state();
+        s.backoff.retain(|_, b| b.retry_at + BACKOFF_MAX > now);
+        s.backoff
+            .values()
+            .map(|b| b.retry_at)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Works the queue until `shutdown`; then lets running removals finish (each Docker call
@@ -258,7 +271,8 @@ impl Executor {
             Target::Path { path } => {
                 let (root, path) = (self.paths_root.clone(), path.clone());
                 match tokio::task::spawn_blocking(move || paths::remove_below(&root, &path)).await {
-                    Ok(Ok(_)) => Ok(true),
+                    Ok(Ok(paths::Removal::AlreadyGone)) => Ok(Outcome::Gone),
+                    Ok(Ok(_)) => Ok(Outcome::Removed),
                     Ok(Err(e)) => Err((ErrorClass::Io, e.to_string())),
                     Err(e) => Err((ErrorClass::Other, e.to_string())),
                 }
@@ -266,11 +280,10 @@ impl Executor {
         };
         let key = key_of(&r.target);
         match result {
-            Ok(true) => {
+            Ok(outcome) => {
                 self.state().backoff.remove(&key);
-                Outcome::Removed
+                outcome
             }
-            Ok(false) => Outcome::Skipped("no longer removable on a fresh look".into()),
             Err((class, message)) => Outcome::Failed {
                 class,
                 message,
@@ -294,23 +307,24 @@ impl Executor {
     }
 }
 
-/// Ok(true): gone. Ok(false): skipped by the re-check. Err: failed with a class.
 async fn remove_docker<E: Engine>(
     engine: &E,
     obj: &DockerObject,
     r: &Removal,
     forced: Option<&OwnerRef>,
     hooks: &dyn Hooks,
-) -> Result<bool, (ErrorClass, String)> {
+) -> Result<Outcome, (ErrorClass, String)> {
     let fail = |e: DockerError| (e.class(), e.to_string());
     let Some(fresh) = engine.inspect(obj).await.map_err(fail)? else {
-        return Ok(true);
+        return Ok(Outcome::Gone);
     };
     // Never trust the listing alone: the labels on the object itself must still say it is ours,
     // a reference must still point at the image that was planned, and no owner may have come
     // back to life since the pass that planned it.
     if fresh.id != obj.id || !hooks.may_remove(&fresh, r, forced) {
-        return Ok(false);
+        return Ok(Outcome::Skipped(
+            "no longer removable on a fresh look".into(),
+        ));
     }
     if fresh.kind == ResourceKind::Container && fresh.running {
         match engine.stop(&fresh.id, r.stop_timeout.std()).await {
@@ -318,7 +332,11 @@ async fn remove_docker<E: Engine>(
             Err(e) => return Err(fail(e)),
         }
     }
-    engine.remove(&fresh).await.map(|()| true).map_err(fail)
+    engine
+        .remove(&fresh)
+        .await
+        .map(|()| Outcome::Removed)
+        .map_err(fail)
 }
 
 fn key_of(t: &Target) -> ObjectKey {

@@ -34,12 +34,17 @@ struct FakeEngine {
     relabel: Mutex<Option<Labels>>,
     removes: AtomicUsize,
     inspects: AtomicUsize,
+    lists: AtomicUsize,
     /// Kinds in the order their deletes started.
     removed_kinds: Mutex<Vec<ResourceKind>>,
     /// Held for writing by a test: every inspect (the first step of a removal) waits.
     hold: tokio::sync::RwLock<()>,
     /// The listing shows nothing, though the objects are still there to inspect.
     hidden: Mutex<bool>,
+    /// Listed, but gone by the time anyone looks: a listing taken as they were removed.
+    stale: Mutex<Vec<DockerObject>>,
+    /// Docker events, for whoever follows them.
+    events: Mutex<Option<tokio::sync::broadcast::Sender<EventHint>>>,
 }
 
 impl Engine for FakeEngine {
@@ -47,13 +52,22 @@ impl Engine for FakeEngine {
         Ok("fake".into())
     }
     async fn list(&self, _: &Selectors) -> Result<Vec<DockerObject>, DockerError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         if *self.fail_list.lock().unwrap() {
             return Err(DockerError::Other("status 500: listing broke".into()));
         }
         if *self.hidden.lock().unwrap() {
             return Ok(Vec::new());
         }
-        Ok(self.objects.lock().unwrap().clone())
+        let stale = self.stale.lock().unwrap().clone();
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .chain(stale)
+            .collect())
     }
     async fn inspect(&self, obj: &DockerObject) -> Result<Option<DockerObject>, DockerError> {
         let _released = self.hold.read().await;
@@ -90,7 +104,22 @@ impl Engine for FakeEngine {
         &self,
         _: i64,
     ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static {
-        futures_util::stream::pending()
+        let rx = self
+            .events
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|tx| tx.subscribe());
+        futures_util::stream::unfold(rx, |rx| async move {
+            let mut rx = rx?;
+            loop {
+                match rx.recv().await {
+                    Ok(hint) => return Some((Ok(hint), Some(rx))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
     }
 }
 
@@ -402,6 +431,105 @@ async fn a_queue_that_only_skipped_does_not_wake_the_loop_again() {
     assert!(
         (1..=2).contains(&looks),
         "{looks} inspects in 1 s: the loop spins"
+    );
+}
+
+#[tokio::test]
+async fn an_object_already_gone_when_its_turn_comes_is_not_counted() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.stale.lock().unwrap().push(orphan("went"));
+    let (ctl, _dir) = controller(engine.clone());
+
+    let (plan, report) = within("a pass", ctl.pass(&Scope::Normal, false))
+        .await
+        .unwrap();
+    assert_eq!(plan.removals.len(), 1, "the stale listing planned it");
+    assert!(report.removed.is_empty());
+    assert_eq!(report.skipped, 1);
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        metric(
+            &ctl,
+            "reaper_cleanup_attempts_total{resource=\"container\"}"
+        ),
+        0.0,
+        "a removal someone else (or an earlier job) did is not ours to count"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_object_that_went_by_other_means_does_not_make_the_loop_spin() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(orphan("flaky"));
+    *engine.remove_error.lock().unwrap() = Some(DockerError::Conflict("in use".into()));
+    let (ctl, _dir) = controller(engine.clone());
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        engine.removes.load(Ordering::SeqCst),
+        1,
+        "the first try failed"
+    );
+    // Someone else removes it; its backoff (about 1 s) then runs out with nothing to retry.
+    engine.objects.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+    let lists = engine.lists.load(Ordering::SeqCst);
+    assert!(lists <= 5, "{lists} listings in under 3 s: the loop spins");
+}
+
+#[tokio::test]
+async fn a_failed_removal_is_retried_when_its_backoff_ends_not_at_the_resync() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(orphan("flaky"));
+    *engine.remove_error.lock().unwrap() = Some(DockerError::Conflict("in use".into()));
+    let (ctl, _dir) = controller(engine.clone());
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *engine.remove_error.lock().unwrap() = None;
+    // Backoff is about 1 s; the resync is 30 s.
+    let gone = within("the retry", async {
+        while !engine.objects.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    gone.await;
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 2);
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
+    let engine = Arc::new(FakeEngine::default());
+    let (tx, _) = tokio::sync::broadcast::channel(1024);
+    *engine.events.lock().unwrap() = Some(tx.clone());
+    let (ctl, _dir) = controller(engine.clone());
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    let ev = tokio::spawn(ctl.clone().watch_events(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = engine.lists.load(Ordering::SeqCst);
+    // A workflow system starts 200 containers of ours within about a second.
+    for i in 0..200 {
+        let hint = EventHint {
+            object: orphan(&format!("new-{i}")),
+            time_secs: Timestamp::now().millis() / 1000,
+        };
+        tx.send(hint).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+    within("the event follower", ev).await.unwrap();
+    let passes = engine.lists.load(Ordering::SeqCst) - before;
+    assert!(
+        (1..=10).contains(&passes),
+        "{passes} passes for 200 events in about 1.5 s"
     );
 }
 
