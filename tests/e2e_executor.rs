@@ -225,3 +225,56 @@ fn a_session_adopts_objects_by_session_id_label_and_by_its_match_labels() {
 
     bystanders.assert_all_alive();
 }
+
+/// Sessions ended one after another while the first ones' removals still run: the passes that
+/// plan the later ones overlap removals, list objects that are half-way gone and queue them
+/// again. Every container must still be removed, and counted, exactly once.
+#[test]
+fn a_burst_of_ended_sessions_is_removed_and_counted_exactly_once() {
+    let _scope = Scope::new(&["e2e-burst-"]);
+    let bystanders = Bystanders::create("burst");
+    let r = Reaper::start(&[]);
+    let names: Vec<String> = (0..6).map(|i| format!("e2e-burst-{i}")).collect();
+    let docs: Vec<String> = names
+        .iter()
+        .map(|n| format!("apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: {n}\n"))
+        .collect();
+    r.apply(&docs.join("---\n"));
+    let mut objs = Vec::new();
+    for n in &names {
+        for i in 0..8 {
+            let c = Container::new(&format!("{n}-c{i}")).label("reaper.session", n);
+            let c = if i % 2 == 0 { c.running() } else { c.created() };
+            objs.push((Kind::Container, c.create()));
+        }
+    }
+    let before = metric(
+        &r.metrics_addr(),
+        "reaper_cleanups_total{reason=\"session_ended\",resource=\"container\"}",
+    )
+    .unwrap_or(0.0);
+
+    for n in &names {
+        r.cli_ok(&["session", "end", n]);
+    }
+    r.wait_until(
+        "every container of the burst is gone",
+        Duration::from_secs(30),
+        || all_gone(&objs),
+    );
+    for n in &names {
+        let rec = wait_cleaned(&r, n);
+        assert_eq!(
+            removed_counts(&rec),
+            (8, 0, 0, 0, 0),
+            "status.removed: {rec:#}"
+        );
+    }
+    let after = metric(
+        &r.metrics_addr(),
+        "reaper_cleanups_total{reason=\"session_ended\",resource=\"container\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(after - before, 48.0, "each container counted once");
+    bystanders.assert_all_alive();
+}
