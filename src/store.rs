@@ -898,7 +898,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ObjectMeta, SessionSpec};
 
     impl Store {
         fn raw_records(&self) -> sled::Tree {
@@ -907,14 +906,7 @@ mod tests {
     }
 
     fn session(name: &str) -> Session {
-        Session {
-            metadata: ObjectMeta {
-                name: Name::new(name).unwrap(),
-                labels: Default::default(),
-            },
-            spec: SessionSpec::default(),
-            status: SessionStatus::default(),
-        }
+        Session::named(Name::new(name).unwrap())
     }
 
     #[tokio::test]

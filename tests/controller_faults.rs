@@ -17,8 +17,8 @@ use reaper::executor::Outcome;
 use reaper::inventory::DockerObject;
 use reaper::metrics::Metrics;
 use reaper::model::{
-    Agent, AgentPhase, AgentSpec, AgentStatus, EndReason, Labels, Name, ObjectMeta, Record,
-    ResourceKind, Session, SessionPhase, SessionSpec, SessionStatus, Timestamp,
+    Agent, AgentPhase, EndReason, Labels, Name, Record, ResourceKind, Session, SessionPhase,
+    Timestamp,
 };
 use reaper::ownership::Rules;
 use reaper::plan::Scope;
@@ -240,6 +240,26 @@ async fn an_object_that_is_no_longer_ours_on_the_last_look_is_skipped() {
     assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
 }
 
+/// A controller whose store holds `record` and whose engine holds `object`.
+async fn one_record_one_object(
+    record: Record,
+    object: DockerObject,
+) -> (
+    Arc<FakeEngine>,
+    Arc<Controller<FakeEngine>>,
+    tempfile::TempDir,
+) {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(object);
+    let (ctl, dir) = controller(engine.clone());
+    ctl.store()
+        .unwrap()
+        .apply(vec![record], API_SOURCE, Timestamp::now())
+        .await
+        .unwrap();
+    (engine, ctl, dir)
+}
+
 /// Bounds every wait in these tests: a hang fails clearly instead of stalling the suite.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)
@@ -249,22 +269,13 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test]
 async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are() {
-    let engine = Arc::new(FakeEngine::default());
-    engine
-        .objects
-        .lock()
-        .unwrap()
-        .push(owned("c1", "reaper.session", "run-1"));
-    let (ctl, _dir) = controller(engine.clone());
+    let name = Name::new("run-1").unwrap();
+    let (engine, ctl, _dir) = one_record_one_object(
+        Record::Session(Session::named(name)),
+        owned("c1", "reaper.session", "run-1"),
+    )
+    .await;
     let store = ctl.store().unwrap();
-    store
-        .apply(
-            vec![Record::Session(session("run-1"))],
-            API_SOURCE,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
     store
         .update_session("run-1", |s| {
             s.status.phase = SessionPhase::Ended;
@@ -331,22 +342,13 @@ async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are
 
 #[tokio::test]
 async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
-    let engine = Arc::new(FakeEngine::default());
-    engine
-        .objects
-        .lock()
-        .unwrap()
-        .push(owned("c1", "reaper.agent", "bot"));
-    let (ctl, _dir) = controller(engine.clone());
+    let name = Name::new("bot").unwrap();
+    let (engine, ctl, _dir) = one_record_one_object(
+        Record::Agent(Agent::named(name)),
+        owned("c1", "reaper.agent", "bot"),
+    )
+    .await;
     let store = ctl.store().unwrap();
-    store
-        .apply(
-            vec![Record::Agent(agent("bot"))],
-            API_SOURCE,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
     let set_phase = |phase| {
         let store = store.clone();
         async move {
@@ -531,26 +533,4 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         (1..=10).contains(&passes),
         "{passes} passes for 200 events in about 1.5 s"
     );
-}
-
-fn session(name: &str) -> Session {
-    Session {
-        metadata: ObjectMeta {
-            name: Name::new(name).unwrap(),
-            labels: Default::default(),
-        },
-        spec: SessionSpec::default(),
-        status: SessionStatus::default(),
-    }
-}
-
-fn agent(name: &str) -> Agent {
-    Agent {
-        metadata: ObjectMeta {
-            name: Name::new(name).unwrap(),
-            labels: Default::default(),
-        },
-        spec: AgentSpec::default(),
-        status: AgentStatus::default(),
-    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use reaper::model::{
-    Agent, AgentPhase, AgentSpec, AgentStatus, Duration, Name, ObjectMeta, OwnerKind, OwnerRef,
-    Record, Session, SessionPhase, SessionSpec, SessionStatus, Timestamp,
+    Agent, AgentPhase, Duration, Name, OwnerKind, OwnerRef, Record, Session, SessionPhase,
+    Timestamp,
 };
 use reaper::store::{ApplyAction, Store, StoreError, API_SOURCE};
 
@@ -17,25 +17,11 @@ const T0: Timestamp = Timestamp(1_700_000_000_000);
 const T1: Timestamp = Timestamp(1_700_000_060_000);
 
 fn session(name: &str) -> Session {
-    Session {
-        metadata: ObjectMeta {
-            name: Name::new(name).unwrap(),
-            labels: Default::default(),
-        },
-        spec: SessionSpec::default(),
-        status: SessionStatus::default(),
-    }
+    Session::named(Name::new(name).unwrap())
 }
 
 fn agent(name: &str) -> Agent {
-    Agent {
-        metadata: ObjectMeta {
-            name: Name::new(name).unwrap(),
-            labels: Default::default(),
-        },
-        spec: AgentSpec::default(),
-        status: AgentStatus::default(),
-    }
+    Agent::named(Name::new(name).unwrap())
 }
 
 fn sessions(prefix: &str, n: usize) -> Vec<Record> {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+use super::{Condition, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,6 +81,18 @@ pub struct AgentStatus {
 }
 
 impl Agent {
+    /// A new record with default spec and status, as a bare manifest would give.
+    pub fn named(name: Name) -> Self {
+        Agent {
+            metadata: ObjectMeta {
+                name,
+                labels: Labels::new(),
+            },
+            spec: AgentSpec::default(),
+            status: AgentStatus::default(),
+        }
+    }
+
     pub fn name_prefix(&self, default_prefix: &str) -> String {
         self.spec
             .match_

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Duration, Labels, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+use super::{Condition, Duration, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -134,6 +134,18 @@ pub struct SessionStatus {
 }
 
 impl Session {
+    /// A new record with default spec and status, as a bare manifest would give.
+    pub fn named(name: Name) -> Self {
+        Session {
+            metadata: ObjectMeta {
+                name,
+                labels: Labels::new(),
+            },
+            spec: SessionSpec::default(),
+            status: SessionStatus::default(),
+        }
+    }
+
     /// The instant this session stops being live by itself (ttl or heartbeat), if any.
     /// `restarted_at` makes heartbeat timeouts count from the daemon's start, so downtime
     /// of reaper itself never expires sessions.
