@@ -4,8 +4,8 @@
 //! meanwhile is planned at once while earlier removals still run. Outcomes come back through
 //! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
 //! Record changes and deadlines wake the loop within milliseconds, Docker events about our
-//! objects within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost. It fails closed: if the store or a Docker
-//! listing cannot be read, the pass deletes nothing.
+//! objects within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
+//! It fails closed: if the store or a Docker listing cannot be read, the pass deletes nothing.
 
 use futures_util::StreamExt;
 use serde::Serialize;

@@ -445,6 +445,10 @@ class Bench:
         self.rows.append((scenario, figure, value, baseline, ratio, target, verdict))
         log(f"{scenario} | {figure} | {value} | {baseline} | {ratio} | {target} | {verdict}")
 
+    def against_raw(self, scenario, figure, took, raw):
+        """An informational row: a time and its ratio to the raw API baseline, no target."""
+        self.row(scenario, figure, f"{took:.2f} s", f"{raw:.2f} s raw API", f"{took / raw:.2f}x", "-", "info")
+
     def reaper(self, name, docker_sock=None, extra=()):
         r = Reaper(self.a.binary, docker_sock or self.sock, self.workdir, name, extra)
         self.reapers.append(r)
@@ -572,14 +576,11 @@ class Bench:
         if not peers:
             return
         proto = statistics.median(times["protocol"])
-        self.row(
+        self.against_raw(
             "1 throughput (protocol)",
             f"N={n}: raw API, inspect + stop -t 5 + DELETE, {PARALLEL} parallel ({med}same rounds)",
-            f"{proto:.2f} s",
-            f"{raw:.2f} s raw API",
-            f"{proto / raw:.2f}x",
-            "-",
-            "info",
+            proto,
+            raw,
         )
         # Peers, on the same number of equivalent containers.
         s = self.uniq("prune")
@@ -608,14 +609,8 @@ class Bench:
             timeout=600,
         )
         took = self.events.wait(ids, 600) - t0
-        self.row(
-            "1 throughput (peer)",
-            f"N={n}: docker stop + container prune --filter label",
-            f"{took:.2f} s",
-            f"{raw:.2f} s raw API",
-            f"{took / raw:.2f}x",
-            "-",
-            "info",
+        self.against_raw(
+            "1 throughput (peer)", f"N={n}: docker stop + container prune --filter label", took, raw
         )
         s = self.uniq("rmf")
         ids = self.create(specs(s))
@@ -632,14 +627,8 @@ class Bench:
             timeout=600,
         )
         took = self.events.wait(ids, 600) - t0
-        self.row(
-            "1 throughput (peer)",
-            f"N={n}: docker rm -f $(docker ps -aq --filter label)",
-            f"{took:.2f} s",
-            f"{raw:.2f} s raw API",
-            f"{took / raw:.2f}x",
-            "-",
-            "info",
+        self.against_raw(
+            "1 throughput (peer)", f"N={n}: docker rm -f $(docker ps -aq --filter label)", took, raw
         )
 
     # --- 2. reaction latency ---------------------------------------------------------------
