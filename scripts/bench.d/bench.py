@@ -912,7 +912,7 @@ def main():
     p.add_argument("--n", type=int, nargs="*", help="throughput sizes (default 200 1000)")
     p.add_argument("--idle-seconds", type=float)
     p.add_argument("--peers-all", action="store_true", help="peer rows at every N, not only the first")
-    p.add_argument("--rounds", type=int, help="throughput rounds per N (default 3; 1 with --quick)")
+    p.add_argument("--rounds", type=int, help="throughput rounds per N (default 5; 1 with --quick)")
     p.add_argument("--only", help="comma-separated scenarios to run: 1,2,3,5 (3 includes 4)")
     a = p.parse_args()
     q = a.quick
@@ -925,7 +925,7 @@ def main():
             sizes = a.n or ([10] if q else [200, 1000])
             for i, n in enumerate(sizes):
                 b.throughput(
-                    n, 5 if q else 20, peers=(i == 0 or a.peers_all), rounds=a.rounds or (1 if q else 3)
+                    n, 5 if q else 20, peers=(i == 0 or a.peers_all), rounds=a.rounds or (1 if q else 5)
                 )
         if "2" in only:
             b.latency(3 if q else 30, 4 if q else 10, 1 if q else 5)
