@@ -147,19 +147,21 @@ pub struct Docker {
     metrics: Arc<Metrics>,
 }
 
+/// bollard's client-wide request timeout, only a backstop: every call has its own bound (see
+/// `call`), and a stop's is `stopTimeout` plus `dockerTimeout`, which a client-wide
+/// `dockerTimeout` would cut short.
+const BOLLARD_BACKSTOP: Duration = Duration::from_secs(24 * 3600);
+
 impl Docker {
     /// `host` is `unix:///path` or `tcp://host:port`. Connecting is lazy: nothing is sent yet.
     pub fn new(host: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, DockerError> {
         let client = if let Some(path) = host.strip_prefix("unix://") {
-            bollard::Docker::connect_with_unix(
-                path,
-                timeout.as_secs().max(1),
-                bollard::API_DEFAULT_VERSION,
-            )
+            bollard::Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
         } else {
             bollard::Docker::connect_with_host(host)
         }
-        .map_err(|e| DockerError::Unavailable(format!("{host}: {e}")))?;
+        .map_err(|e| DockerError::Unavailable(format!("{host}: {e}")))?
+        .with_timeout(BOLLARD_BACKSTOP);
         Ok(Docker {
             client,
             timeout,
@@ -176,7 +178,11 @@ impl Docker {
         fut: impl Future<Output = Result<T, bollard::errors::Error>>,
     ) -> Result<T, DockerError> {
         let result = match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r.map_err(DockerError::from_bollard),
+            // bollard's own timeout carries no duration; it is this call's bound all the same.
+            Ok(r) => r.map_err(|e| match DockerError::from_bollard(e) {
+                DockerError::Timeout(_) => DockerError::Timeout(timeout),
+                e => e,
+            }),
             Err(_) => Err(DockerError::Timeout(timeout)),
         };
         if let Err(e) = &result {

@@ -278,3 +278,45 @@ fn a_burst_of_ended_sessions_is_removed_and_counted_exactly_once() {
     assert_eq!(after - before, 48.0, "each container counted once");
     bystanders.assert_all_alive();
 }
+
+/// A stop waits up to the session's `stopTimeout`, however short `dockerTimeout` is: the stop
+/// call's bound is the sum. (bollard's client-wide timeout used to cut it at `dockerTimeout`,
+/// counting a timeout failure and a retry for a stop that was going as planned.)
+#[test]
+fn a_stop_longer_than_the_docker_timeout_is_waited_for_not_failed() {
+    let _scope = Scope::new(&["e2e-slowstop-"]);
+    let r = Reaper::start(&["--docker-timeout", "2s"]);
+    let name = "e2e-slowstop-1";
+    r.apply(&format!(
+        "apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  cleanup:\n    stopTimeout: 4s\n"
+    ));
+    let id = Container::new(&format!("{name}-c"))
+        .label("reaper.session", name)
+        .ignoring_sigterm()
+        .create();
+    let objs = vec![(Kind::Container, id)];
+    r.cli_ok(&["session", "end", name]);
+    let ended = Instant::now();
+    r.wait_until("the container is gone", Duration::from_secs(20), || {
+        all_gone(&objs)
+    });
+    let took = ended.elapsed();
+    assert!(
+        took >= Duration::from_millis(3500),
+        "removed after {took:?}: the graceful stop was not waited for"
+    );
+    let rec = wait_cleaned(&r, name);
+    assert_eq!(removed_counts(&rec), (1, 0, 0, 0, 0), "status: {rec:#}");
+    let addr = r.metrics_addr();
+    for series in [
+        "reaper_docker_api_errors_total{operation=\"stop\"}",
+        "reaper_cleanup_failures_total{error=\"timeout\",resource=\"container\"}",
+    ] {
+        assert_eq!(
+            metric(&addr, series),
+            Some(0.0),
+            "{series}\n{}",
+            r.log_tail()
+        );
+    }
+}

@@ -299,6 +299,7 @@ pub struct Container {
     labels: Vec<(String, String)>,
     image: String,
     running: bool,
+    init: bool,
     network: Option<String>,
     volume: Option<String>,
 }
@@ -310,6 +311,7 @@ impl Container {
             labels: Vec::new(),
             image: TEST_IMAGE.to_string(),
             running: true,
+            init: true,
             network: None,
             volume: None,
         }
@@ -338,6 +340,12 @@ impl Container {
         self.running = false;
         self
     }
+    /// Without `--init`: busybox `sleep` as PID 1 ignores SIGTERM, so a graceful stop waits its
+    /// whole timeout before the engine kills it.
+    pub fn ignoring_sigterm(mut self) -> Container {
+        self.init = false;
+        self
+    }
     /// Attaches it to an (internal) network instead of none.
     pub fn network(mut self, network: &str) -> Container {
         self.network = Some(network.to_string());
@@ -354,12 +362,14 @@ impl Container {
             "create".into(),
             "--pull".into(),
             "never".into(),
-            "--init".into(),
             "--name".into(),
             self.name.clone(),
             "--network".into(),
             self.network.clone().unwrap_or_else(|| "none".into()),
         ];
+        if self.init {
+            args.push("--init".into());
+        }
         for (k, v) in &self.labels {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
