@@ -293,6 +293,12 @@ impl<E: Engine> Controller<E> {
         }
     }
 
+    /// Every metric, with the gauges that are cheapest to read at scrape time brought up to date.
+    pub fn scrape(&self) -> String {
+        self.metrics.set_removal_queue(&self.executor.depth());
+        self.metrics.encode()
+    }
+
     /// A pass succeeded within three resync intervals (at least a minute): the loop is alive.
     /// `/healthz` and the systemd watchdog both go by this.
     pub fn reconciled_recently(&self) -> bool {

@@ -168,6 +168,15 @@ impl Executor {
             .collect()
     }
 
+    /// Removals queued or running, per kind.
+    pub fn depth(&self) -> Vec<(ResourceKind, i64)> {
+        let mut by_kind: BTreeMap<ResourceKind, i64> = BTreeMap::new();
+        for key in self.state().jobs.keys() {
+            *by_kind.entry(key.kind).or_default() += 1;
+        }
+        by_kind.into_iter().collect()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.state().jobs.is_empty()
     }

@@ -40,6 +40,7 @@ pub struct Metrics {
     owner_end_to_cleanup: HistogramVec,
     orphans: IntGaugeVec,
     owned_objects: IntGaugeVec,
+    removal_queue: IntGaugeVec,
     sessions: IntGaugeVec,
     agents: IntGaugeVec,
     docker_up: IntGauge,
@@ -152,6 +153,16 @@ impl Metrics {
                 &["resource"],
             )?,
         )?;
+        let removal_queue = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "reaper_removal_queue_depth",
+                    "Removals queued or running in the executor, set at each scrape.",
+                ),
+                &["resource"],
+            )?,
+        )?;
         let sessions = register(
             r,
             IntGaugeVec::new(
@@ -240,6 +251,7 @@ impl Metrics {
             owner_end_to_cleanup,
             orphans,
             owned_objects,
+            removal_queue,
             sessions,
             agents,
             docker_up,
@@ -268,6 +280,7 @@ impl Metrics {
             }
             self.orphans.with_label_values(&[resource]);
             self.owned_objects.with_label_values(&[resource]);
+            self.removal_queue.with_label_values(&[resource]);
         }
         for result in ["success", "error"] {
             self.reconciles.with_label_values(&[result]);
@@ -358,6 +371,15 @@ impl Metrics {
             self.orphans
                 .with_label_values(&[kind.as_str()])
                 .set(sum_for(orphans, kind));
+        }
+    }
+
+    /// Sets the removal queue gauge. A kind missing from the slice is set to 0.
+    pub fn set_removal_queue(&self, depth: &[(ResourceKind, i64)]) {
+        for kind in ResourceKind::ALL {
+            self.removal_queue
+                .with_label_values(&[kind.as_str()])
+                .set(sum_for(depth, kind));
         }
     }
 
@@ -483,6 +505,7 @@ mod tests {
             &[(ResourceKind::Container, 3), (ResourceKind::Image, 1)],
             &[(ResourceKind::Volume, 2)],
         );
+        m.set_removal_queue(&[(ResourceKind::Container, 7)]);
         m.set_phases(
             &[(SessionPhase::Active, 4), (SessionPhase::Cleaned, 2)],
             &[(AgentPhase::Running, 1)],
@@ -517,6 +540,7 @@ mod tests {
         "reaper_safe_mode",
         "reaper_build_info",
         "reaper_manifest_errors",
+        "reaper_removal_queue_depth",
     ];
 
     #[test]
@@ -616,6 +640,7 @@ mod tests {
             "reaper_cleanup_failures_total",
             "reaper_orphans",
             "reaper_owned_objects",
+            "reaper_removal_queue_depth",
         ] {
             assert_eq!(label_values(&all, name, "resource"), resources, "{name}");
         }
@@ -743,6 +768,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(v("reaper_orphans", &[("resource", "volume")]), Some(2.0));
+        assert_eq!(
+            v("reaper_removal_queue_depth", &[("resource", "container")]),
+            Some(7.0)
+        );
         assert_eq!(v("reaper_sessions", &[("phase", "active")]), Some(4.0));
         assert_eq!(v("reaper_agents", &[("phase", "running")]), Some(1.0));
         assert_eq!(
@@ -762,12 +791,21 @@ mod tests {
     fn gauges_reset_kinds_and_phases_that_drain() {
         let m = exercised();
         m.set_inventory(&[], &[]);
+        m.set_removal_queue(&[]);
         m.set_phases(&[(SessionPhase::Active, 1), (SessionPhase::Active, 2)], &[]);
         m.set_docker_up(false);
         m.set_safe_mode(false);
         let all = samples(&m.encode());
         assert_eq!(
             value(&all, "reaper_owned_objects", &[("resource", "container")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &all,
+                "reaper_removal_queue_depth",
+                &[("resource", "container")]
+            ),
             Some(0.0)
         );
         assert_eq!(

@@ -161,9 +161,9 @@ fn controller(engine: Arc<FakeEngine>) -> (Arc<Controller<FakeEngine>>, tempfile
     (ctl, dir)
 }
 
+/// A sample as `/metrics` would serve it now.
 fn metric(ctl: &Controller<FakeEngine>, line_start: &str) -> f64 {
-    ctl.metrics
-        .encode()
+    ctl.scrape()
         .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -299,6 +299,8 @@ async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are
         .await
         .unwrap();
     assert_eq!(second.len(), 1);
+    let depth = r#"reaper_removal_queue_depth{resource="container"}"#;
+    assert_eq!(metric(&ctl, depth), 1.0, "one object queued, once");
     // A listing that no longer shows the object must not mark the session Cleaned while its
     // removal (and the count it adds) is still under way.
     *engine.hidden.lock().unwrap() = true;
@@ -327,6 +329,7 @@ async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are
         1,
         "one job, one delete"
     );
+    assert_eq!(metric(&ctl, depth), 0.0, "the queue drained");
 
     within("the confirming pass", ctl.pass(&Scope::Normal, false))
         .await

@@ -615,7 +615,7 @@ pub async fn handle_metrics<E: Engine>(
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(Full::new(Bytes::from(ctl.metrics.encode())));
+            let mut resp = Response::new(Full::new(Bytes::from(ctl.scrape())));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static(ctl.metrics.content_type()),
