@@ -40,6 +40,9 @@ const CONDITION_REMOVAL_FAILING: &str = "RemovalFailing";
 /// Docker events of ours start at most one pass per this interval: a workflow system starting
 /// a hundred containers should not cost a hundred full listings.
 const EVENT_COALESCE: Duration = Duration::from_millis(250);
+/// While the removal queue is backlogged, a triggered pass waits at most this long for more
+/// triggers to gather.
+const BACKLOG_COALESCE: Duration = Duration::from_millis(250);
 
 /// What the controller needs from the daemon config.
 #[derive(Clone, Debug)]
@@ -344,7 +347,18 @@ impl<E: Engine> Controller<E> {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    // A burst of record changes (twenty `session end` calls) while removals
+                    // already wait for a slot: what a pass would queue now would only queue
+                    // behind them, so let the changes gather into one pass, taken before the
+                    // slots run out of work (or a deadline is due).
+                    let gather = (Instant::now() + BACKLOG_COALESCE).min(wake_at);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.executor.until_not_backlogged() => {}
+                        _ = tokio::time::sleep_until(gather) => {}
+                    }
+                }
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
@@ -625,7 +639,7 @@ impl<E: Engine> Controller<E> {
         dry_run: bool,
         now: Timestamp,
     ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
-        self.write_unrecorded().await;
+        self.write_unrecorded(false).await;
         let (sessions, agents, actual) = self.observe(scope).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
         self.record_gauges(&plan, &sessions, &agents);
@@ -685,7 +699,7 @@ impl<E: Engine> Controller<E> {
     /// Writes finished removals' status changes now, between passes.
     async fn record_outcomes(&self) {
         let _guard = self.pass_lock.lock().await;
-        self.write_unrecorded().await;
+        self.write_unrecorded(true).await;
     }
 
     /// The desired state for the re-check before a delete, read again only if the store
@@ -790,9 +804,23 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Writes the status changes of finished removals, one update per owner, all at once so
-    /// that the store's group commit covers them with few flushes.
-    async fn write_unrecorded(&self) {
-        let deltas = std::mem::take(&mut *lock(&self.unrecorded));
+    /// that the store's group commit covers them with few flushes. Unless `all`, an owner with
+    /// removals still queued or running waits, so that a burst costs one write per owner rather
+    /// than one per pass; a failure condition is written at once.
+    async fn write_unrecorded(&self, all: bool) {
+        let waiting = if all {
+            BTreeSet::new()
+        } else {
+            self.executor.owners()
+        };
+        let deltas: BTreeMap<_, _> = {
+            let mut unrecorded = lock(&self.unrecorded);
+            let (now, later) = std::mem::take(&mut *unrecorded)
+                .into_iter()
+                .partition(|(owner, d)| d.failing.is_some() || !waiting.contains(owner));
+            *unrecorded = later;
+            now
+        };
         if deltas.is_empty() {
             return;
         }

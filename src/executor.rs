@@ -105,11 +105,20 @@ struct State {
     backoff: HashMap<ObjectKey, Backoff>,
 }
 
+impl State {
+    /// Removals queued and not started.
+    fn waiting(&self) -> usize {
+        self.queued.values().map(VecDeque::len).sum()
+    }
+}
+
 pub struct Executor {
     concurrency: usize,
     paths_root: PathBuf,
     state: Mutex<State>,
     work: Notify,
+    /// Fired when the removals waiting for a slot drop below one round of slots.
+    running_low: Notify,
 }
 
 impl Executor {
@@ -119,6 +128,7 @@ impl Executor {
             paths_root,
             state: Mutex::new(State::default()),
             work: Notify::new(),
+            running_low: Notify::new(),
         }
     }
 
@@ -175,6 +185,26 @@ impl Executor {
             *by_kind.entry(key.kind).or_default() += 1;
         }
         by_kind.into_iter().collect()
+    }
+
+    /// More removals wait for a slot than one round of slots takes: work planned now would
+    /// only queue behind them.
+    pub fn is_backlogged(&self) -> bool {
+        self.state().waiting() >= self.concurrency
+    }
+
+    /// Returns once the executor is not backlogged (at once if it is not now).
+    pub async fn until_not_backlogged(&self) {
+        loop {
+            let low = self.running_low.notified();
+            tokio::pin!(low);
+            // Registered before the check, so a drop in between is not missed.
+            low.as_mut().enable();
+            if !self.is_backlogged() {
+                return;
+            }
+            low.await;
+        }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -251,7 +281,11 @@ impl Executor {
         let key = s.queued.get_mut(&kind)?.pop_front()?;
         let job = s.jobs.get(&key)?;
         *s.running.entry(kind).or_default() += 1;
-        Some((key, job.removal.clone(), job.forced.clone()))
+        let started = (key, job.removal.clone(), job.forced.clone());
+        if s.waiting() < self.concurrency {
+            self.running_low.notify_waiters();
+        }
+        Some(started)
     }
 
     /// Retires a job, answers its waiters, and says whether the queue is now empty.

@@ -537,3 +537,80 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         "{passes} passes for 200 events in about 1.5 s"
     );
 }
+
+/// Marks a session ended, as `reaper session end` does.
+async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
+    ctl.store()
+        .unwrap()
+        .update_session(name, |s| {
+            s.status.phase = SessionPhase::Ended;
+            s.status.ended_at = Some(Timestamp::now());
+            s.status.end_reason = Some(EndReason::Succeeded);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    ctl.trigger();
+}
+
+#[tokio::test]
+async fn a_burst_of_ends_while_removals_queue_up_makes_one_pass_not_one_each() {
+    let engine = Arc::new(FakeEngine::default());
+    let (ctl, _dir) = controller(engine.clone());
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let mut records = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        records.push(Record::Session(Session::named(Name::new(n).unwrap())));
+        // The first session alone fills the four slots and three more rounds.
+        let count = if i == 0 { 16 } else { 1 };
+        for k in 0..count {
+            let c = owned(&format!("{n}-c{k}"), "reaper.session", n);
+            engine.objects.lock().unwrap().push(c);
+        }
+    }
+    ctl.store()
+        .unwrap()
+        .apply(records, API_SOURCE, Timestamp::now())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    let depth = r#"reaper_removal_queue_depth{resource="container"}"#;
+
+    let hold = engine.hold.write().await;
+    end_session(&ctl, "s0").await;
+    within("the first session's removals to queue", async {
+        while metric(&ctl, depth) < 16.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let before = engine.lists.load(Ordering::SeqCst);
+    for n in &names[1..] {
+        end_session(&ctl, n).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every end is still planned, within the coalescing bound, though no slot is free.
+    within("the other sessions' removals to queue", async {
+        while metric(&ctl, depth) < 35.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let passes = engine.lists.load(Ordering::SeqCst) - before;
+    assert!(
+        (1..=3).contains(&passes),
+        "{passes} passes for 19 ends while the queue was backlogged"
+    );
+
+    drop(hold);
+    within("the queue to drain", async {
+        while metric(&ctl, depth) > 0.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 35);
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+}
