@@ -3,8 +3,9 @@
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
 //! meanwhile is planned at once while earlier removals still run. Outcomes come back through
 //! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
-//! Record changes and deadlines wake the loop within milliseconds, Docker events about our
-//! objects within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
+//! Record changes and deadlines wake the loop within milliseconds (record changes within
+//! `BACKLOG_COALESCE` while the removal queue is backlogged), Docker events about our objects
+//! within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
 //! It fails closed: if the store or a Docker listing cannot be read, the pass deletes nothing.
 
 use futures_util::StreamExt;
