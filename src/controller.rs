@@ -1,7 +1,7 @@
 //! The reconcile loop. Level-triggered: every pass reads the whole desired state (store) and the
 //! whole actual state (Docker, paths), plans, persists the status changes that gate deletions,
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
-//! meanwhile is planned at once while earlier removals still run. Outcomes come back through
+//! meanwhile is planned while earlier removals still run. Outcomes come back through
 //! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
 //! Record changes and deadlines wake the loop within milliseconds (record changes within
 //! `BACKLOG_COALESCE` while the removal queue is backlogged), Docker events about our objects

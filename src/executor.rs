@@ -189,7 +189,7 @@ impl Executor {
 
     /// More removals wait for a slot than one round of slots takes: work planned now would
     /// only queue behind them.
-    pub fn is_backlogged(&self) -> bool {
+    fn is_backlogged(&self) -> bool {
         self.state().waiting() >= self.concurrency
     }
 
