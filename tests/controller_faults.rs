@@ -276,15 +276,7 @@ async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are
     )
     .await;
     let store = ctl.store().unwrap();
-    store
-        .update_session("run-1", |s| {
-            s.status.phase = SessionPhase::Ended;
-            s.status.ended_at = Some(Timestamp::now());
-            s.status.end_reason = Some(EndReason::Succeeded);
-            Ok(())
-        })
-        .await
-        .unwrap();
+    end_session(&ctl, "run-1").await;
 
     let hold = engine.hold.write().await;
     let (_, first) = within(
@@ -538,7 +530,7 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
     );
 }
 
-/// Marks a session ended, as `reaper session end` does.
+/// Marks a session ended and asks for a pass, as `reaper session end` does.
 async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
     ctl.store()
         .unwrap()
