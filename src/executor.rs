@@ -106,9 +106,10 @@ struct State {
 }
 
 impl State {
-    /// Removals queued and not started.
-    fn waiting(&self) -> usize {
-        self.queued.values().map(VecDeque::len).sum()
+    /// More removals wait for a slot than one round of `concurrency` slots takes: work planned
+    /// now would only queue behind them.
+    fn backlogged(&self, concurrency: usize) -> bool {
+        self.queued.values().map(VecDeque::len).sum::<usize>() >= concurrency
     }
 }
 
@@ -117,7 +118,7 @@ pub struct Executor {
     paths_root: PathBuf,
     state: Mutex<State>,
     work: Notify,
-    /// Fired when the removals waiting for a slot drop below one round of slots.
+    /// Fired when the queue stops being backlogged (see `State::backlogged`).
     running_low: Notify,
 }
 
@@ -187,12 +188,6 @@ impl Executor {
         by_kind.into_iter().collect()
     }
 
-    /// More removals wait for a slot than one round of slots takes: work planned now would
-    /// only queue behind them.
-    fn is_backlogged(&self) -> bool {
-        self.state().waiting() >= self.concurrency
-    }
-
     /// Returns once the executor is not backlogged (at once if it is not now).
     pub async fn until_not_backlogged(&self) {
         loop {
@@ -200,7 +195,7 @@ impl Executor {
             tokio::pin!(low);
             // Registered before the check, so a drop in between is not missed.
             low.as_mut().enable();
-            if !self.is_backlogged() {
+            if !self.state().backlogged(self.concurrency) {
                 return;
             }
             low.await;
@@ -282,7 +277,7 @@ impl Executor {
         let job = s.jobs.get(&key)?;
         *s.running.entry(kind).or_default() += 1;
         let started = (key, job.removal.clone(), job.forced.clone());
-        if s.waiting() < self.concurrency {
+        if !s.backlogged(self.concurrency) {
             self.running_low.notify_waiters();
         }
         Some(started)
