@@ -203,6 +203,14 @@ def stop_then_delete(docker, running, stopped, delete):
         ex.shutdown(wait=False, cancel_futures=True)
 
 
+def remove_labelled(docker, label):
+    """Removes every container carrying label, never two exits at once (leftovers may run)."""
+    states = docker.listed(label)
+    running = [i for i, st in states.items() if st == "running"]
+    rest = [i for i, st in states.items() if st != "running"]
+    stop_then_delete(docker, running, rest, docker.force_remove)
+
+
 def check_wedged(docker, pidfile):
     """After a failure: whether the engine is wedged. If so, says it loudly and has the
     engine dump its goroutines (see dump_goroutines)."""
@@ -251,12 +259,14 @@ def dump_goroutines(pidfile):
 
 class Destroys:
     """Follows the engine's destroy events for this run: when each container went, by the
-    engine's own clock (timeNano), so polling never distorts the measurement."""
+    engine's own clock (timeNano), so polling never distorts the measurement. `also` names more
+    actions (e.g. kill, die) whose first time per container goes to seen[action]."""
 
-    def __init__(self, sock_path, run):
+    def __init__(self, sock_path, run, also=()):
         self.path = sock_path
         self.run = run
         self.at = {}
+        self.seen = {a: {} for a in also}
         self.cond = threading.Condition()
         self.error = None
         self.ready = threading.Event()
@@ -270,7 +280,7 @@ class Destroys:
                 json.dumps(
                     {
                         "type": ["container"],
-                        "event": ["destroy"],
+                        "event": ["destroy", *self.seen],
                         "label": [f"bench.run={self.run}"],
                     }
                 )
@@ -285,7 +295,10 @@ class Destroys:
                     raise BenchError("the Docker event stream ended")
                 ev = json.loads(line)
                 with self.cond:
-                    self.at[ev["id"]] = ev["timeNano"] / 1e9
+                    if ev.get("Action", ev.get("status")) == "destroy":
+                        self.at[ev["id"]] = ev["timeNano"] / 1e9
+                    else:
+                        self.seen.get(ev.get("Action"), {}).setdefault(ev["id"], ev["timeNano"] / 1e9)
                     self.cond.notify_all()
         except Exception as e:  # reported by wait()
             self.error = e
@@ -1077,11 +1090,7 @@ class Bench:
             log(f"the engine is wedged: containers labelled bench.run={self.run} are left to it")
             return
         try:
-            # One exit at a time here too: leftovers may be running.
-            states = self.docker.listed(f"bench.run={self.run}")
-            running = [i for i, st in states.items() if st == "running"]
-            rest = [i for i, st in states.items() if st != "running"]
-            stop_then_delete(self.docker, running, rest, self.docker.force_remove)
+            remove_labelled(self.docker, f"bench.run={self.run}")
         except Exception as e:
             log(f"removing leftovers: {e}")
 
