@@ -67,3 +67,21 @@ fn the_private_engine_can_be_stopped_and_restarted_with_its_data() {
     let again = Container::new("harness-after-restart").create();
     assert!(is_running(&again));
 }
+
+/// The probes that tell a wedged engine from a healthy one, on a healthy one: ping and a
+/// network list answer, and a goroutine dump is taken and kept.
+#[test]
+fn a_healthy_engine_is_not_reported_wedged_and_can_dump_its_goroutines() {
+    assert!(wedge::engine_pings(), "the private engine answers /_ping");
+    let diagnosis = wedge::diagnose();
+    assert!(diagnosis.contains("not wedged"), "{diagnosis}");
+    assert!(!wedge::is_wedged());
+    let kept = wedge::goroutine_dump().expect("a goroutine dump");
+    let stacks = std::fs::read_to_string(&kept).unwrap_or_default();
+    let _ = std::fs::remove_file(&kept);
+    assert!(
+        stacks.contains("goroutine "),
+        "stacks in {}",
+        kept.display()
+    );
+}

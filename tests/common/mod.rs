@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod proxy;
+pub mod wedge;
+
 /// The image every test container runs: a static busybox, built by `scripts/dockerd image`.
 pub const TEST_IMAGE: &str = "reaper-test/busybox:1";
 /// Upper bound for one docker CLI call.
@@ -30,6 +33,15 @@ pub const INSTANCE: &str = "e2e";
 
 /// Runs `cmd` to completion, feeding `stdin`, killing it and panicking after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    try_run_with_timeout(cmd, stdin, timeout).unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// Like [`run_with_timeout`], but a timeout (the child killed) is `Err` with the message.
+pub fn try_run_with_timeout(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -58,7 +70,9 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
             Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{shown} did not finish within {timeout:?}; killed it");
+                return Err(format!(
+                    "{shown} did not finish within {timeout:?}; killed it"
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => panic!("waiting for {shown}: {e}"),
@@ -66,11 +80,11 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    Output {
+    Ok(Output {
         status,
         stdout,
         stderr,
-    }
+    })
 }
 
 fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
@@ -115,14 +129,24 @@ fn docker_command() -> Command {
     cmd
 }
 
-/// The docker CLI against the private engine, bounded by [`DOCKER_TIMEOUT`].
+/// The docker CLI against the private engine, bounded by [`DOCKER_TIMEOUT`]. A timeout while
+/// the engine still answers `/_ping` fails as a wedged engine, with a goroutine dump.
 pub fn docker(args: &[&str]) -> Output {
-    run_with_timeout(docker_command().args(args), None, DOCKER_TIMEOUT)
+    run_docker(args, None)
 }
 
 /// Like [`docker`], with bytes on stdin (e.g. a tar for `docker import`).
 pub fn docker_stdin(args: &[&str], input: &[u8]) -> Output {
-    run_with_timeout(docker_command().args(args), Some(input), DOCKER_TIMEOUT)
+    run_docker(args, Some(input))
+}
+
+fn run_docker(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let shown = format!("docker {}", args.join(" "));
+    if let Some(refused) = wedge::refuse_if_wedged(&shown) {
+        return refused;
+    }
+    try_run_with_timeout(docker_command().args(args), stdin, DOCKER_TIMEOUT)
+        .unwrap_or_else(|timed_out| wedge::docker_timed_out(&shown, &timed_out))
 }
 
 /// Runs docker and returns its trimmed stdout; panics with its stderr on failure.
@@ -231,7 +255,9 @@ pub fn remove_quietly(kind: Kind, id_or_name: &str) {
 }
 
 /// Removes every container, network, volume and image whose name contains `pattern`
-/// (best effort), so a failed test does not leak into the next one.
+/// (best effort), so a failed test does not leak into the next one. One at a time, on
+/// purpose: force-removing running containers in parallel overlaps their exits, which can
+/// deadlock Debian's dockerd 20.10.24 (see `wedge`).
 pub fn remove_named_like(pattern: &str) {
     let filter = format!("name={pattern}");
     for id in lines(&docker(&["ps", "-aq", "--filter", &filter])) {
@@ -677,9 +703,15 @@ impl Reaper {
         format!("127.0.0.1:{}", self.metrics_port)
     }
 
-    /// The full `serve` command line: the test daemon runs as instance [`INSTANCE`] unless
-    /// `extra` names another one.
+    /// The full `serve` command line: the test daemon talks to the private engine and runs as
+    /// instance [`INSTANCE`], unless `extra` names another host (e.g. a
+    /// [`proxy::CountingProxy`]) or instance.
     pub fn serve_args(&self) -> Vec<String> {
+        let names = |flag: &str| {
+            self.extra
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -690,14 +722,11 @@ impl Reaper {
             self.metrics_addr(),
             "--paths-root".into(),
             self.paths_root().display().to_string(),
-            "--docker-host".into(),
-            docker_host(),
         ];
-        if !self
-            .extra
-            .iter()
-            .any(|a| a == "--instance" || a.starts_with("--instance="))
-        {
+        if !names("--docker-host") {
+            args.extend(["--docker-host".into(), docker_host()]);
+        }
+        if !names("--instance") {
             args.extend(["--instance".into(), INSTANCE.into()]);
         }
         args.extend(self.extra.iter().cloned());
