@@ -184,6 +184,10 @@ pub struct ServeArgs {
     /// The bearer token for --api-listen.
     #[arg(long, env = "REAPER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// auto (default: from the engine's version), on or off: at most one container stop at a
+    /// time, for engines with the libnetwork exit deadlock (Docker before 20.10.27).
+    #[arg(long)]
+    pub serial_exits: Option<crate::model::SerialExitsSetting>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -278,6 +282,9 @@ pub fn serve_overrides(a: &ServeArgs, socket: Option<PathBuf>) -> ConfigFile {
         log_format: a.log_format,
         api_listen: a.api_listen,
         api_token: a.api_token.clone().map(config::Secret::new),
+        engine_quirks: a.serial_exits.map(|s| config::EngineQuirksFile {
+            serial_exits: Some(s),
+        }),
         ..ConfigFile::default()
     }
 }

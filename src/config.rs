@@ -15,7 +15,7 @@ use crate::manifest::{
     check_and_walk, decode_utf8, documents, locate, typed, validate_name_prefix, ManifestError,
     ManifestErrors, Problem, Shape, MAX_DOCUMENT_BYTES,
 };
-use crate::model::{validate_label, Duration, API_VERSION};
+use crate::model::{validate_label, Duration, SerialExitsSetting, API_VERSION};
 
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
@@ -60,6 +60,7 @@ pub struct ConfigFile {
     pub api_token: Option<Secret>,
     /// Optional TCP listener for the API (off by default); every request needs `apiToken`.
     pub api_listen: Option<SocketAddr>,
+    pub engine_quirks: Option<EngineQuirksFile>,
     /// The file these values came from, for error messages (set by `parse`).
     #[serde(skip)]
     pub source: Option<String>,
@@ -69,6 +70,14 @@ pub struct ConfigFile {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DockerFile {
     pub host: Option<String>,
+}
+
+/// Workarounds for engine bugs, decided from the engine's version unless set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineQuirksFile {
+    /// At most one container exit in flight (the libnetwork deadlock of Docker < 20.10.27).
+    pub serial_exits: Option<SerialExitsSetting>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -105,6 +114,8 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// Optional TCP listener for the API (off by default); every request needs `apiToken`.
     pub api_listen: Option<SocketAddr>,
+    /// `engineQuirks.serialExits`: auto (from the engine's version), on or off.
+    pub serial_exits: SerialExitsSetting,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -395,6 +406,12 @@ impl ConfigFile {
             }),
             (a, b) => a.or(b),
         };
+        let engine_quirks = match (self.engine_quirks, lower.engine_quirks) {
+            (Some(a), Some(b)) => Some(EngineQuirksFile {
+                serial_exits: a.serial_exits.or(b.serial_exits),
+            }),
+            (a, b) => a.or(b),
+        };
         ConfigFile {
             api_version: self.api_version.or(lower.api_version),
             kind: self.kind.or(lower.kind),
@@ -415,6 +432,7 @@ impl ConfigFile {
             log_format: self.log_format.or(lower.log_format),
             api_token: self.api_token.or(lower.api_token),
             api_listen: self.api_listen.or(lower.api_listen),
+            engine_quirks,
             source: self.source.or(lower.source),
         }
     }
@@ -561,6 +579,10 @@ fn resolve_in(file: ConfigFile, flags: ConfigFile, env: &Env) -> Result<Config, 
         log_format: merged.log_format.unwrap_or_default(),
         api_token: merged.api_token,
         api_listen: merged.api_listen,
+        serial_exits: merged
+            .engine_quirks
+            .and_then(|q| q.serial_exits)
+            .unwrap_or_default(),
     })
 }
 
@@ -668,6 +690,7 @@ mod tests {
         assert_eq!(c.concurrency, 8);
         assert_eq!(c.docker_timeout, Duration::from_secs(30));
         assert!(!c.dry_run);
+        assert_eq!(c.serial_exits, SerialExitsSetting::Auto);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.api_token, None);
     }

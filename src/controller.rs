@@ -24,8 +24,8 @@ use crate::executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER}
 use crate::inventory::{short_id, Actual, DockerObject};
 use crate::metrics::Metrics;
 use crate::model::{
-    Agent, AgentPhase, Condition, EndReason, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
-    Session, SessionPhase, Timestamp,
+    Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind, OwnerRef,
+    ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, Timestamp,
 };
 use crate::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::paths;
@@ -44,6 +44,9 @@ const EVENT_COALESCE: Duration = Duration::from_millis(250);
 /// While the removal queue is backlogged, a triggered pass waits at most this long for more
 /// triggers to gather.
 const BACKLOG_COALESCE: Duration = Duration::from_millis(250);
+/// This many passes in a row whose listings timed out while `/_ping` answered mean the engine
+/// is wedged (the libnetwork exit deadlock), not slow.
+const WEDGED_AFTER: u32 = 3;
 
 /// What the controller needs from the daemon config.
 #[derive(Clone, Debug)]
@@ -55,6 +58,7 @@ pub struct Settings {
     pub concurrency: usize,
     pub paths_root: std::path::PathBuf,
     pub dry_run: bool,
+    pub serial_exits: SerialExitsSetting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,13 @@ pub struct Health {
     pub docker_up: bool,
     pub docker_version: Option<String>,
     pub docker_error: Option<String>,
+    /// What the engine said about itself at the last (re)connect.
+    pub engine: Option<EngineInfo>,
+    /// Whether container exits are serialised, why, and in a sentence.
+    pub serial_exits: Option<SerialExits>,
+    pub serial_exits_explained: Option<String>,
+    /// `/_ping` answers but listings time out again and again: no removals are sent.
+    pub docker_wedged: bool,
     pub store_error: Option<String>,
     /// Refusing to delete because the store or the Docker view is untrustworthy.
     pub safe_mode: bool,
@@ -150,6 +161,8 @@ pub struct Controller<E: Engine> {
     /// Since the queue last ran empty: something was removed, or a Docker event was held back.
     /// Either is worth a pass once it is empty; a queue that only skipped things is not.
     look_again: AtomicBool,
+    /// Passes in a row whose listings timed out while the engine answered `/_ping`.
+    timeouts_while_pinging: std::sync::atomic::AtomicU32,
 }
 
 /// The desired state at one store generation, reduced to what the re-check before a delete
@@ -231,6 +244,7 @@ impl<E: Engine> Controller<E> {
             desired: Mutex::new(None),
             unrecorded: Mutex::new(BTreeMap::new()),
             look_again: AtomicBool::new(false),
+            timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -253,7 +267,28 @@ impl<E: Engine> Controller<E> {
         if let Ok(mut h) = self.health.write() {
             h.dry_run = self.settings().dry_run;
         }
+        if let Some(engine) = self.health().engine {
+            self.engine_known(engine);
+        }
         self.trigger();
+    }
+
+    /// Settles what follows from the engine's version: serial exits, and how they are shown.
+    fn engine_known(&self, engine: EngineInfo) {
+        let decision = SerialExits::decide(self.settings().serial_exits, Some(&engine));
+        self.engine.set_serial_exits(decision.on);
+        self.metrics.set_engine(engine.flavour, decision);
+        let explained = decision.explain();
+        let changed = self.health().serial_exits != Some(decision);
+        if changed {
+            info!(engine = %engine, "Engine: {explained}.");
+        }
+        self.set_health(|h| {
+            h.docker_version = Some(engine.to_string());
+            h.engine = Some(engine);
+            h.serial_exits = Some(decision);
+            h.serial_exits_explained = Some(explained);
+        });
     }
 
     /// Lets `reaper status` report the manifest directory's failing files.
@@ -432,9 +467,10 @@ impl<E: Engine> Controller<E> {
         let generation = store.generation();
         let sessions = store.sessions()?;
         let agents = store.agents()?;
+        // At start and after every reconnect: the engine may have been upgraded meanwhile.
         if !self.health().docker_up {
-            let version = self.engine.ping().await?;
-            self.set_health(|h| h.docker_version = Some(version));
+            let engine = self.engine.version().await?;
+            self.engine_known(engine);
         }
         let settings = self.settings();
         let desired = self.desired_at(generation, &sessions, &agents);
@@ -590,6 +626,7 @@ impl<E: Engine> Controller<E> {
                 );
                 self.metrics.set_safe_mode(false);
                 self.metrics.set_docker_up(true);
+                self.engine_answers();
                 self.set_health(|h| {
                     h.docker_up = true;
                     h.docker_error = None;
@@ -603,12 +640,16 @@ impl<E: Engine> Controller<E> {
                 });
             }
             Err(e) => {
-                let docker_down = matches!(
-                    e,
-                    PassError::Docker(DockerError::Unavailable(_) | DockerError::Timeout(_))
-                );
+                let timed_out = matches!(e, PassError::Docker(DockerError::Timeout(_)));
+                let docker_down =
+                    timed_out || matches!(e, PassError::Docker(DockerError::Unavailable(_)));
+                if timed_out {
+                    self.check_wedged().await;
+                }
+                // Serial exits kept the network API busy: a partial view, not a fault.
+                let waited = matches!(e, PassError::Docker(DockerError::ExitsInFlight(_)));
                 // A failed listing while Docker answers, or an unreadable store: refuse to delete.
-                let safe = !docker_down;
+                let safe = !docker_down && !waited;
                 if safe {
                     error!(error = %e, "Safe mode: reaper deletes nothing until its view is trustworthy again.");
                 }
@@ -632,6 +673,41 @@ impl<E: Engine> Controller<E> {
             }
         }
         result
+    }
+
+    /// A listing timed out: if the engine still answers `/_ping`, it may be wedged (the
+    /// libnetwork exit deadlock); after `WEDGED_AFTER` such passes in a row, say so and stop
+    /// sending removals until it answers again. reaper never restarts dockerd itself.
+    async fn check_wedged(&self) {
+        if self.engine.ping().await.is_err() {
+            self.timeouts_while_pinging.store(0, SeqCst);
+            return;
+        }
+        let strikes = self.timeouts_while_pinging.fetch_add(1, SeqCst) + 1;
+        if strikes < WEDGED_AFTER || self.health().docker_wedged {
+            return;
+        }
+        error!(
+            passes = strikes,
+            "Docker is wedged: /_ping answers but listings time out. No removals are sent until \
+             it answers again. Take a goroutine dump with `kill -USR1 <dockerd pid>` (dockerd \
+             logs where it wrote it), restart dockerd, and upgrade to Docker 20.10.27+ or 23.0+ \
+             (moby/libnetwork#2679)."
+        );
+        self.executor.pause(true);
+        self.metrics.set_docker_wedged(true);
+        self.set_health(|h| h.docker_wedged = true);
+    }
+
+    /// A pass listed everything: whatever wedged the engine is over.
+    fn engine_answers(&self) {
+        self.timeouts_while_pinging.store(0, SeqCst);
+        if self.health().docker_wedged {
+            info!("Docker answers again; removals resume.");
+            self.executor.pause(false);
+            self.metrics.set_docker_wedged(false);
+            self.set_health(|h| h.docker_wedged = false);
+        }
     }
 
     async fn reconcile_locked(

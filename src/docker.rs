@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::exit_gate::ExitGate;
 use crate::inventory::DockerObject;
 use crate::metrics::Metrics;
-use crate::model::{DockerOp, ErrorClass, Labels, ResourceKind, Timestamp};
+use crate::model::{DockerOp, EngineInfo, ErrorClass, Flavour, Labels, ResourceKind, Timestamp};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DockerError {
@@ -28,6 +29,13 @@ pub enum DockerError {
     Timeout(Duration),
     #[error("Docker is unreachable: {0}")]
     Unavailable(String),
+    /// Serial exits: no moment without a container exit in flight came to call the network
+    /// API. Nothing is wrong with the engine; the caller retries later and deletes nothing on
+    /// the partial view meanwhile.
+    #[error(
+        "no moment without a container stop in flight came within {0:?} to call the network API"
+    )]
+    ExitsInFlight(Duration),
     #[error("Docker error: {0}")]
     Other(String),
 }
@@ -36,7 +44,7 @@ impl DockerError {
     pub fn class(&self) -> ErrorClass {
         match self {
             DockerError::Conflict(_) => ErrorClass::Conflict,
-            DockerError::Timeout(_) => ErrorClass::Timeout,
+            DockerError::Timeout(_) | DockerError::ExitsInFlight(_) => ErrorClass::Timeout,
             DockerError::Unavailable(_) => ErrorClass::DockerUnavailable,
             DockerError::NotFound | DockerError::Other(_) => ErrorClass::Other,
         }
@@ -116,7 +124,13 @@ pub struct EventHint {
 /// The engine operations reaper uses. The controller is generic over it so tests can inject
 /// faults; production uses [`Docker`].
 pub trait Engine: Send + Sync + 'static {
-    fn ping(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
+    /// `GET /version`: what the engine is. Also settles the API version to speak.
+    fn version(&self) -> impl Future<Output = Result<EngineInfo, DockerError>> + Send;
+    /// `GET /_ping`: the engine answers at all (it may still be wedged elsewhere).
+    fn ping(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
+    /// On: at most one call that can end a running container in flight, and network calls
+    /// only between them (see `exit_gate`).
+    fn set_serial_exits(&self, on: bool);
     fn list(
         &self,
         selectors: &Selectors,
@@ -127,12 +141,15 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         obj: &DockerObject,
     ) -> impl Future<Output = Result<Option<DockerObject>, DockerError>> + Send;
+    /// Stops a running container, giving it `timeout` to exit after SIGTERM.
     fn stop(
         &self,
         id: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), DockerError>> + Send;
-    /// Removes one object by ID (by reference for a tagged image: untag, never force).
+    /// Removes one object by ID (by reference for a tagged image: untag, never force). A
+    /// container is force-removed only while exits may overlap; with serial exits it must be
+    /// stopped first, and one that started meanwhile is refused with a conflict.
     fn remove(&self, obj: &DockerObject) -> impl Future<Output = Result<(), DockerError>> + Send;
     fn events(
         &self,
@@ -145,6 +162,7 @@ pub struct Docker {
     timeout: Duration,
     negotiated: AtomicBool,
     metrics: Arc<Metrics>,
+    gate: ExitGate,
 }
 
 /// bollard's client-wide request timeout, only a backstop: every call has its own bound (see
@@ -167,6 +185,7 @@ impl Docker {
             timeout,
             negotiated: AtomicBool::new(false),
             metrics,
+            gate: ExitGate::default(),
         })
     }
 
@@ -191,6 +210,15 @@ impl Docker {
             }
         }
         result
+    }
+
+    /// Waits (bounded by `dockerTimeout`) for a moment when a network call cannot overlap a
+    /// container exit.
+    async fn network_permit(&self) -> Result<crate::exit_gate::NetworkPermit<'_>, DockerError> {
+        self.gate
+            .network(self.timeout)
+            .await
+            .ok_or(DockerError::ExitsInFlight(self.timeout))
     }
 
     async fn list_kind(
@@ -229,6 +257,7 @@ impl Docker {
                 let opts = ListNetworksOptionsBuilder::default()
                     .filters(&filters)
                     .build();
+                let _permit = self.network_permit().await?;
                 self.call(DockerOp::List, t, c.list_networks(Some(opts)))
                     .await?
                     .into_iter()
@@ -254,8 +283,8 @@ impl Docker {
 }
 
 impl Engine for Docker {
-    async fn ping(&self) -> Result<String, DockerError> {
-        let version = self
+    async fn version(&self) -> Result<EngineInfo, DockerError> {
+        let v = self
             .call(DockerOp::Ping, self.timeout, self.client.version())
             .await?;
         if !self.negotiated.load(Ordering::Relaxed) {
@@ -268,11 +297,17 @@ impl Engine for Docker {
             .await?;
             self.negotiated.store(true, Ordering::Relaxed);
         }
-        Ok(format!(
-            "{} (API {})",
-            version.version.unwrap_or_default(),
-            version.api_version.unwrap_or_default()
-        ))
+        Ok(engine_info(v))
+    }
+
+    async fn ping(&self) -> Result<(), DockerError> {
+        self.call(DockerOp::Ping, self.timeout, self.client.ping())
+            .await
+            .map(|_| ())
+    }
+
+    fn set_serial_exits(&self, on: bool) {
+        self.gate.set_serial(on);
     }
 
     async fn list(&self, s: &Selectors) -> Result<Vec<DockerObject>, DockerError> {
@@ -347,8 +382,9 @@ impl Engine for Docker {
                         other_refs: tags.into_iter().filter(|t| *t != obj.name).collect(),
                     }
                 }),
-            ResourceKind::Network => self
-                .call(
+            ResourceKind::Network => {
+                let _permit = self.network_permit().await?;
+                self.call(
                     DockerOp::Inspect,
                     t,
                     c.inspect_network(&obj.id, None::<InspectNetworkOptions>),
@@ -362,7 +398,8 @@ impl Engine for Docker {
                     created: n.created.as_deref().and_then(Timestamp::parse_rfc3339),
                     running: false,
                     other_refs: Vec::new(),
-                }),
+                })
+            }
             ResourceKind::Volume => self
                 .call(DockerOp::Inspect, t, c.inspect_volume(&obj.id))
                 .await
@@ -379,6 +416,8 @@ impl Engine for Docker {
     async fn stop(&self, id: &str, timeout: Duration) -> Result<(), DockerError> {
         let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
         let opts = StopContainerOptionsBuilder::default().t(secs).build();
+        // Held until the engine answers, that is until the container has exited.
+        let _permit = self.gate.exit().await;
         match self
             .call(
                 DockerOp::Stop,
@@ -399,9 +438,11 @@ impl Engine for Docker {
         let target = obj.target();
         let r = match obj.kind {
             ResourceKind::Container => {
-                // force: a container restarted by its policy between our stop and this call still goes.
+                // force: a container restarted by its policy between our stop and this call
+                // still goes. Not with serial exits: killing it would be an exit outside the
+                // gate; the engine refuses the delete with a conflict and a later pass stops it.
                 let opts = RemoveContainerOptionsBuilder::default()
-                    .force(true)
+                    .force(!self.gate.is_serial())
                     .v(false)
                     .build();
                 self.call(DockerOp::Remove, t, c.remove_container(target, Some(opts)))
@@ -421,6 +462,7 @@ impl Engine for Docker {
                 .map(|_| ())
             }
             ResourceKind::Network => {
+                let _permit = self.network_permit().await?;
                 self.call(DockerOp::Remove, t, c.remove_network(target))
                     .await
             }
@@ -474,6 +516,24 @@ impl Engine for Docker {
                 time_secs: m.time.unwrap_or(0),
             })
         })
+    }
+}
+
+/// Podman's Docker-compatible service names itself among the version's components.
+fn engine_info(v: bollard::models::SystemVersion) -> EngineInfo {
+    let podman = v
+        .components
+        .iter()
+        .flatten()
+        .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+    EngineInfo {
+        flavour: if podman {
+            Flavour::Podman
+        } else {
+            Flavour::Docker
+        },
+        version: v.version.unwrap_or_default(),
+        api_version: v.api_version.unwrap_or_default(),
     }
 }
 
@@ -587,6 +647,30 @@ mod tests {
             s.name_prefixes.into_iter().collect::<Vec<_>>(),
             ["anvyl-agent-", "custom-"]
         );
+    }
+
+    #[test]
+    fn the_flavour_comes_from_the_version_components() {
+        let component = |name: &str| bollard::models::SystemVersionComponents {
+            name: name.into(),
+            version: "4.3.1".into(),
+            ..Default::default()
+        };
+        let podman = engine_info(bollard::models::SystemVersion {
+            version: Some("4.3.1".into()),
+            api_version: Some("1.41".into()),
+            components: Some(vec![component("Podman Engine")]),
+            ..Default::default()
+        });
+        assert_eq!(podman.flavour, Flavour::Podman);
+        assert_eq!(podman.to_string(), "Podman 4.3.1 (API 1.41)");
+        let docker = engine_info(bollard::models::SystemVersion {
+            version: Some("20.10.24+dfsg1".into()),
+            components: Some(vec![component("Engine"), component("containerd")]),
+            ..Default::default()
+        });
+        assert_eq!(docker.flavour, Flavour::Docker);
+        assert_eq!(docker.version, "20.10.24+dfsg1");
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct Executor {
     work: Notify,
     /// Fired when the queue stops being backlogged (see `State::backlogged`).
     running_low: Notify,
+    /// The engine is wedged: start nothing (queued jobs wait; running ones finish or time out).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Executor {
@@ -130,6 +132,16 @@ impl Executor {
             state: Mutex::new(State::default()),
             work: Notify::new(),
             running_low: Notify::new(),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Stops (or resumes) starting removals.
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        if !paused {
+            self.work.notify_one();
         }
     }
 
@@ -263,7 +275,7 @@ impl Executor {
 
     /// The next job to start, if a slot is free and removal order allows one.
     fn start_next(&self, in_flight: usize) -> Option<(ObjectKey, Removal, Option<OwnerRef>)> {
-        if in_flight >= self.concurrency {
+        if in_flight >= self.concurrency || self.paused.load(std::sync::atomic::Ordering::SeqCst) {
             return None;
         }
         let mut s = self.state();

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod docker;
 pub mod executor;
+pub mod exit_gate;
 pub mod inventory;
 pub mod manifest;
 pub mod manifest_dir;

@@ -14,7 +14,8 @@ use prometheus::{
 };
 
 use crate::model::{
-    AgentPhase, CleanupReason, DockerOp, ErrorClass, OwnerKind, ResourceKind, SessionPhase,
+    AgentPhase, CleanupReason, DockerOp, ErrorClass, Flavour, OwnerKind, ResourceKind, SerialExits,
+    SessionPhase,
 };
 
 /// Reconcile passes: from a sub-millisecond no-op pass to a minute-long sweep of a big host.
@@ -49,6 +50,8 @@ pub struct Metrics {
     last_successful_reconcile: Gauge,
     safe_mode: IntGauge,
     manifest_errors: IntGauge,
+    docker_wedged: IntGauge,
+    engine_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +225,23 @@ impl Metrics {
                 "Manifest files currently failing validation; nothing from them is applied.",
             )?,
         )?;
+        let docker_wedged = register(
+            r,
+            IntGauge::new(
+                "reaper_docker_wedged",
+                "1 when Docker answers /_ping but its listings time out again and again (the libnetwork exit deadlock); reaper sends no removals then.",
+            )?,
+        )?;
+        let engine_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "reaper_engine_info",
+                    "Always 1, once the engine answered: its flavour, whether container exits are serialised, and why.",
+                ),
+                &["flavour", "serial_exits", "reason"],
+            )?,
+        )?;
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -260,6 +280,8 @@ impl Metrics {
             last_successful_reconcile,
             safe_mode,
             manifest_errors,
+            docker_wedged,
+            engine_info,
         };
         metrics.initialise_label_sets();
         Ok(metrics)
@@ -417,6 +439,19 @@ impl Metrics {
         self.safe_mode.set(i64::from(on));
     }
 
+    pub fn set_docker_wedged(&self, on: bool) {
+        self.docker_wedged.set(i64::from(on));
+    }
+
+    /// The engine (re)connected: one `reaper_engine_info` series, for what holds now.
+    pub fn set_engine(&self, flavour: Flavour, serial: SerialExits) {
+        self.engine_info.reset();
+        let on = if serial.on { "on" } else { "off" };
+        self.engine_info
+            .with_label_values(&[flavour.as_str(), on, serial.reason.as_str()])
+            .set(1);
+    }
+
     /// Number of manifest files currently failing validation.
     pub fn set_manifest_errors(&self, n: i64) {
         self.manifest_errors.set(n);
@@ -515,6 +550,11 @@ mod tests {
         m.event_stream_restarted();
         m.set_safe_mode(true);
         m.set_manifest_errors(2);
+        m.set_docker_wedged(true);
+        m.set_engine(
+            Flavour::Docker,
+            SerialExits::decide(crate::model::SerialExitsSetting::On, None),
+        );
         m
     }
 
@@ -541,6 +581,7 @@ mod tests {
         "reaper_build_info",
         "reaper_manifest_errors",
         "reaper_removal_queue_depth",
+        "reaper_docker_wedged",
     ];
 
     #[test]
@@ -682,6 +723,8 @@ mod tests {
             "phase",
             "operation",
             "version",
+            "flavour",
+            "serial_exits",
             "le",
         ]);
         for (name, labels, _) in all.iter().filter(|(n, _, _)| n.starts_with("reaper_")) {
@@ -689,6 +732,48 @@ mod tests {
                 assert!(allowed.contains(key), "{name} has unexpected label {key}");
             }
         }
+    }
+
+    #[test]
+    fn the_engine_info_names_one_decision_at_a_time() {
+        use crate::model::{EngineInfo, SerialExitsSetting};
+        let m = Metrics::new().unwrap();
+        let info = |m: &Metrics| {
+            samples(&m.encode())
+                .into_iter()
+                .filter(|(n, _, _)| n == "reaper_engine_info")
+                .map(|(_, l, v)| (l.into_iter().collect::<Vec<_>>(), v))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            info(&m).is_empty(),
+            "no engine info before the engine answered"
+        );
+        let engine = |v: &str| EngineInfo {
+            version: v.into(),
+            ..EngineInfo::default()
+        };
+        let auto = SerialExitsSetting::Auto;
+        m.set_engine(
+            Flavour::Docker,
+            SerialExits::decide(auto, Some(&engine("20.10.24"))),
+        );
+        m.set_engine(
+            Flavour::Docker,
+            SerialExits::decide(auto, Some(&engine("24.0.7"))),
+        );
+        let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            info(&m),
+            [(
+                vec![
+                    label("flavour", "docker"),
+                    label("reason", "fixed_version"),
+                    label("serial_exits", "off"),
+                ],
+                1.0
+            )]
+        );
     }
 
     #[test]

@@ -279,12 +279,18 @@ pub fn status(v: &Value, o: Output) -> String {
     let mut out = format!("reaper {}\n", s(v, "/version"));
     out.push_str(&format!(
         "docker:     {}\n",
-        if yes("/dockerUp") {
+        if yes("/dockerWedged") {
+            "WEDGED: /_ping answers but listings time out; no removals are sent (see the log)"
+                .to_string()
+        } else if yes("/dockerUp") {
             format!("up, {}", s(h, "/dockerVersion"))
         } else {
             format!("DOWN {}", s(h, "/dockerError"))
         }
     ));
+    if !s(h, "/serialExitsExplained").is_empty() {
+        out.push_str(&format!("exits:      {}\n", s(h, "/serialExitsExplained")));
+    }
     let store_err = s(h, "/storeError");
     out.push_str(&format!(
         "store:      {}\n",

@@ -39,6 +39,7 @@ pub fn settings(c: &Config) -> Settings {
         concurrency: c.concurrency,
         paths_root: c.paths_root.clone(),
         dry_run: c.dry_run,
+        serial_exits: c.serial_exits,
     }
 }
 

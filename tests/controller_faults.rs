@@ -17,8 +17,8 @@ use reaper::executor::Outcome;
 use reaper::inventory::DockerObject;
 use reaper::metrics::Metrics;
 use reaper::model::{
-    Agent, AgentPhase, EndReason, Labels, Name, Record, ResourceKind, Session, SessionPhase,
-    Timestamp,
+    Agent, AgentPhase, EndReason, EngineInfo, Flavour, Labels, Name, Record, ResourceKind,
+    SerialExitsReason, SerialExitsSetting, Session, SessionPhase, Timestamp,
 };
 use reaper::ownership::Rules;
 use reaper::plan::Scope;
@@ -45,16 +45,35 @@ struct FakeEngine {
     stale: Mutex<Vec<DockerObject>>,
     /// Docker events, for whoever follows them.
     events: Mutex<Option<tokio::sync::broadcast::Sender<EventHint>>>,
+    /// What `GET /version` says; Docker 20.10.24, the Debian engine, unless set.
+    version: Mutex<Option<EngineInfo>>,
+    /// Listings time out while `/_ping` answers: the engine is wedged.
+    wedged: Mutex<bool>,
+    /// What the controller last asked of the exit gate.
+    serial_exits: Mutex<Option<bool>>,
 }
 
 impl Engine for FakeEngine {
-    async fn ping(&self) -> Result<String, DockerError> {
-        Ok("fake".into())
+    async fn version(&self) -> Result<EngineInfo, DockerError> {
+        Ok(self.version.lock().unwrap().clone().unwrap_or(EngineInfo {
+            flavour: Flavour::Docker,
+            version: "20.10.24+dfsg1".into(),
+            api_version: "1.41".into(),
+        }))
+    }
+    async fn ping(&self) -> Result<(), DockerError> {
+        Ok(())
+    }
+    fn set_serial_exits(&self, on: bool) {
+        *self.serial_exits.lock().unwrap() = Some(on);
     }
     async fn list(&self, _: &Selectors) -> Result<Vec<DockerObject>, DockerError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         if *self.fail_list.lock().unwrap() {
             return Err(DockerError::Other("status 500: listing broke".into()));
+        }
+        if *self.wedged.lock().unwrap() {
+            return Err(DockerError::Timeout(Duration::from_secs(30)));
         }
         if *self.hidden.lock().unwrap() {
             return Ok(Vec::new());
@@ -143,6 +162,13 @@ fn orphan(id: &str) -> DockerObject {
 
 /// A controller with its removal worker running, as the daemon has it.
 fn controller(engine: Arc<FakeEngine>) -> (Arc<Controller<FakeEngine>>, tempfile::TempDir) {
+    controller_with(engine, SerialExitsSetting::Auto)
+}
+
+fn controller_with(
+    engine: Arc<FakeEngine>,
+    serial_exits: SerialExitsSetting,
+) -> (Arc<Controller<FakeEngine>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (slot, err) = StoreSlot::open(&dir.path().join("store"));
     assert!(err.is_none());
@@ -154,6 +180,7 @@ fn controller(engine: Arc<FakeEngine>) -> (Arc<Controller<FakeEngine>>, tempfile
         concurrency: 4,
         paths_root: dir.path().join("paths"),
         dry_run: false,
+        serial_exits,
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let ctl = Arc::new(Controller::new(slot, engine, metrics, settings));
@@ -605,4 +632,97 @@ async fn a_burst_of_ends_while_removals_queue_up_makes_one_pass_not_one_each() {
     assert_eq!(engine.removes.load(Ordering::SeqCst), 35);
     stop.cancel();
     within("the loop", lp).await.unwrap();
+}
+
+#[tokio::test]
+async fn serial_exits_follow_the_engine_version_unless_the_config_says_otherwise() {
+    let engine = Arc::new(FakeEngine::default());
+    let (ctl, _dir) = controller(engine.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(*engine.serial_exits.lock().unwrap(), Some(true));
+    let h = ctl.health();
+    assert_eq!(
+        h.serial_exits.map(|s| s.reason),
+        Some(SerialExitsReason::AffectedVersion)
+    );
+    let why = h.serial_exits_explained.unwrap_or_default();
+    assert!(why.contains("moby/libnetwork#2679"), "{why}");
+    assert_eq!(
+        metric(
+            &ctl,
+            "reaper_engine_info{flavour=\"docker\",reason=\"affected_version\",serial_exits=\"on\"}"
+        ),
+        1.0
+    );
+
+    let fixed = Arc::new(FakeEngine::default());
+    *fixed.version.lock().unwrap() = Some(EngineInfo {
+        flavour: Flavour::Docker,
+        version: "24.0.7".into(),
+        api_version: "1.43".into(),
+    });
+    let (ctl, _dir) = controller(fixed.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(*fixed.serial_exits.lock().unwrap(), Some(false));
+
+    let forced_off = Arc::new(FakeEngine::default());
+    let (ctl, _dir) = controller_with(forced_off.clone(), SerialExitsSetting::Off);
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(*forced_off.serial_exits.lock().unwrap(), Some(false));
+    assert_eq!(
+        ctl.health().serial_exits.map(|s| s.reason),
+        Some(SerialExitsReason::ConfigOff)
+    );
+}
+
+#[tokio::test]
+async fn a_wedged_engine_gets_no_more_removals_until_it_answers_again() {
+    let engine = Arc::new(FakeEngine::default());
+    for id in ["w1", "w2", "w3", "w4", "w5", "w6"] {
+        engine.objects.lock().unwrap().push(orphan(id));
+    }
+    let (ctl, _dir) = controller(engine.clone());
+    // Four removals start (concurrency 4) and hang on the engine; two wait in the queue.
+    let held = engine.hold.write().await;
+    let (_, tickets) = ctl.reconcile(&Scope::Normal, false).await.unwrap();
+    assert_eq!(tickets.len(), 6);
+    // Lets the removal worker start the four it has slots for.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    *engine.wedged.lock().unwrap() = true;
+    for pass in 1..=3 {
+        assert!(ctl.reconcile(&Scope::Normal, false).await.is_err());
+        assert_eq!(ctl.health().docker_wedged, pass == 3, "after {pass} passes");
+    }
+    assert_eq!(metric(&ctl, "reaper_docker_wedged "), 1.0);
+    assert!(
+        !ctl.health().safe_mode,
+        "a wedged engine is not an untrustworthy view"
+    );
+
+    // The four in flight finish (each call has its own timeout); the two queued do not start.
+    drop(held);
+    within("the removals in flight", async {
+        while engine.removes.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        engine.removes.load(Ordering::SeqCst),
+        4,
+        "a removal was sent to a wedged engine"
+    );
+
+    *engine.wedged.lock().unwrap() = false;
+    ctl.reconcile(&Scope::Normal, false).await.unwrap();
+    assert!(!ctl.health().docker_wedged);
+    assert_eq!(metric(&ctl, "reaper_docker_wedged "), 0.0);
+    within("the queued removals after the engine answered", async {
+        while engine.removes.load(Ordering::SeqCst) < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }

@@ -624,7 +624,7 @@ pub async fn handle_metrics<E: Engine>(
         }
         (&Method::GET, "/healthz") => {
             let h = ctl.health();
-            let status = if ctl.reconciled_recently() && !h.safe_mode {
+            let status = if ctl.reconciled_recently() && !h.safe_mode && !h.docker_wedged {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -3,6 +3,7 @@
 
 mod agent;
 mod duration;
+mod engine;
 mod meta;
 mod resource;
 mod session;
@@ -10,6 +11,9 @@ mod time;
 
 pub use agent::{Agent, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
 pub use duration::{Duration, DurationError};
+pub use engine::{
+    has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
+};
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
 pub use resource::{
     CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
