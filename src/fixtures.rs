@@ -1,8 +1,8 @@
 //! Test builders that read like sentences: `container("c").label("reaper.session", "s").running()`,
 //! `session("s").ended().build()`.
 
-use crate::inventory::DockerObject;
-use crate::model::*;
+use crate::core::inventory::DockerObject;
+use crate::core::model::*;
 
 pub const T0: Timestamp = Timestamp(1_700_000_000_000);
 

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                     Err(e) => return fail(1, &e),
                 };
                 init_tracing(config.log_format);
-                match reaper::serve::run(config, once, Box::new(resolve)).await {
+                match reaper::daemon::run(config, once, Box::new(resolve)).await {
                     Ok(code) => code,
                     Err(e) => fail(1, &e),
                 }

@@ -1,6 +1,6 @@
 //! Every metric reaper exports, in one struct with its own registry.
 //!
-//! Label values come only from the enums in [`crate::model`], so cardinality is fixed at compile
+//! Label values come only from the enums in [`crate::core::model`], so cardinality is fixed at compile
 //! time: no session, agent or container name ever becomes a label. Every known label combination
 //! is created at construction, so `rate()` works from the first scrape and dashboards never show
 //! "no data" for a series that simply has not moved yet. See `docs/metrics.md` for the meaning of
@@ -13,7 +13,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::model::{
+use crate::core::model::{
     AgentPhase, CleanupReason, DockerOp, ErrorClass, Flavour, OwnerKind, ResourceKind, SerialExits,
     SessionPhase,
 };
@@ -553,7 +553,7 @@ mod tests {
         m.set_docker_wedged(true);
         m.set_engine(
             Flavour::Docker,
-            SerialExits::decide(crate::model::SerialExitsSetting::On, None),
+            SerialExits::decide(crate::core::model::SerialExitsSetting::On, None),
         );
         m
     }
@@ -736,7 +736,7 @@ mod tests {
 
     #[test]
     fn the_engine_info_names_one_decision_at_a_time() {
-        use crate::model::{EngineInfo, SerialExitsSetting};
+        use crate::core::model::{EngineInfo, SerialExitsSetting};
         let m = Metrics::new().unwrap();
         let info = |m: &Metrics| {
             samples(&m.encode())

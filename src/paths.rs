@@ -23,7 +23,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::model::RelPath;
+use crate::core::model::RelPath;
 
 /// How a directory below the root is opened: never through a symlink, never as a non-directory,
 /// never blocking on a FIFO, never leaked into a child process.

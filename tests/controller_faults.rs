@@ -11,17 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reaper::controller::executor::Outcome;
 use reaper::controller::{Controller, Settings, StoreSlot};
-use reaper::docker::{DockerError, Engine, EventHint, Selectors};
-use reaper::executor::Outcome;
-use reaper::inventory::DockerObject;
-use reaper::metrics::Metrics;
-use reaper::model::{
+use reaper::core::inventory::DockerObject;
+use reaper::core::model::{
     Agent, AgentPhase, EndReason, EngineInfo, Flavour, Labels, Name, Record, ResourceKind,
     SerialExitsReason, SerialExitsSetting, Session, SessionPhase, Timestamp,
 };
-use reaper::ownership::Rules;
-use reaper::plan::Scope;
+use reaper::core::ownership::Rules;
+use reaper::core::plan::Scope;
+use reaper::docker::{DockerError, Engine, EventHint, Selectors};
+use reaper::metrics::Metrics;
 use reaper::store::API_SOURCE;
 use tokio_util::sync::CancellationToken;
 
@@ -174,8 +174,8 @@ fn controller_with(
     assert!(err.is_none());
     let settings = Settings {
         rules: Rules::default(),
-        orphan_grace: reaper::model::Duration::from_secs(1),
-        history_retention: reaper::model::Duration::from_secs(3600),
+        orphan_grace: reaper::core::model::Duration::from_secs(1),
+        history_retention: reaper::core::model::Duration::from_secs(3600),
         resync_interval: Duration::from_secs(30),
         concurrency: 4,
         paths_root: dir.path().join("paths"),

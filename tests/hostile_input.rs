@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use reaper::config::ConfigFile;
-use reaper::manifest::{decode_utf8, parse_batch, Source};
+use reaper::core::manifest::{decode_utf8, parse_batch, Source};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

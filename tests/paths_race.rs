@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use reaper::model::RelPath;
+use reaper::core::model::RelPath;
 use reaper::paths::{exists_below, remove_below, Removal};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, RenameFlags};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use reaper::model::{
+use reaper::core::model::{
     Agent, AgentPhase, Duration, Name, OwnerKind, OwnerRef, Record, Session, SessionPhase,
     Timestamp,
 };

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use reaper::config::ConfigFile;
-use reaper::manifest::decode_utf8;
+use reaper::core::manifest::decode_utf8;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = decode_utf8("fuzz.yaml", data) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reaper::manifest::{decode_utf8, parse_batch, Source};
+use reaper::core::manifest::{decode_utf8, parse_batch, Source};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = decode_utf8("fuzz.yaml", data) else {
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         // What was accepted must name valid records.
         for r in &parsed.records {
             let owner = r.owner();
-            assert!(reaper::model::validate_name(owner.name.as_str()).is_ok());
+            assert!(reaper::core::model::validate_name(owner.name.as_str()).is_ok());
         }
     }
 });

@@ -7,10 +7,10 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Agent, AgentPhase, OwnerRef, Record, Session, API_VERSION};
+use crate::core::model::{Agent, AgentPhase, OwnerRef, Record, Session, API_VERSION};
 
 /// Request bodies larger than this are refused with 413 before they are read whole.
-pub const MAX_BODY_BYTES: usize = crate::manifest::MAX_STREAM_BYTES + (1 << 20);
+pub const MAX_BODY_BYTES: usize = crate::core::manifest::MAX_STREAM_BYTES + (1 << 20);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyFile {

@@ -24,12 +24,12 @@ use super::{
     MAX_BODY_BYTES,
 };
 use crate::controller::Controller;
-use crate::docker::Engine;
-use crate::manifest::{self, Source};
-use crate::model::{
+use crate::core::manifest::{self, Source};
+use crate::core::model::{
     AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, SessionPhase, Timestamp,
 };
-use crate::plan::Scope;
+use crate::core::plan::Scope;
+use crate::docker::Engine;
 use crate::store::{self, StoreError, API_SOURCE};
 
 /// A client must send its request headers within this time (slow clients cannot hold a slot).

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::collections::BTreeSet;
 
-use crate::model::{Labels, RelPath, ResourceKind, Timestamp};
+use crate::core::model::{Labels, RelPath, ResourceKind, Timestamp};
 
 /// One Docker object as listed. Images appear once per reference (`repo:tag`), because reaper
 /// removes references, not image IDs: an image may also carry someone else's tag.

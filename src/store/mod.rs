@@ -27,7 +27,7 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use tokio::sync::watch;
 
-use crate::model::{
+use crate::core::model::{
     Agent, AgentPhase, AgentStatus, Condition, Name, ObjectCounts, OwnerKind, OwnerRef, Record,
     Session, SessionPhase, SessionStatus, Timestamp,
 };

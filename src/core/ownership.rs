@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{repository_of, DockerObject};
-use crate::model::{Agent, Labels, Name, OwnerKind, OwnerRef, ResourceKind, Session};
+use crate::core::inventory::{repository_of, DockerObject};
+use crate::core::model::{Agent, Labels, Name, OwnerKind, OwnerRef, ResourceKind, Session};
 
 pub const SESSION_LABEL: &str = "reaper.session";
 pub const AGENT_LABEL: &str = "reaper.agent";

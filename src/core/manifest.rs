@@ -16,7 +16,7 @@ use serde::de::{
 };
 use serde::Deserialize;
 
-use crate::model::{
+use crate::core::model::{
     validate_label, Agent, AgentSpec, Labels, ObjectMeta, Record, Session, SessionSpec, API_VERSION,
 };
 
@@ -1075,7 +1075,7 @@ impl<'de> Visitor<'de> for Locate<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AgentStatus, Duration, RelPath, SessionStatus};
+    use crate::core::model::{AgentStatus, Duration, RelPath, SessionStatus};
     use std::time::{Duration as StdDuration, Instant};
 
     fn parse(text: &str) -> Result<Parsed, ManifestErrors> {
@@ -1129,11 +1129,11 @@ mod tests {
         let s = parse_batch(&[
             Source {
                 name: "session.yaml",
-                content: include_str!("../manifests/examples/session.yaml"),
+                content: include_str!("../../manifests/examples/session.yaml"),
             },
             Source {
                 name: "agent.yaml",
-                content: include_str!("../manifests/examples/agent.yaml"),
+                content: include_str!("../../manifests/examples/agent.yaml"),
             },
         ])
         .unwrap();
@@ -1747,7 +1747,7 @@ mod tests {
         /// that finds real bugs; every result must still be a clean Ok or Err.
         #[test]
         fn never_panics_on_mutated_manifests(pos in 0usize..2000, c in proptest::char::any(), cut in proptest::bool::ANY) {
-            let mut text = format!("{}---\n{}", include_str!("../manifests/examples/session.yaml"), include_str!("../manifests/examples/agent.yaml"));
+            let mut text = format!("{}---\n{}", include_str!("../../manifests/examples/session.yaml"), include_str!("../../manifests/examples/agent.yaml"));
             let mut at = pos % text.len();
             while !text.is_char_boundary(at) { at -= 1; }
             if cut { text.truncate(at) } else { text.insert(at, c) }

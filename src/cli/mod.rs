@@ -1,6 +1,8 @@
 //! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
 //! daemon's API on its Unix socket.
 
+pub mod output;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Read, Write};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::api::client::{Client, ClientError};
 use crate::api::{ApplyFile, ApplyRequest};
 use crate::config::{self, ConfigFile, LogFormat};
-use crate::output::{self, Output};
+use output::Output;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,7 +59,7 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value = "5m")]
-        timeout: crate::model::Duration,
+        timeout: crate::core::model::Duration,
     },
     /// Session lifecycle: end, heartbeat.
     #[command(subcommand)]
@@ -153,11 +155,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub paths_root: Option<PathBuf>,
     #[arg(long)]
-    pub orphan_grace_period: Option<crate::model::Duration>,
+    pub orphan_grace_period: Option<crate::core::model::Duration>,
     #[arg(long)]
-    pub resync_interval: Option<crate::model::Duration>,
+    pub resync_interval: Option<crate::core::model::Duration>,
     #[arg(long)]
-    pub history_retention: Option<crate::model::Duration>,
+    pub history_retention: Option<crate::core::model::Duration>,
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Repeatable: label keys whose value names the owning session.
@@ -166,7 +168,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub agent_name_prefix: Option<String>,
     #[arg(long)]
-    pub docker_timeout: Option<crate::model::Duration>,
+    pub docker_timeout: Option<crate::core::model::Duration>,
     /// Plan and log, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -187,7 +189,7 @@ pub struct ServeArgs {
     /// auto (default: from the engine's version), on or off: at most one container stop at a
     /// time, for engines with the libnetwork exit deadlock (Docker before 20.10.27).
     #[arg(long)]
-    pub serial_exits: Option<crate::model::SerialExitsSetting>,
+    pub serial_exits: Option<crate::core::model::SerialExitsSetting>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -350,7 +352,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             Ok(())
         }
         Command::Agent(AgentCommand::Report { name, phase }) => {
-            let phase = crate::model::AgentPhase::parse(&phase).ok_or_else(|| {
+            let phase = crate::core::model::AgentPhase::parse(&phase).ok_or_else(|| {
                 Failure::new(
                     2,
                     format!(
@@ -447,7 +449,7 @@ pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
             let name = f.display().to_string();
             let file =
                 std::fs::File::open(&f).map_err(|e| Failure::new(1, format!("{name}: {e}")))?;
-            let limit = crate::manifest::MAX_STREAM_BYTES as u64;
+            let limit = crate::core::manifest::MAX_STREAM_BYTES as u64;
             if file.metadata().is_ok_and(|m| m.len() > limit) {
                 // Refuse before reading a byte of it.
                 return Err(Failure::new(
@@ -464,7 +466,7 @@ pub fn read_manifest_files(args: &[String]) -> Result<Vec<ApplyFile>, Failure> {
 /// Reads at most the manifest size limit (plus one byte to notice more), so a huge input is
 /// refused without being held in memory, and invalid UTF-8 is refused with its position.
 fn read_capped(name: &str, reader: impl Read) -> Result<ApplyFile, Failure> {
-    let limit = crate::manifest::MAX_STREAM_BYTES;
+    let limit = crate::core::manifest::MAX_STREAM_BYTES;
     let mut bytes = Vec::new();
     reader
         .take(limit as u64 + 1)
@@ -482,7 +484,7 @@ fn read_capped(name: &str, reader: impl Read) -> Result<ApplyFile, Failure> {
             content,
         }),
         Err(e) => {
-            let located = crate::manifest::decode_utf8(name, e.as_bytes()).err();
+            let located = crate::core::manifest::decode_utf8(name, e.as_bytes()).err();
             let why = located.map_or_else(|| "not valid UTF-8".to_string(), |l| l.to_string());
             Err(Failure::new(1, format!("{why}; nothing was applied")))
         }
@@ -630,7 +632,7 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
                     let store = offline(&dir)?;
                     let records = records
                         .into_iter()
-                        .map(crate::model::Record::from)
+                        .map(crate::core::model::Record::from)
                         .collect();
                     store
                         .import(records)

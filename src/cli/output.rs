@@ -3,8 +3,8 @@
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::inventory::short_id;
-use crate::model::Timestamp;
+use crate::core::inventory::short_id;
+use crate::core::model::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {

@@ -1,6 +1,8 @@
 //! `reaper serve`: opens the store, connects to Docker, and runs the reconcile loop, the event
 //! watcher, the API (Unix socket) and the metrics listener (TCP) until SIGTERM or SIGINT.
 
+pub mod systemd;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,12 +16,11 @@ use tracing::{error, info, warn};
 use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
 use crate::config::Config;
 use crate::controller::{Controller, Settings, StoreSlot};
+use crate::core::ownership::Rules;
+use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
-use crate::ownership::Rules;
-use crate::plan::Scope;
-use crate::systemd;
 
 /// In-flight work gets this long to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

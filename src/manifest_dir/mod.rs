@@ -30,9 +30,9 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::manifest::{self, Source, MAX_STREAM_BYTES};
+use crate::core::manifest::{self, Source, MAX_STREAM_BYTES};
+use crate::core::model::{OwnerRef, Record, Timestamp};
 use crate::metrics::Metrics;
-use crate::model::{OwnerRef, Record, Timestamp};
 use crate::store::{ApplyAction, Store, StoreError, API_SOURCE};
 
 /// Quiet time after the last filesystem event before a sync, so one editor save is one sync.
@@ -624,7 +624,7 @@ async fn next_event(watcher: &mut Option<Watcher>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Name, OwnerKind, SessionPhase};
+    use crate::core::model::{Name, OwnerKind, SessionPhase};
 
     struct Fixture {
         _tmp: tempfile::TempDir,

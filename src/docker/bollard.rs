@@ -1,5 +1,6 @@
-//! The Docker adapter: lists, inspects, stops and removes objects through bollard, with a timeout
-//! on every call and errors sorted into the classes the controller acts on. It decides nothing.
+//! The `Engine` against a real Docker (or Podman) engine through bollard: a timeout on every
+//! call, errors sorted into their classes, server-side filters re-checked client-side by the
+//! caller, never `size=true`, and the exit gate on engines that need it.
 
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
@@ -8,154 +9,17 @@ use bollard::query_parameters::{
     RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::exit_gate::ExitGate;
-use crate::inventory::DockerObject;
+use super::exit_gate::{ExitGate, NetworkPermit};
+use super::{DockerError, Engine, EventHint, Selectors};
+use crate::core::inventory::DockerObject;
+use crate::core::model::{DockerOp, EngineInfo, Flavour, Labels, ResourceKind, Timestamp};
 use crate::metrics::Metrics;
-use crate::model::{DockerOp, EngineInfo, ErrorClass, Flavour, Labels, ResourceKind, Timestamp};
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DockerError {
-    #[error("not found")]
-    NotFound,
-    #[error("conflict: {0}")]
-    Conflict(String),
-    #[error("Docker did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("Docker is unreachable: {0}")]
-    Unavailable(String),
-    /// Serial exits: no moment without a container exit in flight came to call the network
-    /// API. Nothing is wrong with the engine; the caller retries later and deletes nothing on
-    /// the partial view meanwhile.
-    #[error(
-        "no moment without a container stop in flight came within {0:?} to call the network API"
-    )]
-    ExitsInFlight(Duration),
-    #[error("Docker error: {0}")]
-    Other(String),
-}
-
-impl DockerError {
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            DockerError::Conflict(_) => ErrorClass::Conflict,
-            DockerError::Timeout(_) | DockerError::ExitsInFlight(_) => ErrorClass::Timeout,
-            DockerError::Unavailable(_) => ErrorClass::DockerUnavailable,
-            DockerError::NotFound | DockerError::Other(_) => ErrorClass::Other,
-        }
-    }
-
-    fn from_bollard(e: bollard::errors::Error) -> Self {
-        use bollard::errors::Error as B;
-        match e {
-            B::DockerResponseServerError {
-                status_code: 404, ..
-            } => DockerError::NotFound,
-            B::DockerResponseServerError {
-                status_code: 409,
-                message,
-            } => DockerError::Conflict(message),
-            // A network with endpoints left is refused with a 403; like a 409 it clears once
-            // the containers using it are gone.
-            B::DockerResponseServerError { message, .. }
-                if message.contains("has active endpoints") =>
-            {
-                DockerError::Conflict(message)
-            }
-            // The engine reports some races as 500s (moby #27381).
-            B::DockerResponseServerError { message, .. }
-                if message.contains("already in progress")
-                    || message.contains("device or resource busy") =>
-            {
-                DockerError::Conflict(message)
-            }
-            B::DockerResponseServerError {
-                status_code,
-                message,
-            } => DockerError::Other(format!("status {status_code}: {message}")),
-            B::RequestTimeoutError => DockerError::Timeout(Duration::ZERO),
-            e @ (B::JsonDataError { .. } | B::JsonSerdeError { .. } | B::StrParseError { .. }) => {
-                DockerError::Other(e.to_string())
-            }
-            e => DockerError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-/// What to list: reaper asks the engine only for objects that might be ours (by label key or
-/// name prefix) and re-checks every one of them client-side. It never asks for sizes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selectors {
-    pub label_keys: BTreeSet<String>,
-    pub name_prefixes: BTreeSet<String>,
-}
-
-impl Selectors {
-    /// Drops prefixes covered by a shorter one, so each object is listed once.
-    pub fn new(
-        label_keys: impl IntoIterator<Item = String>,
-        prefixes: impl IntoIterator<Item = String>,
-    ) -> Self {
-        let all: BTreeSet<String> = prefixes.into_iter().filter(|p| !p.is_empty()).collect();
-        let name_prefixes = all
-            .iter()
-            .filter(|p| !all.iter().any(|q| q != *p && p.starts_with(q.as_str())))
-            .cloned()
-            .collect();
-        Selectors {
-            label_keys: label_keys.into_iter().collect(),
-            name_prefixes,
-        }
-    }
-}
-
-/// A hint from the event stream: a container of this name and labels changed.
-#[derive(Clone, Debug)]
-pub struct EventHint {
-    pub object: DockerObject,
-    pub time_secs: i64,
-}
-
-/// The engine operations reaper uses. The controller is generic over it so tests can inject
-/// faults; production uses [`Docker`].
-pub trait Engine: Send + Sync + 'static {
-    /// `GET /version`: what the engine is. Also settles the API version to speak.
-    fn version(&self) -> impl Future<Output = Result<EngineInfo, DockerError>> + Send;
-    /// `GET /_ping`: the engine answers at all (it may still be wedged elsewhere).
-    fn ping(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
-    /// On: at most one call that can end a running container in flight, and network calls
-    /// only between them (see `exit_gate`).
-    fn set_serial_exits(&self, on: bool);
-    fn list(
-        &self,
-        selectors: &Selectors,
-    ) -> impl Future<Output = Result<Vec<DockerObject>, DockerError>> + Send;
-    /// A fresh look at one listed object; `None` if it is gone. For an image reference, the
-    /// object returned carries the ID the reference points to now.
-    fn inspect(
-        &self,
-        obj: &DockerObject,
-    ) -> impl Future<Output = Result<Option<DockerObject>, DockerError>> + Send;
-    /// Stops a running container, giving it `timeout` to exit after SIGTERM.
-    fn stop(
-        &self,
-        id: &str,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), DockerError>> + Send;
-    /// Removes one object by ID (by reference for a tagged image: untag, never force). A
-    /// container is force-removed only while exits may overlap; with serial exits it must be
-    /// stopped first, and one that started meanwhile is refused with a conflict.
-    fn remove(&self, obj: &DockerObject) -> impl Future<Output = Result<(), DockerError>> + Send;
-    fn events(
-        &self,
-        since_secs: i64,
-    ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static;
-}
 
 pub struct Docker {
     client: bollard::Docker,
@@ -198,7 +62,7 @@ impl Docker {
     ) -> Result<T, DockerError> {
         let result = match tokio::time::timeout(timeout, fut).await {
             // bollard's own timeout carries no duration; it is this call's bound all the same.
-            Ok(r) => r.map_err(|e| match DockerError::from_bollard(e) {
+            Ok(r) => r.map_err(|e| match from_bollard(e) {
                 DockerError::Timeout(_) => DockerError::Timeout(timeout),
                 e => e,
             }),
@@ -214,7 +78,7 @@ impl Docker {
 
     /// Waits (bounded by `dockerTimeout`) for a moment when a network call cannot overlap a
     /// container exit.
-    async fn network_permit(&self) -> Result<crate::exit_gate::NetworkPermit<'_>, DockerError> {
+    async fn network_permit(&self) -> Result<NetworkPermit<'_>, DockerError> {
         self.gate
             .network(self.timeout)
             .await
@@ -497,7 +361,7 @@ impl Engine for Docker {
             .filters(&filters)
             .build();
         self.client.events(Some(opts)).map(|r| {
-            let m = r.map_err(DockerError::from_bollard)?;
+            let m = r.map_err(from_bollard)?;
             let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
             let name = attrs.remove("name").unwrap_or_default();
             attrs.remove("image");
@@ -628,26 +492,45 @@ fn volume_object(v: bollard::models::Volume) -> DockerObject {
     }
 }
 
+fn from_bollard(e: bollard::errors::Error) -> DockerError {
+    use bollard::errors::Error as B;
+    match e {
+        B::DockerResponseServerError {
+            status_code: 404, ..
+        } => DockerError::NotFound,
+        B::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => DockerError::Conflict(message),
+        // A network with endpoints left is refused with a 403; like a 409 it clears once
+        // the containers using it are gone.
+        B::DockerResponseServerError { message, .. }
+            if message.contains("has active endpoints") =>
+        {
+            DockerError::Conflict(message)
+        }
+        // The engine reports some races as 500s (moby #27381).
+        B::DockerResponseServerError { message, .. }
+            if message.contains("already in progress")
+                || message.contains("device or resource busy") =>
+        {
+            DockerError::Conflict(message)
+        }
+        B::DockerResponseServerError {
+            status_code,
+            message,
+        } => DockerError::Other(format!("status {status_code}: {message}")),
+        B::RequestTimeoutError => DockerError::Timeout(Duration::ZERO),
+        e @ (B::JsonDataError { .. } | B::JsonSerdeError { .. } | B::StrParseError { .. }) => {
+            DockerError::Other(e.to_string())
+        }
+        e => DockerError::Unavailable(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selectors_drop_prefixes_covered_by_shorter_ones() {
-        let s = Selectors::new(
-            ["reaper.session".to_string()],
-            [
-                "anvyl-agent-".to_string(),
-                "anvyl-agent-bob".to_string(),
-                "custom-".to_string(),
-                String::new(),
-            ],
-        );
-        assert_eq!(
-            s.name_prefixes.into_iter().collect::<Vec<_>>(),
-            ["anvyl-agent-", "custom-"]
-        );
-    }
 
     #[test]
     fn the_flavour_comes_from_the_version_components() {

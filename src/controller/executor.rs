@@ -16,11 +16,11 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::inventory::{DockerObject, ObjectKey};
+use crate::core::model::{ErrorClass, OwnerRef, ResourceKind};
+use crate::core::plan::{Removal, Target};
 use crate::docker::{DockerError, Engine};
-use crate::inventory::{DockerObject, ObjectKey};
-use crate::model::{ErrorClass, OwnerRef, ResourceKind};
 use crate::paths;
-use crate::plan::{Removal, Target};
 
 /// Backoff after a failed removal: 1 s doubling up to 5 min, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);

@@ -8,12 +8,12 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::inventory::{Actual, DockerObject};
-use crate::model::{
+use crate::core::inventory::{Actual, DockerObject};
+use crate::core::model::{
     Agent, AgentPhase, CleanupReason, CleanupSpec, Duration, EndReason, Name, OwnerKind, OwnerRef,
     RelPath, ResourceKind, Session, SessionPhase, Timestamp,
 };
-use crate::ownership::{self, Matchers, Rules};
+use crate::core::ownership::{self, Matchers, Rules};
 
 /// The knobs the planner needs from the daemon config.
 #[derive(Clone, Debug)]
@@ -568,8 +568,8 @@ impl Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::Duration as D;
     use crate::fixtures::*;
-    use crate::model::Duration as D;
 
     fn cfg() -> PlanConfig {
         PlanConfig {

@@ -8,6 +8,8 @@
 //! within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
 //! It fails closed: if the store or a Docker listing cannot be read, the pass deletes nothing.
 
+pub mod executor;
+
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,18 +21,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::docker::{DockerError, Engine, Selectors};
-use crate::executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
-use crate::inventory::{short_id, Actual, DockerObject};
-use crate::metrics::Metrics;
-use crate::model::{
+use crate::core::inventory::{short_id, Actual, DockerObject};
+use crate::core::model::{
     Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind, OwnerRef,
     ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, Timestamp,
 };
-use crate::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
+use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
+use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
+use crate::docker::{DockerError, Engine, Selectors};
+use crate::metrics::Metrics;
 use crate::paths;
-use crate::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
 use crate::store::{Store, StoreError};
+use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 
 /// How long a `Running` agent may have no running container before it is set `Stopped`.
 const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
@@ -52,8 +54,8 @@ const WEDGED_AFTER: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub rules: Rules,
-    pub orphan_grace: crate::model::Duration,
-    pub history_retention: crate::model::Duration,
+    pub orphan_grace: crate::core::model::Duration,
+    pub history_retention: crate::core::model::Duration,
     pub resync_interval: Duration,
     pub concurrency: usize,
     pub paths_root: std::path::PathBuf,
@@ -547,7 +549,7 @@ impl<E: Engine> Controller<E> {
             orphan_grace: settings.orphan_grace,
             history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
-            agent_running_grace: crate::model::Duration(AGENT_RUNNING_GRACE),
+            agent_running_grace: crate::core::model::Duration(AGENT_RUNNING_GRACE),
         }
     }
 

@@ -1,0 +1,10 @@
+//! The pure core: what reaper believes and decides, with no I/O. Records and their lifecycle
+//! (`model`), the hardened manifest reader (`manifest`), the Docker objects seen (`inventory`),
+//! whose they are (`ownership`), and what to do about it (`plan`). It imports no adapter:
+//! `scripts/check-layers` fails the build if it does.
+
+pub mod inventory;
+pub mod manifest;
+pub mod model;
+pub mod ownership;
+pub mod plan;
