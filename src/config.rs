@@ -11,11 +11,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::manifest::{
-    check_and_walk, decode_utf8, documents, locate, typed, validate_name_prefix, ManifestError,
-    ManifestErrors, Problem, Shape, MAX_DOCUMENT_BYTES,
-};
+use crate::core::manifest::validate_name_prefix;
 use crate::core::model::{validate_label, Duration, SerialExitsSetting, API_VERSION};
+use crate::core::yaml::{
+    check_and_walk, decode_utf8, documents, locate, typed, ManifestError, ManifestErrors, Problem,
+    Shape, MAX_DOCUMENT_BYTES,
+};
 
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =

@@ -18,6 +18,3 @@ pub mod manifest_dir;
 pub mod metrics;
 pub mod paths;
 pub mod store;
-
-#[cfg(test)]
-mod fixtures;

@@ -1,5 +1,5 @@
 //! The pure core: what reaper believes and decides, with no I/O. Records and their lifecycle
-//! (`model`), the hardened manifest reader (`manifest`), the Docker objects seen (`inventory`),
+//! (`model`), the hardened YAML reader (`yaml`) and manifests (`manifest`), the Docker objects seen (`inventory`),
 //! whose they are (`ownership`), and what to do about it (`plan`). It imports no adapter:
 //! `scripts/check-layers` fails the build if it does.
 
@@ -8,3 +8,8 @@ pub mod manifest;
 pub mod model;
 pub mod ownership;
 pub mod plan;
+pub mod yaml;
+
+/// Test builders that read like sentences: `session("s").ended().build()`.
+#[cfg(test)]
+pub(crate) mod fixtures;

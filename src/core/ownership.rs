@@ -173,7 +173,7 @@ impl DockerObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::*;
+    use crate::core::fixtures::*;
 
     fn claims_of(obj: &DockerObject) -> Vec<String> {
         claims(obj, &Rules::default(), &Matchers::default())

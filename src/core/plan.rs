@@ -568,8 +568,8 @@ impl Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::fixtures::*;
     use crate::core::model::Duration as D;
-    use crate::fixtures::*;
 
     fn cfg() -> PlanConfig {
         PlanConfig {
