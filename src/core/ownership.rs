@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::inventory::{repository_of, DockerObject};
 use crate::core::model::{Agent, Labels, Name, OwnerKind, OwnerRef, ResourceKind, Session};
+use crate::core::reference::canonical_repository;
 
 pub const SESSION_LABEL: &str = "reaper.session";
 pub const AGENT_LABEL: &str = "reaper.agent";
@@ -18,7 +19,8 @@ pub struct Rules {
     pub instance: String,
     /// Label keys whose value names the owning session (`reaper.session` always counts).
     pub session_label_keys: Vec<String>,
-    /// Container names and image repositories `<prefix><agent>` belong to agent `<agent>`.
+    /// Container names and image repositories `<prefix><agent>` belong to agent `<agent>`
+    /// (repositories also as Podman spells them: see [`canonical_repository`]).
     pub agent_name_prefix: String,
 }
 
@@ -84,10 +86,14 @@ pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<Own
         return Vec::new();
     }
     let by_label = label_claims(&obj.labels, rules, matchers);
-    let by_name = obj
-        .name_for_prefix()
-        .map(|n| name_claims(n, rules, matchers))
-        .unwrap_or_default();
+    let by_name = match obj.kind {
+        ResourceKind::Container => name_claims(&obj.name, rules, matchers),
+        ResourceKind::Image => obj
+            .repository()
+            .map(|r| repository_claims(r, rules, matchers))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
 
     // A label on an image is shared by all its tags. If the image also carries a reference that
     // is not ours by name, that reference may be someone else's: the label proves nothing then.
@@ -95,7 +101,7 @@ pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<Own
         || obj
             .other_refs
             .iter()
-            .all(|r| !name_claims(repository_of(r), rules, matchers).is_empty());
+            .all(|r| !repository_claims(repository_of(r), rules, matchers).is_empty());
 
     let mut out: Vec<OwnerRef> = Vec::new();
     let chosen = if label_counts { by_label } else { Vec::new() };
@@ -159,15 +165,17 @@ fn name_claims(name: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> 
     out
 }
 
-impl DockerObject {
-    /// The name that agent name prefixes apply to: container names and image repositories.
-    fn name_for_prefix(&self) -> Option<&str> {
-        match self.kind {
-            ResourceKind::Container => Some(self.name.as_str()),
-            ResourceKind::Image => self.repository(),
-            _ => None,
-        }
+/// Name claims on an image repository: agent name prefixes apply to the repository as listed
+/// and to its [`canonical_repository`], so Podman's `docker.io/library/anvyl-agent-x` and
+/// `localhost/anvyl-agent-x` are agent `x`'s like Docker's `anvyl-agent-x`. A reference to
+/// another registry (`ghcr.io/org/anvyl-agent-x`) is not: see [`canonical_repository`].
+fn repository_claims(repository: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+    let mut out = name_claims(repository, rules, matchers);
+    let canonical = canonical_repository(repository);
+    if canonical != repository {
+        out.extend(name_claims(canonical, rules, matchers));
     }
+    out
 }
 
 #[cfg(test)]
@@ -198,6 +206,58 @@ mod tests {
         );
         assert_eq!(claims_of(&container("anvyl-agent-bob")), ["agent/bob"]);
         assert_eq!(claims_of(&image("anvyl-agent-bob:latest")), ["agent/bob"]);
+    }
+
+    #[test]
+    fn podman_spellings_of_a_name_owned_image_are_ours() {
+        for reference in [
+            "docker.io/library/anvyl-agent-bob:latest",
+            "docker.io/anvyl-agent-bob:latest",
+            "localhost/anvyl-agent-bob:latest",
+            "localhost/anvyl-agent-bob@sha256:abc",
+        ] {
+            assert_eq!(claims_of(&image(reference)), ["agent/bob"], "{reference}");
+        }
+        // A record's own name prefix too, and the prefix as it was written still counts.
+        let rules = Rules::default();
+        let a = agent("my-agent").prefix("custom-").build();
+        let b = agent("other").prefix("localhost/team-").build();
+        let m = Matchers::new(&[], &[a, b], &rules);
+        for (reference, owner) in [
+            ("localhost/custom-1:dev", "agent/my-agent"),
+            ("docker.io/library/custom-1:dev", "agent/my-agent"),
+            ("localhost/team-x:1", "agent/other"),
+        ] {
+            let got: Vec<String> = claims(&image(reference), &rules, &m)
+                .iter()
+                .map(|o| o.to_string())
+                .collect();
+            assert_eq!(got, [owner], "{reference}");
+        }
+    }
+
+    /// The decision on registry references: a name prefix never matches the last path
+    /// component of a reference to another registry or namespace. Only labels make it ours.
+    #[test]
+    fn a_registry_reference_is_not_ours_by_name() {
+        for reference in [
+            "ghcr.io/org/anvyl-agent-bob:latest",
+            "ghcr.io/anvyl-agent-bob:1",
+            "localhost:5000/anvyl-agent-bob:1",
+            "docker.io/org/anvyl-agent-bob:1",
+            "localhost/org/anvyl-agent-bob:1",
+            "org/anvyl-agent-bob:1",
+            "quay.io/library/anvyl-agent-bob:1",
+        ] {
+            assert!(
+                claims_of(&image(reference)).is_empty(),
+                "{reference} must not be ours by name"
+            );
+        }
+        let labelled = image("ghcr.io/org/anvyl-agent-bob:latest").label("reaper.agent", "bob");
+        assert_eq!(claims_of(&labelled), ["agent/bob"]);
+        // A container name is never a reference: no spelling is stripped from it.
+        assert!(claims_of(&container("localhost/anvyl-agent-bob")).is_empty());
     }
 
     #[test]
@@ -269,5 +329,14 @@ mod tests {
         // Our reference by name stays ours even when someone else tagged the same image.
         let named = image("anvyl-agent-bob:latest").other_ref("someone/else:latest");
         assert_eq!(claims_of(&named), ["agent/bob"]);
+        // Podman's spellings of our own references are not someone else's.
+        let podman = image("docker.io/library/anvyl-agent-bob:latest")
+            .label("reaper.session", "s")
+            .other_ref("localhost/anvyl-agent-bob:dev");
+        assert_eq!(claims_of(&podman), ["session/s", "agent/bob"]);
+        let foreign = image("localhost/exec:1")
+            .label("reaper.session", "s")
+            .other_ref("ghcr.io/org/anvyl-agent-bob:1");
+        assert!(claims_of(&foreign).is_empty());
     }
 }

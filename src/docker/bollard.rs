@@ -183,7 +183,12 @@ impl Engine for Docker {
             for prefix in &s.name_prefixes {
                 match kind {
                     ResourceKind::Container => calls.push((kind, ("name", prefix.clone()))),
-                    ResourceKind::Image => calls.push((kind, ("reference", format!("{prefix}*")))),
+                    ResourceKind::Image => {
+                        // Docker matches `anvyl-agent-*` against familiar names only, so a
+                        // `localhost/` spelling (Podman's own builds) needs its own pattern.
+                        calls.push((kind, ("reference", format!("{prefix}*"))));
+                        calls.push((kind, ("reference", format!("localhost/{prefix}*"))));
+                    }
                     _ => {}
                 }
             }
