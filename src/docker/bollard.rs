@@ -352,37 +352,18 @@ impl Engine for Docker {
         &self,
         since_secs: i64,
     ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static {
-        let filters: HashMap<&str, Vec<String>> = HashMap::from([
-            ("type", vec!["container".to_string()]),
-            (
-                "event",
-                ["create", "start", "die", "destroy"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
-        ]);
+        // Only the type is filtered server-side: the engines spell actions differently (see
+        // `event_hint`), and Podman 4.3's `event=die` filter matches nothing.
+        let filters: HashMap<&str, Vec<String>> =
+            HashMap::from([("type", vec!["container".to_string()])]);
         let opts = EventsOptionsBuilder::default()
             .since(&since_secs.to_string())
             .filters(&filters)
             .build();
-        self.client.events(Some(opts)).map(|r| {
-            let m = r.map_err(from_bollard)?;
-            let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
-            let name = attrs.remove("name").unwrap_or_default();
-            attrs.remove("image");
-            attrs.remove("exitCode");
-            Ok(EventHint {
-                object: DockerObject {
-                    kind: ResourceKind::Container,
-                    id: String::new(),
-                    name,
-                    // Container events carry the container's labels as attributes.
-                    labels: attrs.into_iter().collect(),
-                    created: None,
-                    running: false,
-                    other_refs: Vec::new(),
-                },
-                time_secs: m.time.unwrap_or(0),
+        self.client.events(Some(opts)).filter_map(|r| {
+            std::future::ready(match r {
+                Ok(m) => event_hint(m).map(Ok),
+                Err(e) => Some(Err(from_bollard(e))),
             })
         })
     }
@@ -404,6 +385,41 @@ fn engine_info(v: bollard::models::SystemVersion) -> EngineInfo {
         version: v.version.unwrap_or_default(),
         api_version: v.api_version.unwrap_or_default(),
     }
+}
+
+/// Container actions that can change what reaper decides, as Docker and Podman spell them:
+/// Docker's `die` and `destroy` are Podman's `die` (`died` in its filters) and `remove`.
+const CONTAINER_ACTIONS: [&str; 6] = ["create", "start", "die", "died", "destroy", "remove"];
+
+/// Event attributes that are not the container's labels: Docker's and Podman's
+/// (`containerExitCode`, `podId`).
+const NOT_LABELS: [&str; 5] = ["name", "image", "exitCode", "containerExitCode", "podId"];
+
+/// The hint in one engine event, or `None` for an event that cannot change a decision (another
+/// type, or an action such as `kill`, `exec_start` or Podman's `cleanup`).
+fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
+    use bollard::models::EventMessageTypeEnum as T;
+    if m.typ != Some(T::CONTAINER) || !CONTAINER_ACTIONS.contains(&m.action.as_deref()?) {
+        return None;
+    }
+    let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
+    let name = attrs.remove("name").unwrap_or_default();
+    for key in NOT_LABELS {
+        attrs.remove(key);
+    }
+    Some(EventHint {
+        object: DockerObject {
+            kind: ResourceKind::Container,
+            id: String::new(),
+            name,
+            // Container events carry the container's labels as attributes.
+            labels: attrs.into_iter().collect(),
+            created: None,
+            running: false,
+            other_refs: Vec::new(),
+        },
+        time_secs: m.time.unwrap_or(0),
+    })
 }
 
 /// Listings give creation times in whole seconds. Ages count from the last instant of that
@@ -536,6 +552,80 @@ fn from_bollard(e: bollard::errors::Error) -> DockerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses one line of an engine's event stream as bollard does.
+    fn hint(line: &str) -> Option<EventHint> {
+        event_hint(serde_json::from_str(line).expect("an event bollard can parse"))
+    }
+
+    // Recorded from Debian's Docker 20.10.24 and Podman 4.3.1 (API 1.41, `--events-backend
+    // file`), IDs shortened.
+    const DOCKER_DIE: &str = r#"{"status":"die","id":"b98b3dd93cd3","from":"reaper-test/busybox:1","Type":"container","Action":"die","Actor":{"ID":"b98b3dd93cd3","Attributes":{"exitCode":"137","image":"reaper-test/busybox:1","name":"ev1","reaper.session":"s1"}},"scope":"local","time":1795777308,"timeNano":1795777308886988155}"#;
+    const DOCKER_KILL: &str = r#"{"status":"kill","id":"b98b3dd93cd3","from":"reaper-test/busybox:1","Type":"container","Action":"kill","Actor":{"ID":"b98b3dd93cd3","Attributes":{"image":"reaper-test/busybox:1","name":"ev1","reaper.session":"s1","signal":"9"}},"scope":"local","time":1795777308,"timeNano":1795777308851396590}"#;
+    const PODMAN_DIE: &str = r#"{"status":"die","id":"72b3a1f300b4","from":"docker.io/reaper-test/busybox:1","Type":"container","Action":"die","Actor":{"ID":"72b3a1f300b4","Attributes":{"containerExitCode":"137","exitCode":"137","image":"docker.io/reaper-test/busybox:1","name":"anvyl-agent-t1","podId":"","session_id":"9"}},"scope":"local","time":1795777144,"timeNano":1795777144529458178}"#;
+    const PODMAN_CLEANUP: &str = r#"{"status":"cleanup","id":"72b3a1f300b4","from":"docker.io/reaper-test/busybox:1","Type":"container","Action":"cleanup","Actor":{"ID":"72b3a1f300b4","Attributes":{"containerExitCode":"0","image":"docker.io/reaper-test/busybox:1","name":"anvyl-agent-t1","podId":"","session_id":"9"}},"scope":"local","time":1795777144,"timeNano":1795777144590821730}"#;
+
+    /// `line` with its action (and status) replaced.
+    fn with_action(line: &str, from: &str, to: &str) -> String {
+        line.replace(&format!("\"{from}\""), &format!("\"{to}\""))
+    }
+
+    #[test]
+    fn docker_events_carry_the_container_name_and_labels() {
+        for action in ["create", "start", "die", "destroy"] {
+            let h = hint(&with_action(DOCKER_DIE, "die", action))
+                .unwrap_or_else(|| panic!("Docker's {action} is a hint"));
+            assert_eq!(h.object.kind, ResourceKind::Container);
+            assert_eq!(h.object.name, "ev1");
+            assert_eq!(
+                h.object.labels,
+                Labels::from([("reaper.session".into(), "s1".into())]),
+                "{action}"
+            );
+            assert_eq!(h.time_secs, 1795777308);
+        }
+    }
+
+    #[test]
+    fn podman_events_in_both_spellings_carry_only_the_labels() {
+        for action in ["create", "start", "die", "died", "remove"] {
+            let h = hint(&with_action(PODMAN_DIE, "die", action))
+                .unwrap_or_else(|| panic!("Podman's {action} is a hint"));
+            assert_eq!(h.object.name, "anvyl-agent-t1");
+            // No containerExitCode, podId, exitCode or image among the labels.
+            assert_eq!(
+                h.object.labels,
+                Labels::from([("session_id".into(), "9".into())]),
+                "{action}"
+            );
+            assert_eq!(h.time_secs, 1795777144);
+        }
+    }
+
+    #[test]
+    fn other_actions_and_types_are_no_hints() {
+        assert!(hint(DOCKER_KILL).is_none());
+        assert!(hint(PODMAN_CLEANUP).is_none());
+        for action in [
+            "kill",
+            "stop",
+            "init",
+            "attach",
+            "exec_start: sh -c true",
+            "oom",
+        ] {
+            assert!(
+                hint(&with_action(DOCKER_DIE, "die", action)).is_none(),
+                "{action}"
+            );
+        }
+        let network = DOCKER_DIE.replace(r#""Type":"container""#, r#""Type":"network""#);
+        assert!(hint(&network).is_none());
+        let untyped = DOCKER_DIE.replace(r#""Type":"container","#, "");
+        assert!(hint(&untyped).is_none());
+        let no_action = DOCKER_DIE.replace(r#""Action":"die","#, "");
+        assert!(hint(&no_action).is_none());
+    }
 
     #[test]
     fn the_flavour_comes_from_the_version_components() {
