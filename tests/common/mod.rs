@@ -1,16 +1,20 @@
 //! Shared helpers for the end-to-end tests: the private Docker engine, object builders that
 //! read like sentences, bounded waits, the real `reaper` binary, and bystanders that must survive.
 //!
-//! Every test runs against the private dockerd that `./scripts/test` starts; nothing here ever
-//! talks to the user's own Docker daemon. Every wait and every subprocess is bounded.
+//! Every test runs against the private dockerd that `./scripts/test` starts (tests/e2e_podman.rs
+//! against its private Podman service, see [`use_podman`]); nothing here ever talks to the
+//! user's own Docker daemon or Podman. Every wait and every subprocess is bounded.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use reaper::core::inventory::repository_of;
+use reaper::core::reference::canonical_repository;
 use serde_json::Value;
 
 pub mod proxy;
@@ -107,16 +111,62 @@ pub fn stderr_of(out: &Output) -> String {
 // The private Docker engine
 // ---------------------------------------------------------------------------------------------
 
+/// The private engines `./scripts/test` starts. A test binary talks to one of them: dockerd,
+/// unless it calls [`use_podman`] before anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+/// The engine this test binary talks to (dockerd unless [`use_podman`] came first).
+pub fn engine() -> Engine {
+    *ENGINE.get_or_init(|| Engine::Docker)
+}
+
+/// Points every helper (the docker CLI, [`Reaper`]) of this test binary at the private Podman
+/// service, through its Docker-compatible API. Call it first in every test of the binary.
+/// Panics when the service is missing: under the suite that is a failure, never a skip.
+pub fn use_podman() {
+    let chosen = *ENGINE.get_or_init(|| Engine::Podman);
+    assert_eq!(
+        chosen,
+        Engine::Podman,
+        "this test binary already talks to dockerd"
+    );
+    docker_host();
+}
+
 /// The private engine's address. Panics (always, not only in CI) when the tests were not
 /// started through `./scripts/test`: a missing engine is a failure, never a skip.
 pub fn docker_host() -> String {
-    match std::env::var("REAPER_TEST_DOCKER_HOST") {
+    let (var, what) = match engine() {
+        Engine::Docker => ("REAPER_TEST_DOCKER_HOST", "the private Docker engine"),
+        Engine::Podman => ("REAPER_TEST_PODMAN_HOST", "the private Podman service"),
+    };
+    match std::env::var(var) {
         Ok(h) if !h.trim().is_empty() => h,
         _ => panic!(
-            "REAPER_TEST_DOCKER_HOST is not set: these tests need the private Docker engine; \
-             run them through ./scripts/test (it starts one and never touches your own daemon)"
+            "{var} is not set: these tests need {what}; run them through ./scripts/test (it \
+             starts one and never touches your own Docker daemon or Podman)"
         ),
     }
+}
+
+/// Podman's own client against the private Podman service, for what the docker CLI cannot do
+/// there, bounded by [`DOCKER_TIMEOUT`].
+pub fn podman_remote(args: &[&str]) -> Output {
+    assert_eq!(engine(), Engine::Podman, "podman_remote needs use_podman()");
+    run_with_timeout(
+        Command::new("podman")
+            .arg("--url")
+            .arg(docker_host())
+            .args(args),
+        None,
+        DOCKER_TIMEOUT,
+    )
 }
 
 fn docker_command() -> Command {
@@ -442,9 +492,15 @@ pub fn volume(name: &str, labels: &[(&str, &str)]) -> String {
 /// Creates a runnable image `reference` with these labels: a commit of an unlabelled,
 /// never-started container of the test image, so it has its own ID (removing it can never
 /// take the test image with it). Returns the image ID.
+///
+/// On Podman the commit goes through `podman --url` (the docker CLI's commit sends no body,
+/// which Podman 4.3 refuses), so Podman names it as its own builds: `localhost/<reference>`.
 pub fn image(reference: &str, labels: &[(&str, &str)]) -> String {
     let scratch = docker_ok(&["create", "--pull", "never", "--network", "none", TEST_IMAGE]);
     let mut args = vec!["commit".to_string()];
+    if engine() == Engine::Podman {
+        args.push("--quiet".into());
+    }
     for (k, v) in labels {
         args.push("--change".into());
         args.push(format!("LABEL {k:?}={v:?}"));
@@ -452,14 +508,24 @@ pub fn image(reference: &str, labels: &[(&str, &str)]) -> String {
     args.push(scratch.clone());
     args.push(reference.to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = docker(&args);
+    let out = match engine() {
+        Engine::Docker => docker(&args),
+        Engine::Podman => podman_remote(&args),
+    };
     remove_quietly(Kind::Container, &scratch);
     assert!(
         out.status.success(),
         "docker commit to {reference} failed: {}",
         stderr_of(&out)
     );
-    stdout_of(&out).trim().to_string()
+    // Podman prints the bare hex, which its compat API takes for a name once the image is
+    // gone (a 500, not "no such image"); with the prefix, as Docker prints it, it is an ID.
+    let id = stdout_of(&out).trim().to_string();
+    if id.starts_with("sha256:") {
+        id
+    } else {
+        format!("sha256:{id}")
+    }
 }
 
 /// The labels on an object, as docker reports them.
@@ -529,7 +595,23 @@ fn object_is(o: &Value, want: &str) -> bool {
                 .starts_with(want.trim_start_matches("sha256:")))
         || name == want
         || name.strip_prefix('/') == Some(want)
-        || tags.iter().any(|t| t.as_str() == Some(want))
+        || tags
+            .iter()
+            .any(|t| t.as_str().is_some_and(|t| same_reference(t, want)))
+}
+
+/// Whether two references name the same image, whichever way the engine spells them (Podman
+/// reports `reaper-test/busybox:1` as `docker.io/reaper-test/busybox:1`).
+pub fn same_reference(a: &str, b: &str) -> bool {
+    let canonical = |r: &str| {
+        let repository = repository_of(r);
+        format!(
+            "{}{}",
+            canonical_repository(repository),
+            &r[repository.len()..]
+        )
+    };
+    canonical(a) == canonical(b)
 }
 
 fn describe(objs: &[Obj], pick: impl Fn(bool) -> bool) -> Vec<String> {

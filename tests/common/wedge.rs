@@ -62,6 +62,9 @@ fn docker_dir() -> Option<PathBuf> {
 /// goroutine stacks and copies them below `target/` (`scripts/test` deletes the engine's
 /// directory). Returns the copy, or why there is none.
 pub fn goroutine_dump() -> Result<PathBuf, String> {
+    if super::engine() == super::Engine::Podman {
+        return Err("the engine is the private Podman service, not dockerd".into());
+    }
     let dir = docker_dir().ok_or("REAPER_TEST_DOCKER_DIR is not set")?;
     let log = dir.join("dockerd.log");
     let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
