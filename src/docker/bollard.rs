@@ -33,6 +33,10 @@ pub struct Docker {
 /// `call`), and a stop's is `stopTimeout` plus `dockerTimeout`, which a client-wide
 /// `dockerTimeout` would cut short.
 const BOLLARD_BACKSTOP: Duration = Duration::from_secs(24 * 3600);
+/// A container listing the engine described in terms the API schema does not know is asked
+/// this many times in all, this far apart.
+const UNPARSEABLE_ATTEMPTS: u32 = 4;
+const UNPARSEABLE_PAUSE: Duration = Duration::from_millis(250);
 
 impl Docker {
     /// `host` is `unix:///path` or `tcp://host:port`. Connecting is lazy: nothing is sent yet.
@@ -95,16 +99,28 @@ impl Docker {
         let t = self.timeout;
         Ok(match kind {
             ResourceKind::Container => {
-                let opts = ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .size(false)
-                    .filters(&filters)
-                    .build();
-                self.call(DockerOp::List, t, c.list_containers(Some(opts)))
-                    .await?
-                    .into_iter()
-                    .map(container_object)
-                    .collect()
+                // Podman 4.3 lists a container it is stopping in state `stopped`, which the
+                // API's schema (and so bollard) does not know. The state lasts a moment, so a
+                // listing that cannot be parsed is asked again a few times before the pass
+                // gives up (and deletes nothing).
+                let mut attempts = 1;
+                loop {
+                    let opts = ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .size(false)
+                        .filters(&filters)
+                        .build();
+                    match self
+                        .call(DockerOp::List, t, c.list_containers(Some(opts)))
+                        .await
+                    {
+                        Err(DockerError::Unparseable(_)) if attempts < UNPARSEABLE_ATTEMPTS => {
+                            attempts += 1;
+                            tokio::time::sleep(UNPARSEABLE_PAUSE).await;
+                        }
+                        r => break r?.into_iter().map(container_object).collect(),
+                    }
+                }
             }
             ResourceKind::Image => {
                 let opts = ListImagesOptionsBuilder::default()
@@ -543,7 +559,7 @@ fn from_bollard(e: bollard::errors::Error) -> DockerError {
         } => DockerError::Other(format!("status {status_code}: {message}")),
         B::RequestTimeoutError => DockerError::Timeout(Duration::ZERO),
         e @ (B::JsonDataError { .. } | B::JsonSerdeError { .. } | B::StrParseError { .. }) => {
-            DockerError::Other(e.to_string())
+            DockerError::Unparseable(e.to_string())
         }
         e => DockerError::Unavailable(e.to_string()),
     }

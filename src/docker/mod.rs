@@ -32,6 +32,9 @@ pub enum DockerError {
         "no moment without a container stop in flight came within {0:?} to call the network API"
     )]
     ExitsInFlight(Duration),
+    /// The engine answered in terms its API schema does not know (Podman 4.3's `stopped`).
+    #[error("Docker's answer could not be parsed: {0}")]
+    Unparseable(String),
     #[error("Docker error: {0}")]
     Other(String),
 }
@@ -42,7 +45,9 @@ impl DockerError {
             DockerError::Conflict(_) => ErrorClass::Conflict,
             DockerError::Timeout(_) | DockerError::ExitsInFlight(_) => ErrorClass::Timeout,
             DockerError::Unavailable(_) => ErrorClass::DockerUnavailable,
-            DockerError::NotFound | DockerError::Other(_) => ErrorClass::Other,
+            DockerError::NotFound | DockerError::Unparseable(_) | DockerError::Other(_) => {
+                ErrorClass::Other
+            }
         }
     }
 }

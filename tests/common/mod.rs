@@ -568,8 +568,9 @@ pub fn existence(objs: &[Obj]) -> Vec<bool> {
         let out = docker(&args);
         for line in stderr_of(&out).lines().filter(|l| !l.trim().is_empty()) {
             let l = line.to_lowercase();
+            // Podman says "image not known", also as a 500 while the image is being removed.
             assert!(
-                l.contains("no such") || l.contains("not found"),
+                l.contains("no such") || l.contains("not found") || l.contains("not known"),
                 "docker inspect --type {} failed: {line}",
                 kind.as_str()
             );
