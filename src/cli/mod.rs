@@ -2,8 +2,12 @@
 //! daemon's API on its Unix socket.
 
 pub mod output;
+mod serve_args;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use serve_args::socket_help;
+pub use serve_args::{serve_overrides, ServeArgs};
+
+use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::api::client::{Client, ClientError};
 use crate::api::{ApplyFile, ApplyRequest};
-use crate::config::{self, ConfigFile, LogFormat};
 use output::Output;
 
 #[derive(Parser, Debug)]
@@ -21,8 +24,7 @@ use output::Output;
     about = "Removes the Docker objects of ended workflow sessions and failed agents, and nothing else."
 )]
 pub struct Cli {
-    /// The daemon's API socket (default: per-user, see README).
-    #[arg(long, env = "REAPER_SOCKET", global = true)]
+    #[arg(long, env = "REAPER_SOCKET", global = true, help = socket_help())]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -140,58 +142,6 @@ pub enum ConfigCommand {
     Check { file: PathBuf },
 }
 
-#[derive(Args, Debug, Default)]
-pub struct ServeArgs {
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    #[arg(long)]
-    pub docker_host: Option<String>,
-    #[arg(long)]
-    pub instance: Option<String>,
-    #[arg(long)]
-    pub paths_root: Option<PathBuf>,
-    #[arg(long)]
-    pub orphan_grace_period: Option<crate::core::model::Duration>,
-    #[arg(long)]
-    pub resync_interval: Option<crate::core::model::Duration>,
-    #[arg(long)]
-    pub history_retention: Option<crate::core::model::Duration>,
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-    /// Repeatable: label keys whose value names the owning session.
-    #[arg(long = "session-label-key")]
-    pub session_label_keys: Vec<String>,
-    #[arg(long)]
-    pub agent_name_prefix: Option<String>,
-    #[arg(long)]
-    pub docker_timeout: Option<crate::core::model::Duration>,
-    /// Plan and log, remove nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Run one pass and exit; the exit code says whether any removal failed.
-    #[arg(long)]
-    pub once: bool,
-    /// text (default) or json: one JSON object per line.
-    #[arg(long)]
-    pub log_format: Option<LogFormat>,
-    #[arg(long)]
-    pub manifests: Option<PathBuf>,
-    /// Also serve the API on this TCP address; every request must carry the bearer token.
-    #[arg(long)]
-    pub api_listen: Option<std::net::SocketAddr>,
-    /// The bearer token for --api-listen.
-    #[arg(long, env = "REAPER_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
-    /// auto (default: from the engine's version), on or off: at most one container stop at a
-    /// time, for engines with the libnetwork exit deadlock (Docker before 20.10.27).
-    #[arg(long)]
-    pub serial_exits: Option<crate::core::model::SerialExitsSetting>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Plural {
     #[value(alias = "session")]
@@ -253,43 +203,6 @@ impl From<std::io::Error> for Failure {
 }
 
 type Outcome = Result<(), Failure>;
-
-/// Maps the serve flags into the same shape as the config file, so flags override it key by key.
-pub fn serve_overrides(a: &ServeArgs, socket: Option<PathBuf>) -> ConfigFile {
-    let adoption = (!a.session_label_keys.is_empty() || a.agent_name_prefix.is_some()).then(|| {
-        config::AdoptionFile {
-            session_label_keys: (!a.session_label_keys.is_empty())
-                .then(|| a.session_label_keys.clone()),
-            agent_name_prefix: a.agent_name_prefix.clone(),
-        }
-    });
-    ConfigFile {
-        docker: a
-            .docker_host
-            .clone()
-            .map(|host| config::DockerFile { host: Some(host) }),
-        data_dir: a.data_dir.clone(),
-        socket,
-        metrics_listen: a.metrics_listen,
-        instance: a.instance.clone(),
-        adoption,
-        paths_root: a.paths_root.clone(),
-        manifests: a.manifests.clone(),
-        orphan_grace_period: a.orphan_grace_period,
-        resync_interval: a.resync_interval,
-        history_retention: a.history_retention,
-        concurrency: a.concurrency,
-        docker_timeout: a.docker_timeout,
-        dry_run: a.dry_run.then_some(true),
-        log_format: a.log_format,
-        api_listen: a.api_listen,
-        api_token: a.api_token.clone().map(config::Secret::new),
-        engine_quirks: a.serial_exits.map(|s| config::EngineQuirksFile {
-            serial_exits: Some(s),
-        }),
-        ..ConfigFile::default()
-    }
-}
 
 pub async fn run_client(socket: &Path, command: Command) -> Outcome {
     let c = Client::new(socket);

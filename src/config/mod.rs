@@ -1,0 +1,481 @@
+//! The daemon's configuration: a `kind: Config` file, command-line flags and built-in defaults.
+//! Flags override the file, the file overrides the defaults. Every key is optional, unknown keys
+//! are errors, and errors name the file, line, column and field, like manifest errors (the file
+//! is read by the same hardened YAML reader).
+//!
+//! Every key is declared once, as a field of [`ConfigFile`]: its name in the file (serde), its
+//! flag, help text and environment variable (clap), and, in [`ConfigFile::defaults`], its
+//! default. The flags, the file and the defaults are three layers of that one struct.
+
+mod file;
+pub mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::core::model::{Duration, SerialExitsSetting};
+use crate::core::yaml::{ManifestError, ManifestErrors};
+use layer::config_keys;
+
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9733);
+pub const DEFAULT_SESSION_LABEL_KEY: &str = "session_id";
+pub const DEFAULT_AGENT_NAME_PREFIX: &str = "anvyl-agent-";
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// More parallel removals buy nothing and have deadlocked dockerd (moby/libnetwork#2649).
+pub const MAX_CONCURRENCY: usize = 64;
+pub const DEFAULT_ORPHAN_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The environment variable that may carry `apiToken`, so it stays out of `ps`.
+pub const API_TOKEN_ENV: &str = "REAPER_API_TOKEN";
+
+const ROOT_DATA_DIR: &str = "/var/lib/reaper";
+const ROOT_SOCKET: &str = "/run/reaper/reaper.sock";
+const COMMAND_LINE: &str = "command line";
+
+config_keys! {
+    /// The config file as written, and the `serve` flags: the same keys, so one layer of either
+    /// overrides the other key by key. Each doc comment is also the flag's `--help`.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct ConfigFile {
+        /// Must be `reaper/v1` in a file; flags leave it unset.
+        #[arg(skip)]
+        pub api_version: Option<String>,
+        /// Must be `Config` in a file; flags leave it unset.
+        #[arg(skip)]
+        pub kind: Option<String>,
+        #[command(flatten)]
+        pub docker: Option<DockerFile>,
+        /// The sled store's directory; its default depends on the user (root, or the XDG state
+        /// directory).
+        #[arg(long, value_name = "DIR")]
+        pub data_dir: Option<PathBuf>,
+        /// The API's Unix socket: the global `--socket` flag, which client commands share.
+        #[arg(skip)]
+        pub socket: Option<PathBuf>,
+        /// Where /metrics and /healthz listen; keep it on loopback unless a firewall protects it.
+        #[arg(long, value_name = "ADDR")]
+        pub metrics_listen: Option<SocketAddr>,
+        /// Leave alone every object whose `reaper.instance` label names another instance, so
+        /// several reapers can share one Docker engine; "" means unscoped.
+        #[arg(long, value_name = "NAME")]
+        pub instance: Option<String>,
+        #[command(flatten)]
+        pub adoption: Option<AdoptionFile>,
+        /// spec.paths and buildDir are relative to this directory (by default the data dir's
+        /// `paths`).
+        #[arg(long, value_name = "DIR")]
+        pub paths_root: Option<PathBuf>,
+        /// A directory of *.yaml / *.yml manifests treated as declared state (default: none).
+        #[arg(long, value_name = "DIR")]
+        pub manifests: Option<PathBuf>,
+        /// Objects that are ours but whose owner record does not exist are removed once older
+        /// than this.
+        #[arg(long, value_name = "DURATION")]
+        pub orphan_grace_period: Option<Duration>,
+        /// A full resync runs this often, even if no event arrives (events are only hints).
+        #[arg(long, value_name = "DURATION")]
+        pub resync_interval: Option<Duration>,
+        /// Cleaned sessions are kept as history this long, then purged.
+        #[arg(long, value_name = "DURATION")]
+        pub history_retention: Option<Duration>,
+        /// Parallel removals, 1 to 64.
+        #[arg(long, value_name = "N")]
+        pub concurrency: Option<usize>,
+        /// Bound on every Docker call; a stop gets the session's stopTimeout plus this.
+        #[arg(long, value_name = "DURATION")]
+        pub docker_timeout: Option<Duration>,
+        /// Plan and log, but remove nothing.
+        #[arg(long, num_args = 0, default_missing_value = "true")]
+        pub dry_run: Option<bool>,
+        /// text (human-readable) or json (one object per line, for log shippers).
+        #[arg(long, value_name = "FORMAT")]
+        pub log_format: Option<LogFormat>,
+        /// The bearer token every request on the TCP API listener must carry; the Unix socket
+        /// does not use it.
+        #[arg(long, value_name = "TOKEN", env = API_TOKEN_ENV, hide_env_values = true)]
+        pub api_token: Option<Secret>,
+        /// Also serve the API on this TCP address (default: off); every request on it needs
+        /// `Authorization: Bearer <apiToken>`.
+        #[arg(long, value_name = "ADDR")]
+        pub api_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        pub engine_quirks: Option<EngineQuirksFile>,
+        /// The file these values came from, for error messages (set by `parse`).
+        #[arg(skip)]
+        #[serde(skip)]
+        pub source: Option<Source>,
+    }
+}
+
+config_keys! {
+    /// `docker:` how to reach the engine.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct DockerFile {
+        /// The Docker endpoint, unix://PATH or tcp://HOST:PORT ($DOCKER_HOST when set). Behind a
+        /// socket proxy, allow only list, inspect, stop, remove and events.
+        #[arg(long = "docker-host", value_name = "URL")]
+        pub host: Option<String>,
+    }
+}
+
+config_keys! {
+    /// `adoption:` objects that are ours without reaper's own labels.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct AdoptionFile {
+        /// A label key whose VALUE names the owning session (`reaper.session` always counts);
+        /// repeat the flag for more.
+        #[arg(long = "session-label-key", value_name = "KEY")]
+        pub session_label_keys: Option<Vec<String>>,
+        /// Containers and image repositories named <prefix><agent> belong to agent <agent>.
+        #[arg(long, value_name = "PREFIX")]
+        pub agent_name_prefix: Option<String>,
+    }
+}
+
+config_keys! {
+    /// `engineQuirks:` workarounds for engine bugs, decided from the engine's version unless set.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct EngineQuirksFile {
+        /// auto, on or off: at most one container stop in flight, for engines with the
+        /// libnetwork exit deadlock (Docker before 20.10.27); auto decides from the engine's
+        /// version.
+        #[arg(long, value_name = "MODE")]
+        pub serial_exits: Option<SerialExitsSetting>,
+    }
+}
+
+impl ConfigFile {
+    /// The defaults, as the lowest layer: the one place a default is written. Keys without
+    /// one (manifests, apiToken, apiListen) stay unset. Docker's host and the data dir come
+    /// from the environment; the socket and the paths root follow `data_dir`, wherever it came
+    /// from, and are unset when it is unknown.
+    fn defaults(env: &Env, data_dir: Option<&Path>) -> ConfigFile {
+        ConfigFile {
+            docker: Some(DockerFile {
+                host: Some(
+                    env.docker_host
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_DOCKER_HOST.into()),
+                ),
+            }),
+            data_dir: data_dir.map(Path::to_path_buf),
+            socket: data_dir.map(|d| env.socket(Some(d)).unwrap_or_else(|| d.join("reaper.sock"))),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN),
+            instance: Some(String::new()),
+            adoption: Some(AdoptionFile {
+                session_label_keys: Some(vec![DEFAULT_SESSION_LABEL_KEY.into()]),
+                agent_name_prefix: Some(DEFAULT_AGENT_NAME_PREFIX.into()),
+            }),
+            paths_root: data_dir.map(|d| d.join("paths")),
+            orphan_grace_period: Some(DEFAULT_ORPHAN_GRACE_PERIOD),
+            resync_interval: Some(DEFAULT_RESYNC_INTERVAL),
+            history_retention: Some(DEFAULT_HISTORY_RETENTION),
+            concurrency: Some(DEFAULT_CONCURRENCY),
+            docker_timeout: Some(DEFAULT_DOCKER_TIMEOUT),
+            dry_run: Some(false),
+            log_format: Some(LogFormat::Text),
+            engine_quirks: Some(EngineQuirksFile {
+                serial_exits: Some(SerialExitsSetting::Auto),
+            }),
+            ..ConfigFile::default()
+        }
+    }
+
+    /// The defaults for this process's user and environment, as `reaper serve --help` shows
+    /// them.
+    pub fn defaults_here() -> ConfigFile {
+        let env = Env::current();
+        ConfigFile::defaults(&env, env.data_dir().as_deref())
+    }
+}
+
+/// The effective configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub docker_host: String,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub metrics_listen: SocketAddr,
+    /// "" when this reaper is not scoped; otherwise the `reaper.instance` label value it owns.
+    pub instance: String,
+    pub session_label_keys: Vec<String>,
+    pub agent_name_prefix: String,
+    pub paths_root: PathBuf,
+    pub manifests: Option<PathBuf>,
+    pub orphan_grace_period: Duration,
+    pub resync_interval: Duration,
+    pub history_retention: Duration,
+    pub concurrency: usize,
+    /// Bound on every Docker call except stops, which get `stopTimeout` plus this.
+    pub docker_timeout: Duration,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+    /// Never serialised, so printing the effective config cannot leak it.
+    #[serde(skip_serializing)]
+    pub api_token: Option<Secret>,
+    /// Optional TCP listener for the API (off by default); every request needs `apiToken`.
+    pub api_listen: Option<SocketAddr>,
+    /// `engineQuirks.serialExits`: auto (from the engine's version), on or off.
+    pub serial_exits: SerialExitsSetting,
+}
+
+impl Config {
+    /// Flags override the file, the file overrides the defaults. Validates the result; each
+    /// error names where its value came from (the file, or "command line").
+    pub fn resolve(file: Option<ConfigFile>, flags: ConfigFile) -> Result<Config, ConfigError> {
+        resolve_in(file.unwrap_or_default(), flags, &Env::current())
+    }
+
+    /// The keys of a layer with the defaults merged under it; `None` only if a key that has
+    /// a default lost it in [`ConfigFile::defaults`].
+    fn from_layer(c: ConfigFile) -> Option<Config> {
+        let (docker, adoption, quirks) = (c.docker?, c.adoption?, c.engine_quirks?);
+        Some(Config {
+            docker_host: docker.host?,
+            data_dir: c.data_dir?,
+            socket: c.socket?,
+            metrics_listen: c.metrics_listen?,
+            instance: c.instance?,
+            session_label_keys: adoption.session_label_keys?,
+            agent_name_prefix: adoption.agent_name_prefix?,
+            paths_root: c.paths_root?,
+            manifests: c.manifests,
+            orphan_grace_period: c.orphan_grace_period?,
+            resync_interval: c.resync_interval?,
+            history_retention: c.history_retention?,
+            concurrency: c.concurrency?,
+            docker_timeout: c.docker_timeout?,
+            dry_run: c.dry_run?,
+            log_format: c.log_format?,
+            api_token: c.api_token,
+            api_listen: c.api_listen,
+            serial_exits: quirks.serial_exits?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("invalid log format {s:?}: expected text or json")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A credential that must not end up in logs: `Debug` hides it and `Config` never serialises it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// For clap: any text is a token; `check` says which are acceptable, naming the command line.
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
+/// The file a layer was read from, named in its error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source(String);
+
+impl Source {
+    pub fn new(file: impl Into<String>) -> Self {
+        Source(file.into())
+    }
+}
+
+impl Deref for Source {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, each naming its file (or "command line"), line and field.
+    #[error("{0}")]
+    Invalid(ManifestErrors),
+    /// A bug, caught by the tests: `ConfigFile::defaults` lost a key's default.
+    #[error("internal error: a config key has no default")]
+    NoDefault,
+}
+
+impl ConfigError {
+    /// The located problems; empty for read errors.
+    pub fn problems(&self) -> &[ManifestError] {
+        match self {
+            ConfigError::Read { .. } | ConfigError::NoDefault => &[],
+            ConfigError::Invalid(e) => &e.0,
+        }
+    }
+}
+
+/// The API socket's default path, also used by the CLI, which has no config file. For a
+/// non-root user without `XDG_RUNTIME_DIR` the daemon puts its socket in its data dir; the CLI
+/// can only know the default data dir.
+pub fn default_socket_path() -> PathBuf {
+    let env = Env::current();
+    env.socket(env.data_dir().as_deref()).unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join(format!("reaper-{}", env.uid))
+            .join("reaper.sock")
+    })
+}
+
+/// What the defaults depend on. Captured once, so tests can supply their own.
+#[derive(Debug, Clone, Default)]
+struct Env {
+    root: bool,
+    uid: u32,
+    home: Option<PathBuf>,
+    xdg_state_home: Option<PathBuf>,
+    xdg_runtime_dir: Option<PathBuf>,
+    docker_host: Option<String>,
+}
+
+impl Env {
+    fn current() -> Env {
+        // Relative values are ignored, as the XDG base directory spec says.
+        let abs = |name: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        let uid = rustix::process::geteuid();
+        Env {
+            root: uid.is_root(),
+            uid: uid.as_raw(),
+            home: abs("HOME"),
+            xdg_state_home: abs("XDG_STATE_HOME"),
+            xdg_runtime_dir: abs("XDG_RUNTIME_DIR"),
+            docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+        }
+    }
+
+    fn data_dir(&self) -> Option<PathBuf> {
+        if self.root {
+            return Some(PathBuf::from(ROOT_DATA_DIR));
+        }
+        self.xdg_state_home
+            .as_ref()
+            .map(|d| d.join("reaper"))
+            .or_else(|| self.home.as_ref().map(|h| h.join(".local/state/reaper")))
+    }
+
+    fn socket(&self, data_dir: Option<&Path>) -> Option<PathBuf> {
+        if self.root {
+            return Some(PathBuf::from(ROOT_SOCKET));
+        }
+        self.xdg_runtime_dir
+            .as_ref()
+            .map(|d| d.join("reaper/reaper.sock"))
+            .or_else(|| data_dir.map(|d| d.join("reaper.sock")))
+    }
+}
+
+fn resolve_in(file: ConfigFile, flags: ConfigFile, env: &Env) -> Result<Config, ConfigError> {
+    let file_name = file.source.as_deref().unwrap_or("config file").to_string();
+    // A bad merged value came from the flags exactly when the flags alone are bad there.
+    let bad_flags: Vec<_> = flags.check().into_iter().map(|(path, _)| path).collect();
+    let merged = flags.or(file);
+    let mut errors: Vec<ManifestError> = merged
+        .check()
+        .into_iter()
+        .map(|(path, message)| ManifestError {
+            file: if bad_flags.contains(&path) {
+                COMMAND_LINE.into()
+            } else {
+                file_name.clone()
+            },
+            document: 0,
+            line: None,
+            column: None,
+            field: Some(path.join(".")),
+            message,
+        })
+        .collect();
+    let data_dir = merged.data_dir.clone().or_else(|| env.data_dir());
+    if data_dir.is_none() {
+        errors.push(ManifestError {
+            file: COMMAND_LINE.into(),
+            document: 0,
+            line: None,
+            column: None,
+            field: Some("dataDir".into()),
+            message: "no default data directory: HOME and XDG_STATE_HOME are unset; set dataDir or --data-dir".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(ManifestErrors(errors)));
+    }
+    let defaults = ConfigFile::defaults(env, data_dir.as_deref());
+    Config::from_layer(merged.or(defaults)).ok_or(ConfigError::NoDefault)
+}
