@@ -1,26 +1,31 @@
 //! `reaper serve`: opens the store, connects to Docker, and runs the reconcile loop, the event
 //! watcher, the API (Unix socket) and the metrics listener (TCP) until SIGTERM or SIGINT.
+//! As in mini-redis, `serve` takes bound listeners and a shutdown future; `run` installs the
+//! signal handlers, binds, and passes the signals in.
 
+mod signals;
 pub mod systemd;
 
+use futures_util::stream::{BoxStream, StreamExt};
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::controller::{Controller, Settings, StoreSlot};
 use crate::core::ownership::Rules;
 use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use signals::Signals;
 
 /// In-flight work gets this long to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,8 +52,56 @@ pub fn settings(c: &Config) -> Settings {
 /// Re-reads the config (file and flags) for SIGHUP.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-/// Runs the daemon; returns the process exit code.
-pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, String> {
+/// How the daemon reloads: each item of `requests` (SIGHUP, in `run`) re-reads the config with
+/// `read` and applies what can change without a restart.
+pub struct Reload {
+    pub requests: BoxStream<'static, ()>,
+    pub read: Reloader,
+}
+
+/// The daemon's listeners, bound before `serve` is called: by `run` from the config, by tests on
+/// port 0 and a temp socket.
+pub struct Listeners {
+    /// The API on its Unix socket (the socket file's permissions are the access control).
+    pub api: UnixListener,
+    /// `/metrics` and `/healthz`.
+    pub metrics: TcpListener,
+    /// The API on TCP, where every request must carry this bearer token.
+    pub api_tcp: Option<(TcpListener, Secret)>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+        let api = bind_socket(&config.socket).await?;
+        let metrics = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} for metrics: {e}",
+                    config.metrics_listen
+                )
+            })?;
+        let api_tcp = match (config.api_listen, &config.api_token) {
+            (Some(addr), Some(token)) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} for the API: {e}"))?;
+                Some((listener, token.clone()))
+            }
+            _ => None,
+        };
+        Ok(Listeners {
+            api,
+            metrics,
+            api_tcp,
+        })
+    }
+}
+
+/// Opens the store (in safe mode if it cannot: reported, nothing deleted, retried on every
+/// pass) and the Docker client, and builds the controller on them.
+pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
     for dir in [&config.data_dir, &config.paths_root] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -56,7 +109,6 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let (slot, store_error) = StoreSlot::open(&config.data_dir.join("store"));
     if let Some(e) = store_error {
-        // Keep running in safe mode: report it, delete nothing, retry opening on every pass.
         metrics.set_safe_mode(true);
         error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
     }
@@ -68,7 +120,18 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         )
         .map_err(|e| e.to_string())?,
     );
-    let ctl = Arc::new(Controller::new(slot, docker, metrics, settings(&config)));
+    Ok(Arc::new(Controller::new(
+        slot,
+        docker,
+        metrics,
+        settings(config),
+    )))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (or, with `once`, until a pass has nothing more to
+/// remove); returns the process exit code.
+pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, String> {
+    let ctl = controller(&config)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         docker = %config.docker_host,
@@ -84,68 +147,69 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         let _ = worker.await;
         return Ok(code);
     }
-
-    let api = bind_socket(&config.socket).await?;
-    let metrics_listener = TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {} for metrics: {e}",
-                config.metrics_listen
-            )
-        })?;
+    // Before any socket answers: from here on a stop signal means a drain, not death.
+    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let listeners = Listeners::bind(&config).await?;
     info!(socket = %config.socket.display(), metrics = %config.metrics_listen, "Listening.");
+    let (shutdown, hangups) = signals.split();
+    let reload = Reload {
+        requests: hangups,
+        read: reload,
+    };
+    serve(ctl, &config, listeners, reload, shutdown).await;
+    let _ = std::fs::remove_file(&config.socket);
+    info!("Stopped.");
+    Ok(0)
+}
 
-    let shutdown = CancellationToken::new();
+/// Serves the API, the metrics and the reconcile loop on pre-bound listeners until `shutdown`
+/// resolves, then drains: in-flight work gets [`DRAIN_TIMEOUT`] to finish and the store is
+/// flushed. Listeners and shutdown are passed in, so tests run it in-process.
+pub async fn serve<E: Engine>(
+    ctl: Arc<Controller<E>>,
+    config: &Config,
+    listeners: Listeners,
+    reload: Reload,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(ctl.clone().run(shutdown.clone()));
-    tracker.spawn(ctl.clone().run_removals(shutdown.clone()));
-    tracker.spawn(ctl.clone().watch_events(shutdown.clone()));
+    tracker.spawn(ctl.clone().run(stop.clone()));
+    tracker.spawn(ctl.clone().run_removals(stop.clone()));
+    tracker.spawn(ctl.clone().watch_events(stop.clone()));
     let c = ctl.clone();
     tracker.spawn(serve_http(
-        api,
+        listeners.api,
         move |req| handle_api(c.clone(), req),
-        shutdown.clone(),
+        stop.clone(),
         tracker.clone(),
     ));
-    if let (Some(addr), Some(token)) = (config.api_listen, config.api_token.as_ref()) {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for the API: {e}"))?;
-        info!(api = %addr, "Serving the API on TCP; every request needs the bearer token.");
+    if let Some((listener, token)) = listeners.api_tcp {
+        if let Ok(addr) = listener.local_addr() {
+            info!(api = %addr, "Serving the API on TCP; every request needs the bearer token.");
+        }
         let token: Arc<str> = Arc::from(token.expose());
         let c = ctl.clone();
         let handler = move |req| handle_api_with_token(c.clone(), token.clone(), req);
-        tracker.spawn(serve_http(
-            listener,
-            handler,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        tracker.spawn(serve_http(listener, handler, stop.clone(), tracker.clone()));
     }
     let c = ctl.clone();
     let handler = move |req| handle_metrics(c.clone(), req);
     tracker.spawn(serve_http(
-        metrics_listener,
+        listeners.metrics,
         handler,
-        shutdown.clone(),
+        stop.clone(),
         tracker.clone(),
     ));
 
-    watch_manifests(&config, &ctl, &shutdown, &tracker).await;
-    tracker.spawn(reload_on_hangup(ctl.clone(), reload, shutdown.clone()));
-    tracker.spawn(tell_systemd(ctl.clone(), shutdown.clone()));
+    watch_manifests(config, &ctl, &stop, &tracker).await;
+    tracker.spawn(reload_on_request(ctl.clone(), reload, stop.clone()));
+    tracker.spawn(tell_systemd(ctl.clone(), stop.clone()));
 
-    wait_for_signal().await;
+    shutdown.await;
     info!("Shutting down: finishing in-flight removals.");
     systemd::stopping();
-    shutdown.cancel();
-    tokio::spawn(async {
-        // A second signal means: stop now.
-        wait_for_signal().await;
-        warn!("Second signal: exiting at once.");
-        std::process::exit(130);
-    });
+    stop.cancel();
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
@@ -158,9 +222,6 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
             error!(error = %e, "Final store flush failed.");
         }
     }
-    let _ = std::fs::remove_file(&config.socket);
-    info!("Stopped.");
-    Ok(0)
 }
 
 async fn run_once<E: Engine>(ctl: &Controller<E>) -> i32 {
@@ -278,20 +339,18 @@ async fn tell_systemd<E: Engine>(ctl: Arc<Controller<E>>, shutdown: Cancellation
     }
 }
 
-/// SIGHUP: re-read the config and the manifest directory, and apply what can change without
-/// a restart.
-async fn reload_on_hangup<E: Engine>(
+/// A reload request (SIGHUP): re-read the config and the manifest directory, and apply what can
+/// change without a restart.
+async fn reload_on_request<E: Engine>(
     ctl: Arc<Controller<E>>,
-    reload: Reloader,
+    reload: Reload,
     shutdown: CancellationToken,
 ) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+    let Reload { mut requests, read } = reload;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = hup.recv() => {}
+            request = requests.next() => if request.is_none() { return },
         }
         systemd::reloading();
         if let Some(md) = ctl.manifest_dir() {
@@ -299,7 +358,7 @@ async fn reload_on_hangup<E: Engine>(
                 error!(error = %e, "Manifest directory sync failed.");
             }
         }
-        match reload() {
+        match read() {
             Ok(new) => {
                 ctl.reload(settings(&new));
                 info!("Configuration reloaded (concurrency, paths root, socket and listen addresses need a restart).");
@@ -307,16 +366,5 @@ async fn reload_on_hangup<E: Engine>(
             Err(e) => error!(error = %e, "Reload failed; keeping the running configuration."),
         }
         systemd::notify("READY=1");
-    }
-}
-
-async fn wait_for_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
