@@ -376,8 +376,7 @@ async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
         async move {
             store
                 .update_agent("bot", |a| {
-                    a.status.phase = phase;
-                    a.status.phase_since = Timestamp::now();
+                    a.report(phase, Timestamp::now()).unwrap();
                     Ok(())
                 })
                 .await
@@ -562,9 +561,7 @@ async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
     ctl.store()
         .unwrap()
         .update_session(name, |s| {
-            s.status.phase = SessionPhase::Ended;
-            s.status.ended_at = Some(Timestamp::now());
-            s.status.end_reason = Some(EndReason::Succeeded);
+            s.end(EndReason::Succeeded, Timestamp::now());
             Ok(())
         })
         .await

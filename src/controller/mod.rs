@@ -23,8 +23,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::core::inventory::{short_id, Actual, DockerObject};
 use crate::core::model::{
-    Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind, OwnerRef,
-    ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, Timestamp,
+    set_condition, Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind,
+    OwnerRef, ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, StopCause,
+    Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
@@ -39,7 +40,6 @@ const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 /// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
-const CONDITION_REMOVAL_FAILING: &str = "RemovalFailing";
 /// Docker events of ours start at most one pass per this interval: a workflow system starting
 /// a hundred containers should not cost a hundred full listings.
 const EVENT_COALESCE: Duration = Duration::from_millis(250);
@@ -860,20 +860,17 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let restarted_at = self.restarted_at;
+        // The store may call the update more than once; the last call is the one written.
+        let expired = AtomicBool::new(false);
         let result = self
             .store()?
             .update_session(name, |s| {
-                // Re-check against the stored record: a heartbeat may have arrived meanwhile.
-                if s.deadline(restarted_at).is_some_and(|(d, _)| now >= d) {
-                    s.status.phase = SessionPhase::Expired;
-                    s.status.ended_at = Some(at);
-                    s.status.end_reason = Some(reason);
-                }
+                expired.store(s.expire(at, reason, now, restarted_at), SeqCst);
                 Ok(())
             })
             .await;
         match result {
-            Ok(s) if s.status.phase == SessionPhase::Expired => {
+            Ok(_) if expired.load(SeqCst) => {
                 info!(session = %name, reason = ?reason, "Session expired.");
                 Ok(())
             }
@@ -913,7 +910,9 @@ impl<E: Engine> Controller<E> {
                 let r = store
                     .update_owner(&owner, |st| {
                         st.removed.merge(&delta.removed);
-                        set_condition(st.conditions, delta.failing.clone());
+                        if let Some(failing) = &delta.failing {
+                            set_condition(st.conditions, failing.clone());
+                        }
                         Ok(())
                     })
                     .await;
@@ -930,23 +929,16 @@ impl<E: Engine> Controller<E> {
         match t {
             Transition::Expire { .. } => Ok(()),
             Transition::SessionCleaned { name, ended_at } => {
+                let cleaned = AtomicBool::new(false);
                 let s = self
                     .store()?
                     .update_session(name.as_str(), |s| {
-                        if matches!(s.status.phase, SessionPhase::Ended | SessionPhase::Expired)
-                            && s.status.deleting_since.is_none()
-                        {
-                            s.status.phase = SessionPhase::Cleaned;
-                            s.status.cleaned_at = Some(now);
-                            s.status
-                                .conditions
-                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
-                        }
+                        cleaned.store(s.mark_cleaned(now), SeqCst);
                         Ok(())
                     })
                     .await;
                 if let Ok(s) = s {
-                    if s.status.cleaned_at == Some(now) {
+                    if cleaned.load(SeqCst) {
                         let latency = now.since(*ended_at);
                         self.metrics.owner_cleaned(OwnerKind::Session, latency);
                         info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");
@@ -955,27 +947,20 @@ impl<E: Engine> Controller<E> {
                 Ok(())
             }
             Transition::AgentStopped { name, failed_since } => {
-                let a = self
-                    .store()?
+                let cause = match failed_since {
+                    Some(since) => StopCause::FailureCleanedUp {
+                        failed_since: *since,
+                    },
+                    None => StopCause::NoRunningContainer,
+                };
+                let stopped = AtomicBool::new(false);
+                self.store()?
                     .update_agent(name.as_str(), |a| {
-                        let due = match failed_since {
-                            Some(since) => {
-                                a.status.phase == AgentPhase::Failed
-                                    && a.status.phase_since == *since
-                            }
-                            None => a.status.phase == AgentPhase::Running,
-                        };
-                        if due {
-                            a.status.phase = AgentPhase::Stopped;
-                            a.status.phase_since = now;
-                            a.status
-                                .conditions
-                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
-                        }
+                        stopped.store(a.stop(cause, now), SeqCst);
                         Ok(())
                     })
                     .await?;
-                if a.status.phase_since == now {
+                if stopped.load(SeqCst) {
                     if let Some(since) = failed_since {
                         self.metrics
                             .owner_cleaned(OwnerKind::Agent, now.since(*since));
@@ -1001,13 +986,6 @@ impl<E: Engine> Controller<E> {
                 Ok(())
             }
         }
-    }
-}
-
-fn set_condition(conditions: &mut Vec<Condition>, cond: Option<Condition>) {
-    if let Some(cond) = cond {
-        conditions.retain(|c| c.type_ != cond.type_);
-        conditions.push(cond);
     }
 }
 
@@ -1074,11 +1052,10 @@ impl<E: Engine> Hooks for Controller<E> {
                 // One more pass, to schedule the loop's wake-up for the retry.
                 self.look_again.store(true, SeqCst);
                 if *failures >= FAILING_AFTER {
-                    delta.failing = Some(Condition {
-                        type_: CONDITION_REMOVAL_FAILING.into(),
-                        message: format!("{kind} {target}: {message} ({failures} attempts)"),
-                        since: Timestamp::now(),
-                    });
+                    delta.failing = Some(Condition::removal_failing(
+                        format!("{kind} {target}: {message} ({failures} attempts)"),
+                        Timestamp::now(),
+                    ));
                 }
             }
             Outcome::Skipped(why) => {
