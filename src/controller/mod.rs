@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::core::inventory::{short_id, Actual, DockerObject};
+use crate::core::liveness::LiveOwners;
 use crate::core::model::{
     set_condition, Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind,
     OwnerRef, ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, StopCause,
@@ -173,49 +174,7 @@ struct Desired {
     generation: u64,
     rules: Rules,
     matchers: Matchers,
-    /// Live owners, with the deadline their liveness ends at (if any).
-    live_until: BTreeMap<OwnerRef, Option<Timestamp>>,
-}
-
-impl Desired {
-    fn new(
-        generation: u64,
-        sessions: &[Session],
-        agents: &[Agent],
-        rules: Rules,
-        now: Timestamp,
-        restarted_at: Timestamp,
-    ) -> Self {
-        let sessions_live = sessions
-            .iter()
-            .filter(|s| s.is_live(now, restarted_at))
-            .map(|s| {
-                let owner = OwnerRef {
-                    kind: OwnerKind::Session,
-                    name: s.metadata.name.clone(),
-                };
-                (owner, s.deadline(restarted_at).map(|(at, _)| at))
-            });
-        let agents_live = agents.iter().filter(|a| a.is_live()).map(|a| {
-            let owner = OwnerRef {
-                kind: OwnerKind::Agent,
-                name: a.metadata.name.clone(),
-            };
-            (owner, None)
-        });
-        Desired {
-            generation,
-            matchers: Matchers::new(sessions, agents, &rules),
-            rules,
-            live_until: sessions_live.chain(agents_live).collect(),
-        }
-    }
-
-    fn is_live(&self, owner: &OwnerRef, now: Timestamp) -> bool {
-        self.live_until
-            .get(owner)
-            .is_some_and(|until| until.is_none_or(|at| now < at))
-    }
+    live: LiveOwners,
 }
 
 /// What finished removals change on one owner's status.
@@ -487,34 +446,13 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
-        let now = Timestamp::now();
-        let manual = |o: OwnerRef| matches!(scope, Scope::ManualOwner(m) if *m == o);
-        let candidates: Vec<_> = sessions
-            .iter()
-            .filter(|s| {
-                let o = OwnerRef {
-                    kind: OwnerKind::Session,
-                    name: s.metadata.name.clone(),
-                };
-                (!s.is_live(now, self.restarted_at) && s.status.phase != SessionPhase::Cleaned)
-                    || manual(o)
-            })
-            .flat_map(|s| s.spec.paths.iter().cloned())
-            .chain(
-                agents
-                    .iter()
-                    .filter(|a| {
-                        let o = OwnerRef {
-                            kind: OwnerKind::Agent,
-                            name: a.metadata.name.clone(),
-                        };
-                        a.status.phase == AgentPhase::Failed
-                            || a.status.deleting_since.is_some()
-                            || manual(o)
-                    })
-                    .flat_map(|a| a.spec.build_dir.iter().cloned()),
-            )
-            .collect();
+        let candidates = plan::paths_to_probe(
+            &sessions,
+            &agents,
+            scope,
+            Timestamp::now(),
+            self.restarted_at,
+        );
         let root = settings.paths_root.clone();
         let paths = tokio::task::spawn_blocking(move || {
             let mut found = std::collections::BTreeSet::new();
@@ -814,14 +752,12 @@ impl<E: Engine> Controller<E> {
     ) -> Arc<Desired> {
         let rules = self.settings().rules;
         let now = Timestamp::now();
-        let d = Arc::new(Desired::new(
+        let d = Arc::new(Desired {
             generation,
-            sessions,
-            agents,
+            matchers: Matchers::new(sessions, agents, &rules),
             rules,
-            now,
-            self.restarted_at,
-        ));
+            live: LiveOwners::new(sessions, agents, now, self.restarted_at),
+        });
         *cache = Some(d.clone());
         d
     }
@@ -1024,7 +960,7 @@ impl<E: Engine> Hooks for Controller<E> {
         let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
         let nobody_live = claims
             .iter()
-            .all(|c| forced == Some(c) || !desired.is_live(c, now));
+            .all(|c| forced == Some(c) || !desired.live.is_live(c, now));
         !claims.is_empty() && owner_ok && nobody_live
     }
 
