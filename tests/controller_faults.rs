@@ -287,6 +287,10 @@ async fn one_record_one_object(
     (engine, ctl, dir)
 }
 
+// Tests whose deadlines are tokio timers (removal backoff, event coalescing, the resync) run on
+// a paused clock. Those that write records do not: sled flushes on its own threads, and a paused
+// runtime waiting for them would jump its clock past `within`'s limit. Wall-clock deadlines
+// (ttl, heartbeat, orphan grace) come from `Timestamp::now`, which a paused clock does not move.
 /// Bounds every wait in these tests: a hang fails clearly instead of stalling the suite.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)
@@ -376,8 +380,7 @@ async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
         async move {
             store
                 .update_agent("bot", |a| {
-                    a.status.phase = phase;
-                    a.status.phase_since = Timestamp::now();
+                    a.report(phase, Timestamp::now()).unwrap();
                     Ok(())
                 })
                 .await
@@ -437,7 +440,7 @@ async fn removal_order_holds_across_passes() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_queue_that_only_skipped_does_not_wake_the_loop_again() {
     let engine = Arc::new(FakeEngine::default());
     engine.objects.lock().unwrap().push(orphan("x"));
@@ -481,7 +484,7 @@ async fn an_object_already_gone_when_its_turn_comes_is_not_counted() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_object_that_went_by_other_means_does_not_make_the_loop_spin() {
     let engine = Arc::new(FakeEngine::default());
     engine.objects.lock().unwrap().push(orphan("flaky"));
@@ -504,7 +507,7 @@ async fn a_failed_object_that_went_by_other_means_does_not_make_the_loop_spin() 
     assert!(lists <= 5, "{lists} listings in under 3 s: the loop spins");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_removal_is_retried_when_its_backoff_ends_not_at_the_resync() {
     let engine = Arc::new(FakeEngine::default());
     engine.objects.lock().unwrap().push(orphan("flaky"));
@@ -526,7 +529,7 @@ async fn a_failed_removal_is_retried_when_its_backoff_ends_not_at_the_resync() {
     within("the loop", lp).await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
     let engine = Arc::new(FakeEngine::default());
     let (tx, _) = tokio::sync::broadcast::channel(1024);
@@ -562,9 +565,7 @@ async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
     ctl.store()
         .unwrap()
         .update_session(name, |s| {
-            s.status.phase = SessionPhase::Ended;
-            s.status.ended_at = Some(Timestamp::now());
-            s.status.end_reason = Some(EndReason::Succeeded);
+            s.end(EndReason::Succeeded, Timestamp::now());
             Ok(())
         })
         .await

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use reaper::core::model::{
-    Agent, AgentPhase, Duration, Name, OwnerKind, OwnerRef, Record, Session, SessionPhase,
-    Timestamp,
+    Agent, AgentPhase, Duration, EndReason, Name, OwnerKind, OwnerRef, Record, Session,
+    SessionPhase, Timestamp,
 };
 use reaper::store::{ApplyAction, Store, StoreError, API_SOURCE};
 
@@ -51,7 +51,8 @@ async fn apply_creates_configures_and_leaves_unchanged() {
 
     // A status in the input is the user's guess; the daemon owns status.
     let mut s = session("run-1");
-    s.status.phase = SessionPhase::Cleaned;
+    s.end(EndReason::Succeeded, T0);
+    s.mark_cleaned(T0);
     let out = store
         .apply(
             vec![Record::Session(s.clone()), Record::Agent(agent("bot"))],
@@ -78,7 +79,7 @@ async fn apply_creates_configures_and_leaves_unchanged() {
     // The daemon moves status on; re-applying the same spec changes nothing.
     store
         .update_session("run-1", |s| {
-            s.status.last_heartbeat = Some(T1);
+            s.heartbeat(T1).unwrap();
             Ok(())
         })
         .await
@@ -188,7 +189,7 @@ async fn applying_to_a_record_being_deleted_is_a_conflict() {
         .unwrap();
     store
         .update_session("going", |s| {
-            s.status.deleting_since = Some(T1);
+            s.mark_for_deletion(T1);
             Ok(())
         })
         .await
@@ -239,7 +240,7 @@ async fn update_reports_missing_records_and_aborts_on_error() {
         .unwrap();
     let err = store
         .update_agent("bot", |a| {
-            a.status.phase = AgentPhase::Running;
+            a.report(AgentPhase::Running, T1).unwrap();
             Err(StoreError::Invalid("refused after mutating".into()))
         })
         .await
@@ -262,8 +263,7 @@ async fn update_reports_missing_records_and_aborts_on_error() {
 
     let updated = store
         .update_agent("bot", |a| {
-            a.status.phase = AgentPhase::Failed;
-            a.status.phase_since = T1;
+            a.report(AgentPhase::Failed, T1).unwrap();
             Ok(())
         })
         .await
@@ -333,7 +333,7 @@ async fn subscribers_see_every_committed_change_and_no_idle_ones() {
 
     store
         .update_session("w-00000", |s| {
-            s.status.phase = SessionPhase::Ended;
+            s.end(EndReason::Succeeded, T1);
             Ok(())
         })
         .await
@@ -369,8 +369,7 @@ async fn everything_survives_a_reopen() {
             .unwrap();
         store
             .update_session("keep-00003", |s| {
-                s.status.phase = SessionPhase::Ended;
-                s.status.ended_at = Some(T1);
+                s.end(EndReason::Succeeded, T1);
                 Ok(())
             })
             .await
@@ -414,7 +413,7 @@ async fn child_writer_then_abort() {
         .unwrap();
     store
         .update_session("durable-00007", |s| {
-            s.status.phase = SessionPhase::Ended;
+            s.end(EndReason::Succeeded, T1);
             Ok(())
         })
         .await
@@ -467,8 +466,7 @@ async fn export_then_import_restores_records_with_their_status() {
     .await
     .unwrap();
     src.update_agent("bot", |a| {
-        a.status.phase = AgentPhase::Failed;
-        a.status.phase_since = T1;
+        a.report(AgentPhase::Failed, T1).unwrap();
         Ok(())
     })
     .await
@@ -521,7 +519,8 @@ async fn export_then_import_restores_records_with_their_status() {
 
     // Import replaces existing records verbatim, and survives a reopen.
     let mut ended = session("s-00000");
-    ended.status.phase = SessionPhase::Cleaned;
+    ended.end(EndReason::Succeeded, T1);
+    ended.mark_cleaned(T1);
     assert_eq!(
         dst.import(vec![Record::Session(ended.clone())])
             .await
@@ -712,7 +711,7 @@ async fn store_meets_the_api_performance_targets() {
     let start = Instant::now();
     store
         .update_session("perf-a-00042", |s| {
-            s.status.last_heartbeat = Some(T1);
+            s.heartbeat(T1).unwrap();
             Ok(())
         })
         .await

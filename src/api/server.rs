@@ -26,7 +26,8 @@ use super::{
 use crate::controller::Controller;
 use crate::core::manifest::{self, Source};
 use crate::core::model::{
-    AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, SessionPhase, Timestamp,
+    AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, Refused, SessionPhase, StopCause,
+    Timestamp,
 };
 use crate::core::plan::Scope;
 use crate::docker::Engine;
@@ -399,7 +400,7 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
                 .store()?
                 .update_session(name, |s| {
                     forbid_file_owned(kind, name, s.status.source.as_deref())?;
-                    s.status.deleting_since.get_or_insert(now);
+                    s.mark_for_deletion(now);
                     Ok(())
                 })
                 .await?;
@@ -410,7 +411,7 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
                 .store()?
                 .update_agent(name, |a| {
                     forbid_file_owned(kind, name, a.status.source.as_deref())?;
-                    a.status.deleting_since.get_or_insert(now);
+                    a.mark_for_deletion(now);
                     Ok(())
                 })
                 .await?;
@@ -420,6 +421,11 @@ async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Rep
     info!(owner = %format!("{}/{name}", kind.as_str()), "Deletion requested; objects go first.");
     ctl.trigger();
     with_status(StatusCode::ACCEPTED, view)
+}
+
+/// A lifecycle change the record's state does not allow.
+fn refused(e: Refused) -> StoreError {
+    StoreError::Conflict(e.to_string())
 }
 
 /// Records declared by a manifest file change only through that file.
@@ -432,18 +438,15 @@ fn forbid_file_owned(kind: OwnerKind, name: &str, source: Option<&str>) -> Resul
 
 async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply {
     let now = Timestamp::now();
+    let reason = if failed {
+        EndReason::Failed
+    } else {
+        EndReason::Succeeded
+    };
     let s = ctl
         .store()?
         .update_session(name, |s| {
-            if s.status.phase == SessionPhase::Active {
-                s.status.phase = SessionPhase::Ended;
-                s.status.ended_at = Some(now);
-                s.status.end_reason = Some(if failed {
-                    EndReason::Failed
-                } else {
-                    EndReason::Succeeded
-                });
-            }
+            s.end(reason, now);
             Ok(())
         })
         .await?;
@@ -455,16 +458,7 @@ async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
     let now = Timestamp::now();
     let s = ctl
         .store()?
-        .update_session(name, |s| {
-            if s.status.phase != SessionPhase::Active || s.status.deleting_since.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "session {name} is {}; a heartbeat cannot revive it",
-                    s.status.phase.as_str()
-                )));
-            }
-            s.status.last_heartbeat = Some(now);
-            Ok(())
-        })
+        .update_session(name, |s| s.heartbeat(now).map_err(refused))
         .await?;
     ctl.trigger();
     ok(RecordView::from(Record::Session(s)))
@@ -474,18 +468,7 @@ async fn report<E: Engine>(ctl: &Controller<E>, name: &str, phase: AgentPhase) -
     let now = Timestamp::now();
     let a = ctl
         .store()?
-        .update_agent(name, |a| {
-            if a.status.deleting_since.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "agent {name} is being deleted"
-                )));
-            }
-            if a.status.phase != phase {
-                a.status.phase = phase;
-                a.status.phase_since = now;
-            }
-            Ok(())
-        })
+        .update_agent(name, |a| a.report(phase, now).map(drop).map_err(refused))
         .await?;
     ctl.trigger();
     ok(RecordView::from(Record::Agent(a)))
@@ -546,11 +529,7 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Session) {
         ctl.store()?
             .update_session(o.name.as_str(), |s| {
-                if s.status.phase == SessionPhase::Active {
-                    s.status.phase = SessionPhase::Ended;
-                    s.status.ended_at = Some(now);
-                    s.status.end_reason = Some(EndReason::Manual);
-                }
+                s.end(EndReason::Manual, now);
                 Ok(())
             })
             .await?;
@@ -560,10 +539,7 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
         if report.failed.is_empty() {
             ctl.store()?
                 .update_agent(o.name.as_str(), |a| {
-                    if a.status.phase != AgentPhase::Stopped {
-                        a.status.phase = AgentPhase::Stopped;
-                        a.status.phase_since = now;
-                    }
+                    a.stop(StopCause::Manual, now);
                     Ok(())
                 })
                 .await?;

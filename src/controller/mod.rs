@@ -22,9 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::core::inventory::{short_id, Actual, DockerObject};
+use crate::core::liveness::LiveOwners;
 use crate::core::model::{
-    Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind, OwnerRef,
-    ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, Timestamp,
+    set_condition, Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind,
+    OwnerRef, ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, StopCause,
+    Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
@@ -39,7 +41,6 @@ const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 /// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
-const CONDITION_REMOVAL_FAILING: &str = "RemovalFailing";
 /// Docker events of ours start at most one pass per this interval: a workflow system starting
 /// a hundred containers should not cost a hundred full listings.
 const EVENT_COALESCE: Duration = Duration::from_millis(250);
@@ -173,49 +174,7 @@ struct Desired {
     generation: u64,
     rules: Rules,
     matchers: Matchers,
-    /// Live owners, with the deadline their liveness ends at (if any).
-    live_until: BTreeMap<OwnerRef, Option<Timestamp>>,
-}
-
-impl Desired {
-    fn new(
-        generation: u64,
-        sessions: &[Session],
-        agents: &[Agent],
-        rules: Rules,
-        now: Timestamp,
-        restarted_at: Timestamp,
-    ) -> Self {
-        let sessions_live = sessions
-            .iter()
-            .filter(|s| s.is_live(now, restarted_at))
-            .map(|s| {
-                let owner = OwnerRef {
-                    kind: OwnerKind::Session,
-                    name: s.metadata.name.clone(),
-                };
-                (owner, s.deadline(restarted_at).map(|(at, _)| at))
-            });
-        let agents_live = agents.iter().filter(|a| a.is_live()).map(|a| {
-            let owner = OwnerRef {
-                kind: OwnerKind::Agent,
-                name: a.metadata.name.clone(),
-            };
-            (owner, None)
-        });
-        Desired {
-            generation,
-            matchers: Matchers::new(sessions, agents, &rules),
-            rules,
-            live_until: sessions_live.chain(agents_live).collect(),
-        }
-    }
-
-    fn is_live(&self, owner: &OwnerRef, now: Timestamp) -> bool {
-        self.live_until
-            .get(owner)
-            .is_some_and(|until| until.is_none_or(|at| now < at))
-    }
+    live: LiveOwners,
 }
 
 /// What finished removals change on one owner's status.
@@ -487,34 +446,13 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
-        let now = Timestamp::now();
-        let manual = |o: OwnerRef| matches!(scope, Scope::ManualOwner(m) if *m == o);
-        let candidates: Vec<_> = sessions
-            .iter()
-            .filter(|s| {
-                let o = OwnerRef {
-                    kind: OwnerKind::Session,
-                    name: s.metadata.name.clone(),
-                };
-                (!s.is_live(now, self.restarted_at) && s.status.phase != SessionPhase::Cleaned)
-                    || manual(o)
-            })
-            .flat_map(|s| s.spec.paths.iter().cloned())
-            .chain(
-                agents
-                    .iter()
-                    .filter(|a| {
-                        let o = OwnerRef {
-                            kind: OwnerKind::Agent,
-                            name: a.metadata.name.clone(),
-                        };
-                        a.status.phase == AgentPhase::Failed
-                            || a.status.deleting_since.is_some()
-                            || manual(o)
-                    })
-                    .flat_map(|a| a.spec.build_dir.iter().cloned()),
-            )
-            .collect();
+        let candidates = plan::paths_to_probe(
+            &sessions,
+            &agents,
+            scope,
+            Timestamp::now(),
+            self.restarted_at,
+        );
         let root = settings.paths_root.clone();
         let paths = tokio::task::spawn_blocking(move || {
             let mut found = std::collections::BTreeSet::new();
@@ -814,14 +752,12 @@ impl<E: Engine> Controller<E> {
     ) -> Arc<Desired> {
         let rules = self.settings().rules;
         let now = Timestamp::now();
-        let d = Arc::new(Desired::new(
+        let d = Arc::new(Desired {
             generation,
-            sessions,
-            agents,
+            matchers: Matchers::new(sessions, agents, &rules),
             rules,
-            now,
-            self.restarted_at,
-        ));
+            live: LiveOwners::new(sessions, agents, now, self.restarted_at),
+        });
         *cache = Some(d.clone());
         d
     }
@@ -860,20 +796,17 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let restarted_at = self.restarted_at;
+        // The store may call the update more than once; the last call is the one written.
+        let expired = AtomicBool::new(false);
         let result = self
             .store()?
             .update_session(name, |s| {
-                // Re-check against the stored record: a heartbeat may have arrived meanwhile.
-                if s.deadline(restarted_at).is_some_and(|(d, _)| now >= d) {
-                    s.status.phase = SessionPhase::Expired;
-                    s.status.ended_at = Some(at);
-                    s.status.end_reason = Some(reason);
-                }
+                expired.store(s.expire(at, reason, now, restarted_at), SeqCst);
                 Ok(())
             })
             .await;
         match result {
-            Ok(s) if s.status.phase == SessionPhase::Expired => {
+            Ok(_) if expired.load(SeqCst) => {
                 info!(session = %name, reason = ?reason, "Session expired.");
                 Ok(())
             }
@@ -913,7 +846,9 @@ impl<E: Engine> Controller<E> {
                 let r = store
                     .update_owner(&owner, |st| {
                         st.removed.merge(&delta.removed);
-                        set_condition(st.conditions, delta.failing.clone());
+                        if let Some(failing) = &delta.failing {
+                            set_condition(st.conditions, failing.clone());
+                        }
                         Ok(())
                     })
                     .await;
@@ -930,23 +865,16 @@ impl<E: Engine> Controller<E> {
         match t {
             Transition::Expire { .. } => Ok(()),
             Transition::SessionCleaned { name, ended_at } => {
+                let cleaned = AtomicBool::new(false);
                 let s = self
                     .store()?
                     .update_session(name.as_str(), |s| {
-                        if matches!(s.status.phase, SessionPhase::Ended | SessionPhase::Expired)
-                            && s.status.deleting_since.is_none()
-                        {
-                            s.status.phase = SessionPhase::Cleaned;
-                            s.status.cleaned_at = Some(now);
-                            s.status
-                                .conditions
-                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
-                        }
+                        cleaned.store(s.mark_cleaned(now), SeqCst);
                         Ok(())
                     })
                     .await;
                 if let Ok(s) = s {
-                    if s.status.cleaned_at == Some(now) {
+                    if cleaned.load(SeqCst) {
                         let latency = now.since(*ended_at);
                         self.metrics.owner_cleaned(OwnerKind::Session, latency);
                         info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");
@@ -955,27 +883,20 @@ impl<E: Engine> Controller<E> {
                 Ok(())
             }
             Transition::AgentStopped { name, failed_since } => {
-                let a = self
-                    .store()?
+                let cause = match failed_since {
+                    Some(since) => StopCause::FailureCleanedUp {
+                        failed_since: *since,
+                    },
+                    None => StopCause::NoRunningContainer,
+                };
+                let stopped = AtomicBool::new(false);
+                self.store()?
                     .update_agent(name.as_str(), |a| {
-                        let due = match failed_since {
-                            Some(since) => {
-                                a.status.phase == AgentPhase::Failed
-                                    && a.status.phase_since == *since
-                            }
-                            None => a.status.phase == AgentPhase::Running,
-                        };
-                        if due {
-                            a.status.phase = AgentPhase::Stopped;
-                            a.status.phase_since = now;
-                            a.status
-                                .conditions
-                                .retain(|c| c.type_ != CONDITION_REMOVAL_FAILING);
-                        }
+                        stopped.store(a.stop(cause, now), SeqCst);
                         Ok(())
                     })
                     .await?;
-                if a.status.phase_since == now {
+                if stopped.load(SeqCst) {
                     if let Some(since) = failed_since {
                         self.metrics
                             .owner_cleaned(OwnerKind::Agent, now.since(*since));
@@ -1001,13 +922,6 @@ impl<E: Engine> Controller<E> {
                 Ok(())
             }
         }
-    }
-}
-
-fn set_condition(conditions: &mut Vec<Condition>, cond: Option<Condition>) {
-    if let Some(cond) = cond {
-        conditions.retain(|c| c.type_ != cond.type_);
-        conditions.push(cond);
     }
 }
 
@@ -1046,7 +960,7 @@ impl<E: Engine> Hooks for Controller<E> {
         let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
         let nobody_live = claims
             .iter()
-            .all(|c| forced == Some(c) || !desired.is_live(c, now));
+            .all(|c| forced == Some(c) || !desired.live.is_live(c, now));
         !claims.is_empty() && owner_ok && nobody_live
     }
 
@@ -1074,11 +988,10 @@ impl<E: Engine> Hooks for Controller<E> {
                 // One more pass, to schedule the loop's wake-up for the retry.
                 self.look_again.store(true, SeqCst);
                 if *failures >= FAILING_AFTER {
-                    delta.failing = Some(Condition {
-                        type_: CONDITION_REMOVAL_FAILING.into(),
-                        message: format!("{kind} {target}: {message} ({failures} attempts)"),
-                        since: Timestamp::now(),
-                    });
+                    delta.failing = Some(Condition::removal_failing(
+                        format!("{kind} {target}: {message} ({failures} attempts)"),
+                        Timestamp::now(),
+                    ));
                 }
             }
             Outcome::Skipped(why) => {

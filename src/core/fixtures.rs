@@ -95,19 +95,16 @@ impl SessionBuilder {
         self
     }
     pub fn ended(mut self) -> Self {
-        self.0.status.phase = SessionPhase::Ended;
-        self.0.status.ended_at = Some(T0);
-        self.0.status.end_reason = Some(EndReason::Succeeded);
+        self.0.end(EndReason::Succeeded, T0);
         self
     }
     pub fn cleaned(mut self, at: Timestamp) -> Self {
         self = self.ended();
-        self.0.status.phase = SessionPhase::Cleaned;
-        self.0.status.cleaned_at = Some(at);
+        self.0.mark_cleaned(at);
         self
     }
     pub fn deleting(mut self) -> Self {
-        self.0.status.deleting_since = Some(T0);
+        self.0.mark_for_deletion(T0);
         self
     }
     pub fn keep_images(mut self) -> Self {
@@ -145,8 +142,11 @@ impl AgentBuilder {
         self.0.spec.match_.name_prefix = Some(p.into());
         self
     }
+    /// As reported at `T0`; call before `deleting`, which takes no more reports.
     pub fn phase(mut self, phase: AgentPhase) -> Self {
-        self.0.status.phase = phase;
+        self.0
+            .report(phase, T0)
+            .expect("fixture agents take reports before they are deleted");
         self
     }
     pub fn build_dir(mut self, p: &str) -> Self {
@@ -154,7 +154,7 @@ impl AgentBuilder {
         self
     }
     pub fn deleting(mut self) -> Self {
-        self.0.status.deleting_since = Some(T0);
+        self.0.mark_for_deletion(T0);
         self
     }
     pub fn build(self) -> Agent {

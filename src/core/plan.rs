@@ -1,7 +1,9 @@
 //! The planner: desired state + actual state + now -> what to remove and which records change.
 //!
 //! Pure and deterministic: it calls neither Docker nor the store, so every safety rule is
-//! unit- and property-tested here. Two rules above all others:
+//! unit- and property-tested here. Who is live, and what the others lose, is `liveness`; the
+//! controller asks this module which paths to look for (`paths_to_probe`) and re-checks by
+//! `liveness::LiveOwners`. Two rules above all others:
 //! - an object nobody claims (see `ownership`) is never removed;
 //! - an object any live owner claims is never removed.
 
@@ -9,9 +11,10 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::inventory::{Actual, DockerObject};
+use crate::core::liveness::{agent_ref, default_stop, session_ref, Standing, Standings};
 use crate::core::model::{
-    Agent, AgentPhase, CleanupReason, CleanupSpec, Duration, EndReason, Name, OwnerKind, OwnerRef,
-    RelPath, ResourceKind, Session, SessionPhase, Timestamp,
+    Agent, AgentPhase, CleanupReason, Duration, EndReason, Name, OwnerKind, OwnerRef, RelPath,
+    ResourceKind, Session, SessionPhase, Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules};
 
@@ -41,6 +44,28 @@ pub enum Scope {
 pub enum Target {
     Docker(DockerObject),
     Path { path: RelPath },
+}
+
+impl Scope {
+    /// The owner a manual cleanup targets: it loses everything, whatever its record says.
+    pub fn forced(&self) -> Option<&OwnerRef> {
+        match self {
+            Scope::ManualOwner(o) => Some(o),
+            Scope::Normal | Scope::ManualAll => None,
+        }
+    }
+}
+
+/// The paths worth looking for on disk before planning: those an owner loses in this pass and
+/// no live owner declares. A Cleaned session's paths are never among them.
+pub fn paths_to_probe(
+    sessions: &[Session],
+    agents: &[Agent],
+    scope: &Scope,
+    now: Timestamp,
+    restarted_at: Timestamp,
+) -> BTreeSet<RelPath> {
+    Standings::new(sessions, agents, scope.forced(), now, restarted_at).paths_to_probe()
 }
 
 impl Serialize for Target {
@@ -152,26 +177,6 @@ pub struct Plan {
     pub observed: Observed,
 }
 
-/// How an owner stands in this pass.
-#[derive(Clone, Debug)]
-enum Standing {
-    Live,
-    Dead {
-        reason: CleanupReason,
-        kinds: BTreeSet<ResourceKind>,
-        paths: Vec<RelPath>,
-        stop_timeout: Duration,
-    },
-}
-
-impl Standing {
-    fn removes(&self, kind: ResourceKind) -> bool {
-        matches!(self, Standing::Dead { kinds, .. } if kinds.contains(&kind))
-    }
-}
-
-const ALL_DOCKER: [ResourceKind; 4] = ResourceKind::DOCKER;
-
 pub fn plan(
     sessions: &[Session],
     agents: &[Agent],
@@ -181,48 +186,15 @@ pub fn plan(
     scope: &Scope,
 ) -> Plan {
     let mut plan = Plan::default();
-    for kind in ALL_DOCKER {
+    for kind in ResourceKind::DOCKER {
         plan.observed.owned.insert(kind, 0);
         plan.observed.orphans.insert(kind, 0);
     }
     let matchers = Matchers::new(sessions, agents, &cfg.rules);
-    let manual = |o: &OwnerRef| matches!(scope, Scope::ManualOwner(m) if m == o);
     let mut wake = Wake(None);
-
-    let mut standing: BTreeMap<OwnerRef, Standing> = BTreeMap::new();
-    for s in sessions {
-        let owner = OwnerRef {
-            kind: OwnerKind::Session,
-            name: s.metadata.name.clone(),
-        };
-        let st = if manual(&owner) {
-            dead(
-                CleanupReason::Manual,
-                &ALL_DOCKER,
-                s.spec.paths.clone(),
-                s.spec.cleanup.stop_timeout,
-            )
-        } else {
-            session_standing(s, now, cfg, &mut wake)
-        };
-        standing.insert(owner, st);
-    }
-    for a in agents {
-        let owner = OwnerRef {
-            kind: OwnerKind::Agent,
-            name: a.metadata.name.clone(),
-        };
-        let st = if manual(&owner) {
-            dead(
-                CleanupReason::Manual,
-                &ALL_DOCKER,
-                a.spec.build_dir.iter().cloned().collect(),
-                default_stop(),
-            )
-        } else {
-            agent_standing(a)
-        };
-        standing.insert(owner, st);
+    let standing = Standings::new(sessions, agents, scope.forced(), now, cfg.restarted_at);
+    for (_, until) in standing.live() {
+        wake.at(until);
     }
 
     // Owners with something still to remove, and agents with a running container.
@@ -244,10 +216,7 @@ pub fn plan(
         }
         let states: Vec<(&OwnerRef, Option<&Standing>)> =
             claims.iter().map(|c| (c, standing.get(c))).collect();
-        if states
-            .iter()
-            .any(|(_, s)| matches!(s, Some(Standing::Live)))
-        {
+        if states.iter().any(|(_, s)| s.is_some_and(Standing::is_live)) {
             *plan.observed.owned.entry(obj.kind).or_default() += 1;
             continue;
         }
@@ -307,18 +276,8 @@ pub fn plan(
     }
 
     // Paths of dead owners, unless a live owner declares the same path.
-    let live_paths: BTreeSet<&RelPath> = sessions
-        .iter()
-        .filter(|s| matches!(standing.get(&session_ref(s)), Some(Standing::Live)))
-        .flat_map(|s| s.spec.paths.iter())
-        .chain(
-            agents
-                .iter()
-                .filter(|a| matches!(standing.get(&agent_ref(a)), Some(Standing::Live)))
-                .flat_map(|a| a.spec.build_dir.iter()),
-        )
-        .collect();
-    for (owner, st) in &standing {
+    let live_paths = standing.live_paths();
+    for (owner, st) in standing.iter() {
         if let Standing::Dead { reason, paths, .. } = st {
             for p in paths
                 .iter()
@@ -361,7 +320,7 @@ pub fn plan(
 fn transitions(
     sessions: &[Session],
     agents: &[Agent],
-    standing: &BTreeMap<OwnerRef, Standing>,
+    standing: &Standings,
     pending: &BTreeSet<OwnerRef>,
     has_running: &BTreeSet<OwnerRef>,
     now: Timestamp,
@@ -407,7 +366,7 @@ fn transitions(
                     wake.at(Some(purge_at));
                 }
             }
-            _ if matches!(standing.get(&owner), Some(Standing::Live)) => {}
+            _ if standing.is_live(&owner) => {}
             _ if !busy => {
                 let ended_at = s
                     .status
@@ -451,100 +410,6 @@ fn transitions(
         }
     }
     out
-}
-
-fn session_standing(s: &Session, now: Timestamp, cfg: &PlanConfig, wake: &mut Wake) -> Standing {
-    if s.is_live(now, cfg.restarted_at) {
-        wake.at(s.deadline(cfg.restarted_at).map(|d| d.0));
-        return Standing::Live;
-    }
-    let paths = s.spec.paths.clone();
-    let stop = s.spec.cleanup.stop_timeout;
-    if s.status.deleting_since.is_some() {
-        return dead(CleanupReason::SessionDeleted, &ALL_DOCKER, paths, stop);
-    }
-    let end = match s.status.phase {
-        SessionPhase::Active => s.deadline(cfg.restarted_at).map(|d| d.1),
-        _ => s.status.end_reason,
-    };
-    let reason = match end {
-        Some(EndReason::TtlExpired) => CleanupReason::SessionExpired,
-        Some(EndReason::HeartbeatLost) => CleanupReason::HeartbeatLost,
-        Some(EndReason::Manual) => CleanupReason::Manual,
-        _ => CleanupReason::SessionEnded,
-    };
-    dead(reason, &selected_kinds(&s.spec.cleanup), paths, stop)
-}
-
-fn agent_standing(a: &Agent) -> Standing {
-    let build_dir: Vec<RelPath> = a.spec.build_dir.iter().cloned().collect();
-    if a.status.deleting_since.is_some() {
-        return dead(
-            CleanupReason::AgentDeleted,
-            &ALL_DOCKER,
-            build_dir,
-            default_stop(),
-        );
-    }
-    match a.status.phase {
-        AgentPhase::Starting | AgentPhase::Running => Standing::Live,
-        AgentPhase::Failed => dead(
-            CleanupReason::AgentFailed,
-            &[ResourceKind::Container, ResourceKind::Image],
-            build_dir,
-            default_stop(),
-        ),
-        AgentPhase::Stopped => dead(
-            CleanupReason::AgentStopped,
-            &[ResourceKind::Container],
-            Vec::new(),
-            default_stop(),
-        ),
-    }
-}
-
-fn selected_kinds(c: &CleanupSpec) -> Vec<ResourceKind> {
-    [
-        (c.containers, ResourceKind::Container),
-        (c.networks, ResourceKind::Network),
-        (c.volumes, ResourceKind::Volume),
-        (c.images, ResourceKind::Image),
-    ]
-    .into_iter()
-    .filter_map(|(on, k)| on.then_some(k))
-    .collect()
-}
-
-fn dead(
-    reason: CleanupReason,
-    kinds: &[ResourceKind],
-    paths: Vec<RelPath>,
-    stop_timeout: Duration,
-) -> Standing {
-    Standing::Dead {
-        reason,
-        kinds: kinds.iter().copied().collect(),
-        paths,
-        stop_timeout,
-    }
-}
-
-fn default_stop() -> Duration {
-    CleanupSpec::default().stop_timeout
-}
-
-fn session_ref(s: &Session) -> OwnerRef {
-    OwnerRef {
-        kind: OwnerKind::Session,
-        name: s.metadata.name.clone(),
-    }
-}
-
-fn agent_ref(a: &Agent) -> OwnerRef {
-    OwnerRef {
-        kind: OwnerKind::Agent,
-        name: a.metadata.name.clone(),
-    }
 }
 
 fn target_name(t: &Target) -> &str {
@@ -885,6 +750,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cleaned_sessions_paths_are_left_alone() {
+        let cleaned = session("c").cleaned(T0).path("reused").build();
+        let actual = Actual {
+            objects: vec![],
+            paths: [RelPath::new("reused").unwrap()].into(),
+        };
+        let p = plan(
+            std::slice::from_ref(&cleaned),
+            &[],
+            &actual,
+            at(1),
+            &cfg(),
+            &Scope::Normal,
+        );
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert!(paths_to_probe(&[cleaned], &[], &Scope::Normal, at(1), T0).is_empty());
+    }
+
+    #[test]
     fn manual_scopes() {
         let live = session("live").build();
         let objs = vec![
@@ -992,14 +876,18 @@ mod tests {
                 })
         }
 
+        /// Few paths, so that owners often share one.
+        const PATHS: [&str; 3] = ["p1", "p2", "p3"];
+
         fn arb_session() -> impl Strategy<Value = Session> {
             (
                 0..2usize,
-                0..5u8,
+                0..6u8,
                 prop::option::of(1..100u64),
                 any::<bool>(),
+                prop::collection::vec(prop::sample::select(PATHS.to_vec()), 0..3),
             )
-                .prop_map(|(i, state, hb, team)| {
+                .prop_map(|(i, state, hb, team, paths)| {
                     let mut b = session(NAMES[i]);
                     if team {
                         b = b.matching("team", "s1");
@@ -1007,10 +895,14 @@ mod tests {
                     if let Some(hb) = hb {
                         b = b.heartbeat(D::from_secs(hb));
                     }
+                    for p in paths {
+                        b = b.path(p);
+                    }
                     match state {
                         0 => b.ended(),
                         1 => b.deleting(),
                         2 => b.cleaned(T0),
+                        3 => b.cleaned(T0).deleting(),
                         _ => b,
                     }
                     .build()
@@ -1018,10 +910,72 @@ mod tests {
         }
 
         fn arb_agent() -> impl Strategy<Value = Agent> {
-            (2..4usize, 0..4usize, any::<bool>()).prop_map(|(i, phase, deleting)| {
-                let b = agent(NAMES[i]).phase(AgentPhase::ALL[phase]);
-                if deleting { b.deleting() } else { b }.build()
-            })
+            (
+                2..4usize,
+                0..4usize,
+                any::<bool>(),
+                prop::option::of(prop::sample::select(PATHS.to_vec())),
+            )
+                .prop_map(|(i, phase, deleting, build_dir)| {
+                    let mut b = agent(NAMES[i]).phase(AgentPhase::ALL[phase]);
+                    if let Some(dir) = build_dir {
+                        b = b.build_dir(dir);
+                    }
+                    if deleting { b.deleting() } else { b }.build()
+                })
+        }
+
+        fn arb_scope() -> impl Strategy<Value = Scope> {
+            let target = |kind, name| {
+                Scope::ManualOwner(OwnerRef {
+                    kind,
+                    name: Name::new(name).unwrap(),
+                })
+            };
+            prop::sample::select(vec![
+                Scope::Normal,
+                Scope::ManualAll,
+                target(OwnerKind::Session, "s1"),
+                target(OwnerKind::Agent, "a1"),
+            ])
+        }
+
+        /// Records as the store holds them: one per name.
+        fn unique<T>(mut records: Vec<T>, name: impl Fn(&T) -> &Name) -> Vec<T> {
+            records.sort_by(|a, b| name(a).cmp(name(b)));
+            records.dedup_by(|a, b| name(a) == name(b));
+            records
+        }
+
+        /// Each owner with its declared paths, and whether it loses them (`Some(true)`),
+        /// keeps them (`Some(false)`), or neither (a Stopped agent, a Cleaned session: it has
+        /// nothing left to lose). Written from the rules as the README states them, apart
+        /// from the planner's code.
+        fn path_owners(
+            sessions: &[Session],
+            agents: &[Agent],
+            scope: &Scope,
+            now: Timestamp,
+        ) -> Vec<(OwnerRef, Vec<RelPath>, Option<bool>)> {
+            let forced = |o: &OwnerRef| scope.forced() == Some(o);
+            let mut out = Vec::new();
+            for s in sessions {
+                let o = session_ref(s);
+                let loses =
+                    forced(&o) || (!s.is_live(now, T0) && s.status.phase != SessionPhase::Cleaned);
+                let keeps = !forced(&o) && s.is_live(now, T0);
+                out.push((o, s.spec.paths.clone(), (loses || keeps).then_some(loses)));
+            }
+            for a in agents {
+                let o = agent_ref(a);
+                let loses = forced(&o)
+                    || a.status.phase == AgentPhase::Failed
+                    || a.status.deleting_since.is_some();
+                let keeps = !forced(&o) && a.is_live();
+                let paths = a.spec.build_dir.iter().cloned().collect();
+                out.push((o, paths, (loses || keeps).then_some(loses)));
+            }
+            out
         }
 
         proptest! {
@@ -1065,6 +1019,53 @@ mod tests {
                     if r.reason == CleanupReason::Orphan {
                         prop_assert!(obj.created.is_some_and(|c| now >= c.plus(c_grace())), "orphan removed inside its grace: {obj:?}");
                     }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn probes_exactly_the_paths_an_owner_loses_and_no_live_owner_declares(
+                sessions in prop::collection::vec(arb_session(), 0..3),
+                agents in prop::collection::vec(arb_agent(), 0..3),
+                now in 0..3000i64,
+                scope in arb_scope(),
+            ) {
+                let sessions = unique(sessions, |s| &s.metadata.name);
+                let agents = unique(agents, |a| &a.metadata.name);
+                let now = at(now);
+                let probed = paths_to_probe(&sessions, &agents, &scope, now, T0);
+                let owners = path_owners(&sessions, &agents, &scope, now);
+                let declared_by = |p: &RelPath, stands: bool| {
+                    owners.iter().any(|(_, paths, loses)| paths.contains(p) && *loses == Some(stands))
+                };
+                for p in &probed {
+                    prop_assert!(declared_by(p, true), "probed {p}, which no owner loses: {owners:?}");
+                    prop_assert!(!declared_by(p, false), "probed {p}, which a live owner keeps: {owners:?}");
+                }
+                for (owner, paths, loses) in &owners {
+                    for p in paths.iter().filter(|_| *loses == Some(true)) {
+                        prop_assert!(
+                            probed.contains(p) || declared_by(p, false),
+                            "{owner} loses {p}, which is not probed: {owners:?}"
+                        );
+                    }
+                }
+
+                // What the probe finds, the planner removes only on behalf of owners that lose it.
+                let c = PlanConfig { rules: Rules { instance: String::new(), ..Rules::default() }, ..cfg() };
+                let on_disk = owners.iter().flat_map(|(_, paths, _)| paths.iter().cloned()).collect();
+                let actual = Actual { objects: vec![], paths: on_disk };
+                let p = plan(&sessions, &agents, &actual, now, &c, &scope);
+                for r in &p.removals {
+                    let Target::Path { path } = &r.target else { continue };
+                    prop_assert!(probed.contains(path), "removes {path}, which is never probed");
+                    let owner = r.owner.as_ref();
+                    prop_assert!(
+                        owners.iter().any(|(o, paths, loses)| Some(o) == owner && paths.contains(path) && *loses == Some(true)),
+                        "removes {path} for {owner:?}, which does not lose it: {owners:?}"
+                    );
                 }
             }
         }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::core::manifest::{self, Source, MAX_STREAM_BYTES};
-use crate::core::model::{OwnerRef, Record, Timestamp};
+use crate::core::model::{mark_for_deletion, OwnerRef, Record, Timestamp};
 use crate::metrics::Metrics;
 use crate::store::{ApplyAction, Store, StoreError, API_SOURCE};
 
@@ -328,10 +328,9 @@ impl ManifestDir {
     async fn delete(&self, owner: &OwnerRef, source: &str) -> Result<bool, StoreError> {
         let now = Timestamp::now();
         let mark = |src: Option<&str>, since: &mut Option<Timestamp>| {
-            if src != Some(source) || since.is_some() {
+            if src != Some(source) || !mark_for_deletion(since, now) {
                 return Err(StoreError::Conflict("changed meanwhile".into()));
             }
-            *since = Some(now);
             Ok(())
         };
         let r = self

@@ -4,6 +4,7 @@
 mod agent;
 mod duration;
 mod engine;
+mod lifecycle;
 mod meta;
 mod resource;
 mod session;
@@ -13,6 +14,9 @@ pub use agent::{Agent, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
 pub use duration::{Duration, DurationError};
 pub use engine::{
     has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
+};
+pub use lifecycle::{
+    clear_condition, mark_for_deletion, set_condition, Refused, StopCause, REMOVAL_FAILING,
 };
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
 pub use resource::{

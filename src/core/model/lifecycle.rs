@@ -1,0 +1,396 @@
+//! The record lifecycle: every change of a phase or of a status timestamp is one of these
+//! methods, so the API, the controller, the manifest directory and tests all move records the
+//! same way. Each method checks that its change still applies to the record as stored (the
+//! store calls it inside a read-modify-write) and says what it did, so callers log and count
+//! from that. Time is passed in: the core never reads a clock.
+
+use super::{Agent, AgentPhase, Condition, EndReason, Name, Session, SessionPhase, Timestamp};
+
+/// The condition a record carries while one of its removals keeps failing.
+pub const REMOVAL_FAILING: &str = "RemovalFailing";
+
+/// A lifecycle change the record's state does not allow; the API answers it with 409.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("session {name} is {}; a heartbeat cannot revive it", phase.as_str())]
+    HeartbeatNotLive { name: Name, phase: SessionPhase },
+    #[error("agent {name} is being deleted")]
+    AgentDeleting { name: Name },
+}
+
+/// Why an agent is set `Stopped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    /// The cleanup of its failure finished. Only if it is still that failure: an agent that
+    /// failed again meanwhile has a new cleanup to do.
+    FailureCleanedUp { failed_since: Timestamp },
+    /// It was reported `Running`, but none of its containers runs.
+    NoRunningContainer,
+    /// An operator cleaned it up by hand (`reaper cleanup agent`).
+    Manual,
+}
+
+impl Session {
+    /// The workflow is over (`session end`, or a manual cleanup). Only an Active session ends;
+    /// returns whether this one did.
+    pub fn end(&mut self, reason: EndReason, now: Timestamp) -> bool {
+        if self.status.phase != SessionPhase::Active {
+            return false;
+        }
+        self.status.phase = SessionPhase::Ended;
+        self.status.ended_at = Some(now);
+        self.status.end_reason = Some(reason);
+        true
+    }
+
+    /// The planner saw its deadline (`at`, for `reason`) pass. Re-checked against the record as
+    /// stored, where a heartbeat may have arrived meanwhile; returns whether it expired.
+    pub fn expire(
+        &mut self,
+        at: Timestamp,
+        reason: EndReason,
+        now: Timestamp,
+        restarted_at: Timestamp,
+    ) -> bool {
+        let passed = self.deadline(restarted_at).is_some_and(|(d, _)| now >= d);
+        if !passed {
+            return false;
+        }
+        self.status.phase = SessionPhase::Expired;
+        self.status.ended_at = Some(at);
+        self.status.end_reason = Some(reason);
+        true
+    }
+
+    /// Renews the heartbeat. A session that is over, or being deleted, stays so.
+    pub fn heartbeat(&mut self, now: Timestamp) -> Result<(), Refused> {
+        if self.status.phase != SessionPhase::Active || self.status.deleting_since.is_some() {
+            return Err(Refused::HeartbeatNotLive {
+                name: self.metadata.name.clone(),
+                phase: self.status.phase,
+            });
+        }
+        self.status.last_heartbeat = Some(now);
+        Ok(())
+    }
+
+    /// Everything it owned is gone: `Cleaned`, kept as history. Only an Ended or Expired
+    /// session that is not being deleted (that one is purged instead); returns whether it was.
+    pub fn mark_cleaned(&mut self, now: Timestamp) -> bool {
+        if !matches!(
+            self.status.phase,
+            SessionPhase::Ended | SessionPhase::Expired
+        ) || self.status.deleting_since.is_some()
+        {
+            return false;
+        }
+        self.status.phase = SessionPhase::Cleaned;
+        self.status.cleaned_at = Some(now);
+        clear_condition(&mut self.status.conditions, REMOVAL_FAILING);
+        true
+    }
+
+    /// `reaper delete`: its objects go, then the record. Returns whether this marked it (false
+    /// if it already was being deleted, since then).
+    pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
+        mark_for_deletion(&mut self.status.deleting_since, now)
+    }
+}
+
+impl Agent {
+    /// The agent reports its phase. `phase_since` moves only when the phase changes, so a
+    /// repeated report does not restart a failure's cleanup; returns whether it changed.
+    pub fn report(&mut self, phase: AgentPhase, now: Timestamp) -> Result<bool, Refused> {
+        if self.status.deleting_since.is_some() {
+            return Err(Refused::AgentDeleting {
+                name: self.metadata.name.clone(),
+            });
+        }
+        if self.status.phase == phase {
+            return Ok(false);
+        }
+        self.status.phase = phase;
+        self.status.phase_since = now;
+        Ok(true)
+    }
+
+    /// Sets it `Stopped`, if `cause` still holds for the record as stored; returns whether
+    /// it did.
+    pub fn stop(&mut self, cause: StopCause, now: Timestamp) -> bool {
+        let due = match cause {
+            StopCause::FailureCleanedUp { failed_since } => {
+                self.status.phase == AgentPhase::Failed && self.status.phase_since == failed_since
+            }
+            StopCause::NoRunningContainer => self.status.phase == AgentPhase::Running,
+            StopCause::Manual => self.status.phase != AgentPhase::Stopped,
+        };
+        if !due {
+            return false;
+        }
+        self.status.phase = AgentPhase::Stopped;
+        self.status.phase_since = now;
+        // A manual stop says nothing about whether the removals that kept failing succeeded.
+        if cause != StopCause::Manual {
+            clear_condition(&mut self.status.conditions, REMOVAL_FAILING);
+        }
+        true
+    }
+
+    /// `reaper delete`: its objects go, then the record. Returns whether this marked it.
+    pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
+        mark_for_deletion(&mut self.status.deleting_since, now)
+    }
+}
+
+/// Marks a record for deletion through its `deleting_since` alone, for writers that hold only
+/// the status fields both kinds share. Returns whether this marked it.
+pub fn mark_for_deletion(deleting_since: &mut Option<Timestamp>, now: Timestamp) -> bool {
+    if deleting_since.is_some() {
+        return false;
+    }
+    *deleting_since = Some(now);
+    true
+}
+
+impl Condition {
+    /// One of the record's removals failed `attempts` times in a row.
+    pub fn removal_failing(message: String, since: Timestamp) -> Self {
+        Condition {
+            type_: REMOVAL_FAILING.into(),
+            message,
+            since,
+        }
+    }
+}
+
+/// Sets `cond`, replacing the condition of the same type: a record has at most one of each.
+pub fn set_condition(conditions: &mut Vec<Condition>, cond: Condition) {
+    clear_condition(conditions, &cond.type_);
+    conditions.push(cond);
+}
+
+/// Removes the condition of this type; returns whether there was one.
+pub fn clear_condition(conditions: &mut Vec<Condition>, type_: &str) -> bool {
+    let before = conditions.len();
+    conditions.retain(|c| c.type_ != type_);
+    conditions.len() != before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fixtures::*;
+    use crate::core::model::Duration;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp(T0.0 + secs * 1000)
+    }
+
+    fn failing() -> Condition {
+        Condition::removal_failing("container c: in use (5 attempts)".into(), at(1))
+    }
+
+    #[test]
+    fn only_an_active_session_ends() {
+        let mut s = session("s").build();
+        assert!(s.end(EndReason::Failed, at(5)));
+        assert_eq!(s.status.phase, SessionPhase::Ended);
+        assert_eq!(s.status.ended_at, Some(at(5)));
+        assert_eq!(s.status.end_reason, Some(EndReason::Failed));
+
+        let before = s.clone();
+        assert!(!s.end(EndReason::Manual, at(9)), "the first end stands");
+        assert_eq!(s, before);
+        let mut cleaned = session("c").cleaned(at(3)).build();
+        let before = cleaned.clone();
+        assert!(!cleaned.end(EndReason::Succeeded, at(9)));
+        assert_eq!(cleaned, before);
+    }
+
+    #[test]
+    fn expiry_is_rechecked_against_the_stored_record() {
+        let mut s = session("s").heartbeat(Duration::from_secs(30)).build();
+        assert!(!s.expire(at(30), EndReason::HeartbeatLost, at(29), T0));
+        assert_eq!(s.status.phase, SessionPhase::Active);
+
+        // A heartbeat arrived after the planner looked: the deadline moved on.
+        let mut renewed = s.clone();
+        renewed.heartbeat(at(20)).unwrap();
+        assert!(!renewed.expire(at(30), EndReason::HeartbeatLost, at(31), T0));
+        assert_eq!(renewed.status.phase, SessionPhase::Active);
+
+        assert!(s.expire(at(30), EndReason::HeartbeatLost, at(31), T0));
+        assert_eq!(s.status.phase, SessionPhase::Expired);
+        assert_eq!(
+            s.status.ended_at,
+            Some(at(30)),
+            "ended when the deadline passed"
+        );
+        assert_eq!(s.status.end_reason, Some(EndReason::HeartbeatLost));
+        assert!(
+            !s.expire(at(30), EndReason::HeartbeatLost, at(40), T0),
+            "an Expired session has no deadline left"
+        );
+    }
+
+    #[test]
+    fn expiry_counts_heartbeats_from_a_restart() {
+        let mut s = session("s").heartbeat(Duration::from_secs(30)).build();
+        assert!(!s.expire(at(30), EndReason::HeartbeatLost, at(31), at(10)));
+        assert!(s.expire(at(40), EndReason::HeartbeatLost, at(40), at(10)));
+    }
+
+    #[test]
+    fn heartbeats_renew_only_a_live_session() {
+        let mut s = session("s").build();
+        s.heartbeat(at(7)).unwrap();
+        assert_eq!(s.status.last_heartbeat, Some(at(7)));
+
+        let mut ended = session("e").ended().build();
+        let err = ended.heartbeat(at(8)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "session e is ended; a heartbeat cannot revive it"
+        );
+        assert_eq!(ended.status.last_heartbeat, None);
+
+        let mut deleting = session("d").deleting().build();
+        assert!(matches!(
+            deleting.heartbeat(at(8)),
+            Err(Refused::HeartbeatNotLive {
+                phase: SessionPhase::Active,
+                ..
+            })
+        ));
+        assert_eq!(deleting.status.last_heartbeat, None);
+    }
+
+    #[test]
+    fn an_ended_or_expired_session_is_cleaned_once() {
+        let mut s = session("s").ended().build();
+        s.status.conditions.push(failing());
+        assert!(s.mark_cleaned(at(4)));
+        assert_eq!(s.status.phase, SessionPhase::Cleaned);
+        assert_eq!(s.status.cleaned_at, Some(at(4)));
+        assert!(s.status.conditions.is_empty(), "the failure is over");
+        assert!(!s.mark_cleaned(at(5)));
+        assert_eq!(s.status.cleaned_at, Some(at(4)));
+
+        let mut expired = session("x").ttl(Duration::from_secs(1)).build();
+        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0));
+        assert!(expired.mark_cleaned(at(2)));
+    }
+
+    #[test]
+    fn an_active_or_deleted_session_is_never_cleaned() {
+        for mut s in [
+            session("live").build(),
+            session("going").ended().deleting().build(),
+        ] {
+            let before = s.clone();
+            assert!(!s.mark_cleaned(at(4)));
+            assert_eq!(s, before);
+        }
+    }
+
+    #[test]
+    fn deletion_is_marked_once_from_the_first_request() {
+        let mut s = session("s").build();
+        assert!(s.mark_for_deletion(at(3)));
+        assert!(!s.mark_for_deletion(at(6)));
+        assert_eq!(s.status.deleting_since, Some(at(3)));
+
+        let mut a = agent("a").build();
+        assert!(a.mark_for_deletion(at(3)));
+        assert!(!a.mark_for_deletion(at(6)));
+        assert_eq!(a.status.deleting_since, Some(at(3)));
+    }
+
+    #[test]
+    fn a_report_moves_phase_since_only_on_a_change() {
+        let mut a = agent("a").build();
+        assert_eq!(a.report(AgentPhase::Running, at(2)), Ok(true));
+        assert_eq!(
+            (a.status.phase, a.status.phase_since),
+            (AgentPhase::Running, at(2))
+        );
+        assert_eq!(a.report(AgentPhase::Running, at(5)), Ok(false));
+        assert_eq!(a.status.phase_since, at(2));
+        assert_eq!(a.report(AgentPhase::Failed, at(6)), Ok(true));
+        assert_eq!(a.status.phase_since, at(6));
+    }
+
+    #[test]
+    fn a_deleted_agent_takes_no_reports() {
+        let mut a = agent("a").deleting().build();
+        let before = a.clone();
+        let err = a.report(AgentPhase::Running, at(2)).unwrap_err();
+        assert_eq!(err.to_string(), "agent a is being deleted");
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn a_failed_agent_stops_only_after_the_same_failure() {
+        let mut a = agent("a").phase(AgentPhase::Failed).build();
+        a.status.conditions.push(failing());
+        let other_failure = StopCause::FailureCleanedUp {
+            failed_since: at(1),
+        };
+        assert!(!a.stop(other_failure, at(5)), "it failed again meanwhile");
+        assert_eq!(a.status.phase, AgentPhase::Failed);
+
+        let this_failure = StopCause::FailureCleanedUp { failed_since: T0 };
+        assert!(a.stop(this_failure, at(5)));
+        assert_eq!(
+            (a.status.phase, a.status.phase_since),
+            (AgentPhase::Stopped, at(5))
+        );
+        assert!(a.status.conditions.is_empty());
+        assert!(!a.stop(this_failure, at(6)));
+    }
+
+    #[test]
+    fn a_running_agent_without_containers_stops_only_while_running() {
+        let mut a = agent("a").phase(AgentPhase::Running).build();
+        assert!(a.stop(StopCause::NoRunningContainer, at(10)));
+        assert_eq!(
+            (a.status.phase, a.status.phase_since),
+            (AgentPhase::Stopped, at(10))
+        );
+        let mut starting = agent("s").phase(AgentPhase::Starting).build();
+        assert!(!starting.stop(StopCause::NoRunningContainer, at(10)));
+        assert_eq!(starting.status.phase, AgentPhase::Starting);
+    }
+
+    #[test]
+    fn a_manual_stop_stops_any_phase_and_keeps_conditions() {
+        for phase in [
+            AgentPhase::Starting,
+            AgentPhase::Running,
+            AgentPhase::Failed,
+        ] {
+            let mut a = agent("a").phase(phase).build();
+            a.status.conditions.push(failing());
+            assert!(a.stop(StopCause::Manual, at(3)), "{phase:?}");
+            assert_eq!(
+                (a.status.phase, a.status.phase_since),
+                (AgentPhase::Stopped, at(3))
+            );
+            assert_eq!(a.status.conditions, [failing()]);
+        }
+        let mut stopped = agent("a").build();
+        assert!(!stopped.stop(StopCause::Manual, at(3)));
+        assert_eq!(stopped.status.phase_since, T0);
+    }
+
+    #[test]
+    fn a_record_has_one_condition_of_each_type() {
+        let mut conditions = vec![];
+        set_condition(&mut conditions, failing());
+        let newer = Condition::removal_failing("network n: in use (6 attempts)".into(), at(2));
+        set_condition(&mut conditions, newer.clone());
+        assert_eq!(conditions, [newer]);
+        assert!(clear_condition(&mut conditions, REMOVAL_FAILING));
+        assert!(!clear_condition(&mut conditions, REMOVAL_FAILING));
+    }
+}
