@@ -1,6 +1,7 @@
 //! `reaper serve`: opens the store, connects to Docker, and runs the reconcile loop, the event
 //! watcher, the API (Unix socket) and the metrics listener (TCP) until SIGTERM or SIGINT.
 
+mod handle;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
