@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::ErrorBody;
+use super::wire::ErrorBody;
 
 /// Bounds one request; `cleanup` of many objects is the slowest call.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);

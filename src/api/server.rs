@@ -1,6 +1,6 @@
 //! HTTP handlers: the JSON API on the Unix socket, and `/metrics` + `/healthz` on TCP.
-//! Handlers translate requests into store updates and controller calls; they decide nothing
-//! about Docker objects themselves.
+//! Handlers translate requests into store updates and calls on the daemon handle; they decide
+//! nothing about Docker objects themselves. Every body in and out is a `wire` type.
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -9,7 +9,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,18 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::{
-    ApplyRequest, CleanupRequest, EndRequest, ErrorBody, ImportRequest, RecordView, ReportRequest,
-    MAX_BODY_BYTES,
+use super::daemon::{Daemon, Unavailable};
+use super::wire::{
+    ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest, ErrorBody,
+    ImportRequest, ImportResponse, RecordView, ReportRequest, Status,
 };
-use crate::controller::Controller;
+use super::MAX_BODY_BYTES;
 use crate::core::manifest::{self, Source};
 use crate::core::model::{
     AgentPhase, EndReason, Name, OwnerKind, OwnerRef, Record, Refused, SessionPhase, StopCause,
     Timestamp,
 };
 use crate::core::plan::Scope;
-use crate::docker::Engine;
 use crate::store::{self, StoreError, API_SOURCE};
 
 /// A client must send its request headers within this time (slow clients cannot hold a slot).
@@ -66,6 +65,12 @@ impl From<StoreError> for ApiError {
             StoreError::Io(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.0)
     }
 }
 
@@ -229,56 +234,49 @@ fn not_found(kind: OwnerKind, name: &str) -> ApiError {
 }
 
 /// The API router for the Unix socket.
-pub async fn handle_api<E: Engine>(
-    ctl: Arc<Controller<E>>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+pub async fn handle_api(daemon: Arc<dyn Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let ctl = daemon.as_ref();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let reply = match (&method, segs.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => status(&ctl),
-        (&Method::GET, ["v1", kind @ ("sessions" | "agents")]) => list(&ctl, kind),
-        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name]) => {
-            get_record(&ctl, kind, name)
-        }
+        (&Method::GET, ["v1", "status"]) => status(ctl),
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents")]) => list(ctl, kind),
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name]) => get_record(ctl, kind, name),
         (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "objects"]) => {
-            objects(&ctl, kind, name).await
+            objects(ctl, kind, name).await
         }
         (&Method::DELETE, ["v1", kind @ ("sessions" | "agents"), name]) => {
-            delete(&ctl, kind, name).await
+            delete(ctl, kind, name).await
         }
         (&Method::POST, ["v1", "sessions", name, "end"]) => {
             match read_json::<EndRequest>(req).await {
-                Ok(body) => end(&ctl, name, body.failed).await,
+                Ok(body) => end(ctl, name, body.failed).await,
                 Err(e) => Err(e),
             }
         }
-        (&Method::POST, ["v1", "sessions", name, "heartbeat"]) => heartbeat(&ctl, name).await,
+        (&Method::POST, ["v1", "sessions", name, "heartbeat"]) => heartbeat(ctl, name).await,
         (&Method::POST, ["v1", "agents", name, "report"]) => {
             match read_json::<ReportRequest>(req).await {
-                Ok(body) => report(&ctl, name, body.phase).await,
+                Ok(body) => report(ctl, name, body.phase).await,
                 Err(e) => Err(e),
             }
         }
         (&Method::POST, ["v1", "apply"]) => match read_json::<ApplyRequest>(req).await {
-            Ok(body) => apply(&ctl, body).await,
+            Ok(body) => apply(ctl, body).await,
             Err(e) => Err(e),
         },
-        (&Method::GET, ["v1", "export"]) => export(&ctl),
+        (&Method::GET, ["v1", "export"]) => export(ctl),
         (&Method::POST, ["v1", "import"]) => match read_json::<ImportRequest>(req).await {
-            Ok(body) => import(&ctl, body).await,
+            Ok(body) => import(ctl, body).await,
             Err(e) => Err(e),
         },
         (&Method::GET, ["v1", "orphans"]) => match ctl.preview(&Scope::Normal).await {
-            Ok(plan) => ok(json!({"removals": plan.removals, "waiting": plan.waiting})),
-            Err(e) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            )),
+            Ok(preview) => ok(preview),
+            Err(e) => Err(e.into()),
         },
         (&Method::POST, ["v1", "cleanup"]) => match read_json::<CleanupRequest>(req).await {
-            Ok(body) => cleanup(&ctl, body).await,
+            Ok(body) => cleanup(ctl, body).await,
             Err(e) => Err(e),
         },
         (_, ["v1", ..]) => Err(ApiError::new(
@@ -301,37 +299,45 @@ fn kind_of(plural: &str) -> OwnerKind {
     }
 }
 
-fn status<E: Engine>(ctl: &Controller<E>) -> Reply {
-    let health = ctl.health();
+fn status(ctl: &dyn Daemon) -> Reply {
     let records = ctl
         .store()
         .and_then(|st| Ok((st.sessions()?, st.agents()?)));
     let (sessions, agents) = match records {
-        Ok((s, a)) => {
-            let mut sc: BTreeMap<&str, usize> =
-                SessionPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
-            s.iter()
-                .for_each(|x| *sc.entry(x.status.phase.as_str()).or_default() += 1);
-            let mut ac: BTreeMap<&str, usize> =
-                AgentPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
-            a.iter()
-                .for_each(|x| *ac.entry(x.status.phase.as_str()).or_default() += 1);
-            (json!(sc), json!(ac))
-        }
-        _ => (Value::Null, Value::Null),
+        Ok((s, a)) => (
+            Some(phase_counts(
+                SessionPhase::ALL.iter().map(SessionPhase::as_str),
+                s.iter().map(|x| x.status.phase.as_str()),
+            )),
+            Some(phase_counts(
+                AgentPhase::ALL.iter().map(AgentPhase::as_str),
+                a.iter().map(|x| x.status.phase.as_str()),
+            )),
+        ),
+        Err(_) => (None, None),
     };
-    ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "health": health,
-        "sessions": sessions,
-        "agents": agents,
-        "manifestErrors": ctl.manifest_errors().into_iter()
-            .map(|(file, error)| json!({"file": file, "error": error}))
-            .collect::<Vec<_>>(),
-    }))
+    ok(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        health: ctl.health(),
+        sessions,
+        agents,
+        manifest_errors: ctl.manifest_errors(),
+    })
 }
 
-fn export<E: Engine>(ctl: &Controller<E>) -> Reply {
+/// Records per phase name, with every phase present (zero when none is in it).
+fn phase_counts<'a>(
+    all: impl Iterator<Item = &'a str>,
+    phases: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = all.map(|p| (p.to_string(), 0)).collect();
+    for p in phases {
+        *counts.entry(p.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn export(ctl: &dyn Daemon) -> Reply {
     let records = ctl.store()?.export()?;
     ok(records
         .into_iter()
@@ -339,15 +345,15 @@ fn export<E: Engine>(ctl: &Controller<E>) -> Reply {
         .collect::<Vec<_>>())
 }
 
-async fn import<E: Engine>(ctl: &Controller<E>, body: ImportRequest) -> Reply {
+async fn import(ctl: &dyn Daemon, body: ImportRequest) -> Reply {
     let records: Vec<Record> = body.records.into_iter().map(Record::from).collect();
     let n = ctl.store()?.import(records).await?;
     info!(records = n, "Records imported.");
     ctl.trigger();
-    ok(json!({"imported": n}))
+    ok(ImportResponse { imported: n })
 }
 
-fn list<E: Engine>(ctl: &Controller<E>, plural: &str) -> Reply {
+fn list(ctl: &dyn Daemon, plural: &str) -> Reply {
     let store = ctl.store()?;
     let views: Vec<RecordView> = match kind_of(plural) {
         OwnerKind::Session => store
@@ -364,7 +370,7 @@ fn list<E: Engine>(ctl: &Controller<E>, plural: &str) -> Reply {
     ok(views)
 }
 
-fn get_record<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+fn get_record(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
     let kind = kind_of(plural);
     let record = match kind {
         OwnerKind::Session => ctl.store()?.session(name)?.map(Record::Session),
@@ -375,23 +381,17 @@ fn get_record<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply
         .unwrap_or_else(|| Err(not_found(kind, name)))
 }
 
-async fn objects<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+async fn objects(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
     let kind = kind_of(plural);
     get_record(ctl, plural, name)?;
     let owner = OwnerRef {
         kind,
         name: name_of(name)?,
     };
-    match ctl.owned_by(&owner).await {
-        Ok(objs) => ok(objs),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
-    }
+    ok(ctl.owned_by(&owner).await?)
 }
 
-async fn delete<E: Engine>(ctl: &Controller<E>, plural: &str, name: &str) -> Reply {
+async fn delete(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
     let now = Timestamp::now();
     let kind = kind_of(plural);
     let view = match kind {
@@ -436,7 +436,7 @@ fn forbid_file_owned(kind: OwnerKind, name: &str, source: Option<&str>) -> Resul
     }
 }
 
-async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply {
+async fn end(ctl: &dyn Daemon, name: &str, failed: bool) -> Reply {
     let now = Timestamp::now();
     let reason = if failed {
         EndReason::Failed
@@ -454,7 +454,7 @@ async fn end<E: Engine>(ctl: &Controller<E>, name: &str, failed: bool) -> Reply 
     ok(RecordView::from(Record::Session(s)))
 }
 
-async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
+async fn heartbeat(ctl: &dyn Daemon, name: &str) -> Reply {
     let now = Timestamp::now();
     let s = ctl
         .store()?
@@ -464,7 +464,7 @@ async fn heartbeat<E: Engine>(ctl: &Controller<E>, name: &str) -> Reply {
     ok(RecordView::from(Record::Session(s)))
 }
 
-async fn report<E: Engine>(ctl: &Controller<E>, name: &str, phase: AgentPhase) -> Reply {
+async fn report(ctl: &dyn Daemon, name: &str, phase: AgentPhase) -> Reply {
     let now = Timestamp::now();
     let a = ctl
         .store()?
@@ -474,7 +474,7 @@ async fn report<E: Engine>(ctl: &Controller<E>, name: &str, phase: AgentPhase) -
     ok(RecordView::from(Record::Agent(a)))
 }
 
-async fn apply<E: Engine>(ctl: &Controller<E>, body: ApplyRequest) -> Reply {
+async fn apply(ctl: &dyn Daemon, body: ApplyRequest) -> Reply {
     let sources: Vec<Source<'_>> = body
         .files
         .iter()
@@ -498,10 +498,13 @@ async fn apply<E: Engine>(ctl: &Controller<E>, body: ApplyRequest) -> Reply {
         .apply(parsed.records, API_SOURCE, Timestamp::now())
         .await?;
     ctl.trigger();
-    ok(json!({"results": results, "warnings": parsed.warnings}))
+    ok(ApplyResponse {
+        results,
+        warnings: parsed.warnings,
+    })
 }
 
-async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
+async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
     let scope = match &req.owner {
         Some(o) => {
             get_record(
@@ -517,12 +520,12 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
         }
         None => Scope::ManualAll,
     };
-    let unavailable = |e: crate::controller::PassError| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    };
     if req.dry_run {
-        let plan = ctl.preview(&scope).await.map_err(unavailable)?;
-        return ok(json!({"planned": plan.removals, "removed": [], "failed": []}));
+        return ok(CleanupResponse {
+            planned: ctl.preview(&scope).await?.removals,
+            removed: Vec::new(),
+            failed: Vec::new(),
+        });
     }
     let now = Timestamp::now();
     // A session cleaned up by hand is over: end it, so nothing it starts later survives.
@@ -534,7 +537,7 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
             })
             .await?;
     }
-    let (plan, report) = ctl.pass(&scope, false).await.map_err(unavailable)?;
+    let report = ctl.clean_up(&scope).await?;
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Agent) {
         if report.failed.is_empty() {
             ctl.store()?
@@ -546,17 +549,12 @@ async fn cleanup<E: Engine>(ctl: &Controller<E>, req: CleanupRequest) -> Reply {
         }
     }
     ctl.trigger();
-    let failed: Vec<Value> = report
-        .failed
-        .iter()
-        .map(|(t, e)| json!({"target": t, "error": e}))
-        .collect();
-    ok(json!({"planned": plan.removals, "removed": report.removed, "failed": failed}))
+    ok(report)
 }
 
 /// The API on the optional TCP listener: the same routes, each behind the bearer token.
-pub async fn handle_api_with_token<E: Engine>(
-    ctl: Arc<Controller<E>>,
+pub async fn handle_api_with_token(
+    daemon: Arc<dyn Daemon>,
     token: Arc<str>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -576,7 +574,7 @@ pub async fn handle_api_with_token<E: Engine>(
         );
         return resp;
     }
-    handle_api(ctl, req).await
+    handle_api(daemon, req).await
 }
 
 /// Compares without an early exit, so response timing does not reveal the token.
@@ -585,16 +583,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `/metrics` and `/healthz` on the TCP listener.
-pub async fn handle_metrics<E: Engine>(
-    ctl: Arc<Controller<E>>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+pub async fn handle_metrics(ctl: Arc<dyn Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(Full::new(Bytes::from(ctl.scrape())));
+            let scrape = ctl.scrape();
+            let mut resp = Response::new(Full::new(Bytes::from(scrape.body)));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(ctl.metrics.content_type()),
+                hyper::header::HeaderValue::from_static(scrape.content_type),
             );
             resp
         }

@@ -8,14 +8,17 @@ use serve_args::socket_help;
 pub use serve_args::{serve_overrides, ServeArgs};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::api::client::{Client, ClientError};
-use crate::api::{ApplyFile, ApplyRequest};
-use output::Output;
+use crate::api::wire::{
+    self, ApplyFile, ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest,
+    HeartbeatRequest, ImportRequest, ImportResponse, Preview, RecordView, ReportRequest, Status,
+};
+use crate::core::model::{Name, OwnerKind, OwnerRef};
+use output::{Described, Listed, Output};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -211,21 +214,26 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         Command::Store(cmd) => store_command(&c, cmd).await,
         Command::Apply { files } => apply(&c, &files).await,
         Command::Get { what, name, output } => {
-            let path = match &name {
-                Some(n) => format!("/v1/{}/{}", plural_of(what), n),
-                None => format!("/v1/{}", plural_of(what)),
+            let listed = match &name {
+                Some(n) => Listed::One(Box::new(
+                    c.get(&format!("/v1/{}/{n}", plural_of(what))).await?,
+                )),
+                None => Listed::All(c.get(&format!("/v1/{}", plural_of(what))).await?),
             };
-            let v: Value = c.get(&path).await?;
-            print!("{}", output::records(&v, what == Plural::Agents, output));
+            print!(
+                "{}",
+                output::records(&listed, what == Plural::Agents, output)
+            );
             Ok(())
         }
         Command::Describe { kind, name, output } => {
-            let record: Value = c.get(&format!("/v1/{}/{name}", kind.plural())).await?;
-            let objects: Value = c
-                .get(&format!("/v1/{}/{name}/objects", kind.plural()))
-                .await?;
-            let v = json!({"record": record, "objects": objects});
-            print!("{}", output::describe(&v, output));
+            let described = Described {
+                record: c.get(&format!("/v1/{}/{name}", kind.plural())).await?,
+                objects: c
+                    .get(&format!("/v1/{}/{name}/objects", kind.plural()))
+                    .await?,
+            };
+            print!("{}", output::describe(&described, output));
             Ok(())
         }
         Command::Delete {
@@ -234,7 +242,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             wait,
             timeout,
         } => {
-            let _: Value = c.delete(&format!("/v1/{}/{name}", kind.plural())).await?;
+            let _: RecordView = c.delete(&format!("/v1/{}/{name}", kind.plural())).await?;
             println!("{}/{name} deletion requested", kind_str(kind));
             if wait {
                 wait_gone(&c, kind, &name, timeout.std()).await?;
@@ -243,24 +251,22 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             Ok(())
         }
         Command::Session(SessionCommand::End { name, failed }) => {
-            let v: Value = c
-                .post(
-                    &format!("/v1/sessions/{name}/end"),
-                    &json!({"failed": failed}),
-                )
+            let record: RecordView = c
+                .post(&format!("/v1/sessions/{name}/end"), &EndRequest { failed })
                 .await?;
-            println!(
-                "session/{name} {}",
-                v.pointer("/status/phase")
-                    .and_then(Value::as_str)
-                    .unwrap_or("ended")
-                    .to_lowercase()
-            );
+            let phase = match &record {
+                RecordView::Session { session, .. } => session.status.phase.as_str(),
+                RecordView::Agent { .. } => "ended",
+            };
+            println!("session/{name} {phase}");
             Ok(())
         }
         Command::Session(SessionCommand::Heartbeat { name }) => {
-            let _: Value = c
-                .post(&format!("/v1/sessions/{name}/heartbeat"), &json!({}))
+            let _: RecordView = c
+                .post(
+                    &format!("/v1/sessions/{name}/heartbeat"),
+                    &HeartbeatRequest {},
+                )
                 .await?;
             Ok(())
         }
@@ -273,18 +279,18 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
                     ),
                 )
             })?;
-            let _: Value = c
+            let _: RecordView = c
                 .post(
                     &format!("/v1/agents/{name}/report"),
-                    &json!({"phase": phase}),
+                    &ReportRequest { phase },
                 )
                 .await?;
             println!("agent/{name} {}", phase.as_str());
             Ok(())
         }
         Command::Orphans { output } => {
-            let v: Value = c.get("/v1/orphans").await?;
-            print!("{}", output::orphans(&v, output));
+            let preview: Preview = c.get("/v1/orphans").await?;
+            print!("{}", output::orphans(&preview, output));
             Ok(())
         }
         Command::Cleanup {
@@ -293,8 +299,8 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             dry_run,
         } => cleanup(&c, &target, yes, dry_run).await,
         Command::Status { output } => {
-            let v: Value = c.get("/v1/status").await?;
-            print!("{}", output::status(&v, output));
+            let status: Status = c.get("/v1/status").await?;
+            print!("{}", output::status(&status, output));
             Ok(())
         }
     }
@@ -318,7 +324,7 @@ async fn wait_gone(c: &Client, kind: Kind, name: &str, timeout: Duration) -> Out
     let started = Instant::now();
     loop {
         match c
-            .get::<Value>(&format!("/v1/{}/{name}", kind.plural()))
+            .get::<RecordView>(&format!("/v1/{}/{name}", kind.plural()))
             .await
         {
             Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => return Ok(()),
@@ -406,28 +412,23 @@ fn read_capped(name: &str, reader: impl Read) -> Result<ApplyFile, Failure> {
 
 async fn apply(c: &Client, args: &[String]) -> Outcome {
     let files = read_manifest_files(args)?;
-    let v: Value = c.post("/v1/apply", &ApplyRequest { files }).await?;
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    let applied: ApplyResponse = c.post("/v1/apply", &ApplyRequest { files }).await?;
+    for w in &applied.warnings {
+        eprintln!("warning: {w}");
     }
-    for r in v["results"].as_array().into_iter().flatten() {
-        println!(
-            "{}/{} {}",
-            r["kind"].as_str().unwrap_or_default(),
-            r["name"].as_str().unwrap_or_default(),
-            r["action"].as_str().unwrap_or_default()
-        );
+    for r in &applied.results {
+        println!("{}/{} {}", r.kind.as_str(), r.name, r.action.as_str());
     }
     Ok(())
 }
 
 async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Outcome {
     let owner = match target {
-        [] => Value::Null,
+        [] => None,
         [kind, name] => {
             let kind = match kind.as_str() {
-                "session" | "sessions" => "session",
-                "agent" | "agents" => "agent",
+                "session" | "sessions" => OwnerKind::Session,
+                "agent" | "agents" => OwnerKind::Agent,
                 other => {
                     return Err(Failure::new(
                         2,
@@ -435,7 +436,8 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
                     ))
                 }
             };
-            json!({"kind": kind, "name": name})
+            let name = Name::new(name).map_err(|e| Failure::new(1, e))?;
+            Some(OwnerRef { kind, name })
         }
         _ => {
             return Err(Failure::new(
@@ -444,10 +446,12 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
             ))
         }
     };
-    let preview: Value = c
-        .post("/v1/cleanup", &json!({"owner": owner, "dryRun": true}))
-        .await?;
-    let planned = preview["planned"].as_array().cloned().unwrap_or_default();
+    let request = |dry_run| CleanupRequest {
+        owner: owner.clone(),
+        dry_run,
+    };
+    let preview: CleanupResponse = c.post("/v1/cleanup", &request(true)).await?;
+    let planned = preview.planned;
     if planned.is_empty() {
         println!("Nothing to clean up.");
         return Ok(());
@@ -472,21 +476,15 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
             return Ok(());
         }
     }
-    let done: Value = c
-        .post("/v1/cleanup", &json!({"owner": owner, "dryRun": false}))
-        .await?;
-    let removed = done["removed"].as_array().map_or(0, Vec::len);
-    let failed = done["failed"].as_array().cloned().unwrap_or_default();
-    println!("Removed {removed} object(s).");
+    let done: CleanupResponse = c.post("/v1/cleanup", &request(false)).await?;
+    let failed = done.failed;
+    println!("Removed {} object(s).", done.removed.len());
     if failed.is_empty() {
         Ok(())
     } else {
         for f in &failed {
-            eprintln!(
-                "failed: {}: {}",
-                f["target"]["name"].as_str().unwrap_or_default(),
-                f["error"].as_str().unwrap_or_default()
-            );
+            let (_, _, name) = output::target_fields(&f.target);
+            eprintln!("failed: {name}: {}", f.error);
         }
         Err(Failure::new(
             1,
@@ -512,14 +510,11 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
     };
     match cmd {
         StoreCommand::Export { data_dir } => {
-            let records: Vec<crate::api::RecordView> = match data_dir {
+            let records: Vec<RecordView> = match data_dir {
                 Some(dir) => {
                     let store = offline(&dir)?;
                     let records = store.export().map_err(|e| Failure::new(1, e.to_string()))?;
-                    records
-                        .into_iter()
-                        .map(crate::api::RecordView::from)
-                        .collect()
+                    records.into_iter().map(RecordView::from).collect()
                 }
                 None => c.get("/v1/export").await?,
             };
@@ -536,7 +531,7 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
             let mut records = Vec::new();
             for f in &input {
                 records.extend(
-                    crate::api::parse_export(&f.content)
+                    wire::parse_export(&f.content)
                         .map_err(|e| Failure::new(1, format!("{}: {e}", f.name)))?,
                 );
             }
@@ -553,8 +548,9 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
                         .map_err(|e| Failure::new(1, e.to_string()))?
                 }
                 None => {
-                    let v: Value = c.post("/v1/import", &json!({"records": records})).await?;
-                    v["imported"].as_u64().unwrap_or(0) as usize
+                    let imported: ImportResponse =
+                        c.post("/v1/import", &ImportRequest { records }).await?;
+                    imported.imported
                 }
             };
             println!("Imported {n} record(s).");

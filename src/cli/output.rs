@@ -1,10 +1,17 @@
 //! How the CLI prints what the API returns: aligned tables for people, JSON or YAML for scripts.
+//! Everything it prints comes from the `wire` types; none of it is looked up by string.
 
 use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
-use crate::core::inventory::short_id;
-use crate::core::model::Timestamp;
+use crate::api::wire::{Health, Preview, RecordView, Status};
+use crate::core::inventory::{short_id, DockerObject};
+use crate::core::model::{
+    Agent, CleanupReason, Labels, ObjectCounts, OwnerRef, ResourceKind, Session, Timestamp,
+};
+use crate::core::plan::{Removal, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -14,16 +21,26 @@ pub enum Output {
     Yaml,
 }
 
-fn structured(v: &Value, o: Output) -> Option<String> {
+/// JSON or YAML of what was received. Through a `Value`, whose keys are sorted, so the text
+/// does not depend on the order in which a type declares its fields.
+fn structured(v: &impl Serialize, o: Output) -> Option<String> {
     match o {
-        Output::Json => Some(serde_json::to_string_pretty(v).unwrap_or_default() + "\n"),
-        Output::Yaml => Some(serde_yaml::to_string(v).unwrap_or_default()),
+        Output::Json => Some(serde_json::to_string_pretty(&sorted(v)).unwrap_or_default() + "\n"),
+        Output::Yaml => Some(serde_yaml::to_string(&sorted(v)).unwrap_or_default()),
         _ => None,
     }
 }
 
-fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
-    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+fn sorted(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// A value as the API spells it (`Active`, `ttlExpired`): tables show what JSON shows.
+fn wire_name(v: &impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
 }
 
 /// Renders rows as a left-aligned table with a header.
@@ -52,11 +69,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// "3m", "2h" since an RFC 3339 instant.
-fn age(ts: &str) -> String {
-    let Some(t) = Timestamp::parse_rfc3339(ts) else {
-        return "-".into();
-    };
+/// "3m", "2h" since an instant.
+fn age(t: Timestamp) -> String {
     let secs = Timestamp::now().since(t).as_secs();
     match secs {
         0..=119 => format!("{secs}s"),
@@ -66,36 +80,47 @@ fn age(ts: &str) -> String {
     }
 }
 
-fn labels(v: &Value) -> String {
-    v.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "<none>".into())
+fn labels(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn removed(v: &Value) -> String {
-    let n = |k: &str| {
-        v.pointer(&format!("/status/removed/{k}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    (n("containers") + n("networks") + n("volumes") + n("images") + n("paths")).to_string()
+fn removed(counts: &ObjectCounts) -> String {
+    counts.total().to_string()
 }
 
-pub fn records(v: &Value, agents: bool, o: Output) -> String {
-    if let Some(out) = structured(v, o) {
+fn or_dash(s: Option<String>) -> String {
+    s.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into())
+}
+
+/// What `reaper get` received: one record, or a list.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    One(Box<RecordView>),
+    All(Vec<RecordView>),
+}
+
+impl Listed {
+    fn items(&self) -> &[RecordView] {
+        match self {
+            Listed::One(r) => std::slice::from_ref(r.as_ref()),
+            Listed::All(v) => v,
+        }
+    }
+}
+
+pub fn records(listed: &Listed, agents: bool, o: Output) -> String {
+    if let Some(out) = structured(listed, o) {
         return out;
     }
-    let items: Vec<&Value> = match v {
-        Value::Array(a) => a.iter().collect(),
-        other => vec![other],
-    };
+    let items = listed.items();
     if items.is_empty() {
         return "No records.\n".into();
     }
@@ -107,27 +132,9 @@ pub fn records(v: &Value, agents: bool, o: Output) -> String {
         }
         let rows: Vec<Vec<String>> = items
             .iter()
-            .map(|a| {
-                let mut r = vec![
-                    s(a, "/metadata/name").into(),
-                    s(a, "/status/phase").into(),
-                    age(s(a, "/status/phaseSince")),
-                    removed(a),
-                ];
-                if wide {
-                    let prefix = s(a, "/spec/match/namePrefix");
-                    r.extend([
-                        if prefix.is_empty() {
-                            "<default>".into()
-                        } else {
-                            prefix.into()
-                        },
-                        s(a, "/spec/buildDir").into(),
-                        s(a, "/status/source").into(),
-                        labels(a),
-                    ]);
-                }
-                r
+            .filter_map(|r| match r {
+                RecordView::Agent { agent, .. } => Some(agent_row(agent, wide)),
+                RecordView::Session { .. } => None,
             })
             .collect();
         return table(&header, &rows);
@@ -138,213 +145,464 @@ pub fn records(v: &Value, agents: bool, o: Output) -> String {
     }
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|x| {
-            let deleting = !s(x, "/status/deletingSince").is_empty();
-            let phase = if deleting {
-                format!("{} (deleting)", s(x, "/status/phase"))
-            } else {
-                s(x, "/status/phase").into()
-            };
-            let reason = s(x, "/status/endReason");
-            let mut r = vec![
-                s(x, "/metadata/name").into(),
-                phase,
-                if reason.is_empty() {
-                    "-".into()
-                } else {
-                    reason.into()
-                },
-                age(s(x, "/status/createdAt")),
-                removed(x),
-            ];
-            if wide {
-                let or_dash = |p: &str| {
-                    if s(x, p).is_empty() {
-                        "-".to_string()
-                    } else {
-                        s(x, p).to_string()
-                    }
-                };
-                r.extend([
-                    or_dash("/spec/ttl"),
-                    or_dash("/spec/heartbeatTimeout"),
-                    s(x, "/status/source").into(),
-                    labels(x),
-                ]);
-            }
-            r
+        .filter_map(|r| match r {
+            RecordView::Session { session, .. } => Some(session_row(session, wide)),
+            RecordView::Agent { .. } => None,
         })
         .collect();
     table(&header, &rows)
 }
 
-pub fn describe(v: &Value, o: Output) -> String {
-    if let Some(out) = structured(v, o) {
+fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
+    let mut r = vec![
+        a.metadata.name.to_string(),
+        wire_name(&a.status.phase),
+        age(a.status.phase_since),
+        removed(&a.status.removed),
+    ];
+    if wide {
+        r.extend([
+            a.spec
+                .match_
+                .name_prefix
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "<default>".into()),
+            a.spec
+                .build_dir
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            a.status.source.clone().unwrap_or_default(),
+            labels(&a.metadata.labels),
+        ]);
+    }
+    r
+}
+
+fn session_row(s: &Session, wide: bool) -> Vec<String> {
+    let phase = wire_name(&s.status.phase);
+    let phase = if s.status.deleting_since.is_some() {
+        format!("{phase} (deleting)")
+    } else {
+        phase
+    };
+    let mut r = vec![
+        s.metadata.name.to_string(),
+        phase,
+        or_dash(s.status.end_reason.map(|r| wire_name(&r))),
+        age(s.status.created_at),
+        removed(&s.status.removed),
+    ];
+    if wide {
+        r.extend([
+            or_dash(s.spec.ttl.map(|d| d.to_string())),
+            or_dash(s.spec.heartbeat_timeout.map(|d| d.to_string())),
+            s.status.source.clone().unwrap_or_default(),
+            labels(&s.metadata.labels),
+        ]);
+    }
+    r
+}
+
+/// What `reaper describe` received: the record and the objects it claims now.
+#[derive(Debug, Serialize)]
+pub struct Described {
+    pub record: RecordView,
+    pub objects: Vec<DockerObject>,
+}
+
+pub fn describe(d: &Described, o: Output) -> String {
+    if let Some(out) = structured(d, o) {
         return out;
     }
-    let mut out = serde_yaml::to_string(&v["record"]).unwrap_or_default();
+    let mut out = serde_yaml::to_string(&sorted(&d.record)).unwrap_or_default();
     out.push_str("objects:\n");
-    let objects = v["objects"].as_array().cloned().unwrap_or_default();
-    if objects.is_empty() {
+    if d.objects.is_empty() {
         out.push_str("  <none>\n");
     }
-    for obj in objects {
+    for obj in &d.objects {
         out.push_str(&format!(
             "  - {} {} {}\n",
-            s(&obj, "/kind"),
-            s(&obj, "/name"),
-            short_id(s(&obj, "/id"))
+            obj.kind,
+            obj.name,
+            short_id(&obj.id)
         ));
     }
     out
 }
 
-fn owner(r: &Value) -> String {
-    match (
-        r.pointer("/owner/kind").and_then(Value::as_str),
-        r.pointer("/owner/name").and_then(Value::as_str),
-    ) {
-        (Some(k), Some(n)) => format!("{k}/{n}"),
-        _ => "-".into(),
+fn owner(o: Option<&OwnerRef>) -> String {
+    o.map_or_else(|| "-".into(), ToString::to_string)
+}
+
+/// A removal target's kind, ID and name, as the API shows them (a path is its own ID and name).
+pub fn target_fields(t: &Target) -> (ResourceKind, &str, &str) {
+    match t {
+        Target::Docker(o) => (o.kind, o.id.as_str(), o.name.as_str()),
+        Target::Path { path } => (ResourceKind::Path, path.as_str(), path.as_str()),
     }
 }
 
 /// Planned removals: KIND, NAME, ID, OWNER, REASON.
-pub fn removals(items: &[Value]) -> String {
+pub fn removals(items: &[Removal]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
+            let (kind, id, name) = target_fields(&r.target);
             vec![
-                s(r, "/target/kind").into(),
-                s(r, "/target/name").into(),
-                short_id(s(r, "/target/id")).into(),
-                owner(r),
-                s(r, "/reason").into(),
+                kind.to_string(),
+                name.into(),
+                short_id(id).into(),
+                owner(r.owner.as_ref()),
+                r.reason.to_string(),
             ]
         })
         .collect();
     table(&["KIND", "NAME", "ID", "OWNER", "REASON"], &rows)
 }
 
+/// One line of `reaper orphans`.
+#[derive(Debug, Serialize)]
+struct OrphanRow {
+    kind: ResourceKind,
+    id: String,
+    name: String,
+    owner: String,
+    reason: CleanupReason,
+    action: String,
+}
+
 /// `reaper orphans`: a flat list with an ACTION column (remove now, or wait until).
-pub fn orphans(v: &Value, o: Output) -> String {
-    let mut flat: Vec<Value> = Vec::new();
-    for r in v["removals"].as_array().into_iter().flatten() {
-        flat.push(serde_json::json!({
-            "kind": s(r, "/target/kind"), "id": s(r, "/target/id"), "name": s(r, "/target/name"),
-            "owner": owner(r), "reason": s(r, "/reason"), "action": "remove",
-        }));
-    }
-    for w in v["waiting"].as_array().into_iter().flatten() {
-        let until = s(w, "/removableAt");
-        flat.push(serde_json::json!({
-            "kind": s(w, "/object/kind"), "id": s(w, "/object/id"), "name": s(w, "/object/name"),
-            "owner": owner(w), "reason": "orphan",
-            "action": if until.is_empty() { "keep (age unknown)".to_string() } else { format!("wait until {until}") },
-        }));
-    }
-    let flat = Value::Array(flat);
+pub fn orphans(p: &Preview, o: Output) -> String {
+    let remove = p.removals.iter().map(|r| {
+        let (kind, id, name) = target_fields(&r.target);
+        OrphanRow {
+            kind,
+            id: id.into(),
+            name: name.into(),
+            owner: owner(r.owner.as_ref()),
+            reason: r.reason,
+            action: "remove".into(),
+        }
+    });
+    let wait = p.waiting.iter().map(|w| OrphanRow {
+        kind: w.object.kind,
+        id: w.object.id.clone(),
+        name: w.object.name.clone(),
+        owner: owner(w.owner.as_ref()),
+        reason: CleanupReason::Orphan,
+        action: match w.removable_at {
+            Some(t) => format!("wait until {t}"),
+            None => "keep (age unknown)".into(),
+        },
+    });
+    let flat: Vec<OrphanRow> = remove.chain(wait).collect();
     if let Some(out) = structured(&flat, o) {
         return out;
     }
-    let rows: Vec<Vec<String>> = flat
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            ["/kind", "/name", "/id", "/owner", "/reason", "/action"]
-                .iter()
-                .map(|p| {
-                    if *p == "/id" {
-                        short_id(s(r, p)).to_string()
-                    } else {
-                        s(r, p).to_string()
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    if rows.is_empty() {
+    if flat.is_empty() {
         return "Nothing to remove.\n".into();
     }
+    let rows: Vec<Vec<String>> = flat
+        .iter()
+        .map(|r| {
+            vec![
+                r.kind.to_string(),
+                r.name.clone(),
+                short_id(&r.id).to_string(),
+                r.owner.clone(),
+                r.reason.to_string(),
+                r.action.clone(),
+            ]
+        })
+        .collect();
     table(&["KIND", "NAME", "ID", "OWNER", "REASON", "ACTION"], &rows)
 }
 
-pub fn status(v: &Value, o: Output) -> String {
+pub fn status(v: &Status, o: Output) -> String {
     if let Some(out) = structured(v, o) {
         return out;
     }
-    let h = &v["health"];
-    let yes = |p: &str| h.pointer(p).and_then(Value::as_bool).unwrap_or(false);
-    let mut out = format!("reaper {}\n", s(v, "/version"));
+    let h: &Health = &v.health;
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    let mut out = format!("reaper {}\n", v.version);
     out.push_str(&format!(
         "docker:     {}\n",
-        if yes("/dockerWedged") {
+        if h.docker_wedged {
             "WEDGED: /_ping answers but listings time out; no removals are sent (see the log)"
                 .to_string()
-        } else if yes("/dockerUp") {
-            format!("up, {}", s(h, "/dockerVersion"))
+        } else if h.docker_up {
+            format!("up, {}", text(&h.docker_version))
         } else {
-            format!("DOWN {}", s(h, "/dockerError"))
+            format!("DOWN {}", text(&h.docker_error))
         }
     ));
-    if !s(h, "/serialExitsExplained").is_empty() {
-        out.push_str(&format!("exits:      {}\n", s(h, "/serialExitsExplained")));
+    if let Some(explained) = h.serial_exits_explained.as_ref().filter(|s| !s.is_empty()) {
+        out.push_str(&format!("exits:      {explained}\n"));
     }
-    let store_err = s(h, "/storeError");
     out.push_str(&format!(
         "store:      {}\n",
-        if store_err.is_empty() {
-            "ok".into()
-        } else {
-            format!("ERROR {store_err}")
+        match h.store_error.as_ref().filter(|s| !s.is_empty()) {
+            None => "ok".into(),
+            Some(e) => format!("ERROR {e}"),
         }
     ));
     out.push_str(&format!(
         "safe mode:  {}\n",
-        if yes("/safeMode") {
+        if h.safe_mode {
             "ON: nothing is deleted until the store and Docker view are trustworthy"
         } else {
             "off"
         }
     ));
-    if yes("/dryRun") {
+    if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
-    out.push_str(&format!("last pass:  {}\n", or_never(s(h, "/lastPass"))));
-    out.push_str(&format!("last ok:    {}\n", or_never(s(h, "/lastSuccess"))));
-    if !s(h, "/lastError").is_empty() {
-        out.push_str(&format!("last error: {}\n", s(h, "/lastError")));
+    out.push_str(&format!("last pass:  {}\n", or_never(h.last_pass)));
+    out.push_str(&format!("last ok:    {}\n", or_never(h.last_success)));
+    if let Some(e) = h.last_error.as_ref().filter(|s| !s.is_empty()) {
+        out.push_str(&format!("last error: {e}\n"));
     }
-    let counts = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| format!("{k}={n}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_else(|| "unknown".into())
+    let phases = |m: &Option<BTreeMap<String, usize>>| {
+        m.as_ref().map_or_else(
+            || "unknown".into(),
+            |m| counts(m.iter().map(|(k, n)| (k.as_str(), *n as i64))),
+        )
     };
-    out.push_str(&format!("sessions:   {}\n", counts("/sessions")));
-    out.push_str(&format!("agents:     {}\n", counts("/agents")));
-    out.push_str(&format!("owned:      {}\n", counts("/health/owned")));
-    out.push_str(&format!("orphans:    {}\n", counts("/health/orphans")));
-    for e in v["manifestErrors"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "manifest:   INVALID {}: {}\n",
-            s(e, "/file"),
-            s(e, "/error")
-        ));
+    let kinds = |m: &BTreeMap<ResourceKind, i64>| counts(m.iter().map(|(k, n)| (k.as_str(), *n)));
+    out.push_str(&format!("sessions:   {}\n", phases(&v.sessions)));
+    out.push_str(&format!("agents:     {}\n", phases(&v.agents)));
+    out.push_str(&format!("owned:      {}\n", kinds(&h.owned)));
+    out.push_str(&format!("orphans:    {}\n", kinds(&h.orphans)));
+    for e in &v.manifest_errors {
+        out.push_str(&format!("manifest:   INVALID {}: {}\n", e.file, e.error));
     }
     out
 }
 
-fn or_never(s: &str) -> &str {
-    if s.is_empty() {
-        "never"
-    } else {
-        s
+/// `name=n` pairs, sorted by name.
+fn counts<'a>(pairs: impl Iterator<Item = (&'a str, i64)>) -> String {
+    pairs
+        .collect::<BTreeMap<_, _>>()
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn or_never(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "never".into(), |t| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The expected texts are what the CLI printed before it read replies into the wire types
+    //! (when it printed the JSON it received as is): `reaper` output must not change with them.
+    use super::*;
+    use crate::api::examples;
+    use serde::de::DeserializeOwned;
+
+    fn typed<T: DeserializeOwned>(json: &str) -> T {
+        serde_json::from_str(json).expect("example reads into its wire type")
+    }
+
+    /// `-o json|yaml` as it was: the received JSON, re-printed with its keys sorted.
+    fn as_received(json: &str, o: Output) -> String {
+        let v: Value = serde_json::from_str(json).expect("JSON");
+        match o {
+            Output::Json => serde_json::to_string_pretty(&v).expect("encodes") + "\n",
+            _ => serde_yaml::to_string(&v).expect("encodes"),
+        }
+    }
+
+    fn first(list: &str) -> String {
+        let v: Vec<Value> = typed(list);
+        v[0].to_string()
+    }
+
+    #[test]
+    fn get_prints_tables_as_before() {
+        let sessions = Listed::All(typed(&examples::sessions()));
+        let agents = Listed::All(typed(&examples::agents()));
+        assert_eq!(
+            records(&sessions, false, Output::Table),
+            "NAME   PHASE              REASON       AGE   REMOVED\n\
+             s1     Ended (deleting)   ttlExpired   10m   7\n\
+             s2     Active             -            3h    0\n"
+        );
+        assert_eq!(
+            records(&sessions, false, Output::Wide),
+            "NAME   PHASE              REASON       AGE   REMOVED   TTL   HEARTBEAT   SOURCE   LABELS\n\
+             s1     Ended (deleting)   ttlExpired   10m   7         2h    1m          api      b=2,team=tdd\n\
+             s2     Active             -            3h    0         -     -                    <none>\n"
+        );
+        assert_eq!(
+            records(&agents, true, Output::Table),
+            "NAME   PHASE     SINCE   REMOVED\n\
+             a1     Failed    3d      3\n\
+             a2     Running   5m      0\n"
+        );
+        assert_eq!(
+            records(&agents, true, Output::Wide),
+            "NAME   PHASE     SINCE   REMOVED   PREFIX           BUILD-DIR   SOURCE                              LABELS\n\
+             a1     Failed    3d      3         anvyl-agent-a1   a1/build    /etc/reaper/manifests/agents.yaml   team=x\n\
+             a2     Running   5m      0         <default>                                                        <none>\n"
+        );
+        let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
+        assert_eq!(
+            records(&one, false, Output::Table),
+            "NAME   PHASE              REASON       AGE   REMOVED\n\
+             s1     Ended (deleting)   ttlExpired   10m   7\n"
+        );
+        assert_eq!(
+            records(&Listed::All(Vec::new()), false, Output::Table),
+            "No records.\n"
+        );
+    }
+
+    #[test]
+    fn get_prints_json_and_yaml_as_received() {
+        for o in [Output::Json, Output::Yaml] {
+            for list in [examples::sessions(), examples::agents()] {
+                assert_eq!(
+                    records(&Listed::All(typed(&list)), false, o),
+                    as_received(&list, o)
+                );
+                let one = first(&list);
+                assert_eq!(
+                    records(&Listed::One(Box::new(typed(&one))), true, o),
+                    as_received(&one, o)
+                );
+            }
+            assert_eq!(
+                records(&Listed::All(Vec::new()), false, o),
+                as_received("[]", o)
+            );
+        }
+    }
+
+    #[test]
+    fn describe_prints_as_before() {
+        let record = first(&examples::agents());
+        let described = Described {
+            record: typed(&record),
+            objects: typed(examples::objects()),
+        };
+        let received = format!(
+            r#"{{"record": {record}, "objects": {}}}"#,
+            examples::objects()
+        );
+        for o in [Output::Json, Output::Yaml] {
+            assert_eq!(describe(&described, o), as_received(&received, o));
+        }
+        let record_yaml = as_received(&record, Output::Yaml);
+        assert_eq!(
+            describe(&described, Output::Table),
+            record_yaml
+                + "objects:\n  - container c1 0123456789ab\n  - image img:1 fedcba987654\n  - network n1 abc\n"
+        );
+        let bare = Described {
+            objects: Vec::new(),
+            ..described
+        };
+        assert_eq!(
+            describe(&bare, Output::Table),
+            as_received(&record, Output::Yaml) + "objects:\n  <none>\n"
+        );
+    }
+
+    #[test]
+    fn orphans_and_removals_print_as_before() {
+        let preview: Preview = typed(examples::orphans());
+        assert_eq!(
+            orphans(&preview, Output::Table),
+            "KIND        NAME       ID             OWNER        REASON          ACTION\n\
+             container   c1         0123456789ab   session/s1   session_ended   remove\n\
+             path        s1/build   s1/build       -            orphan          remove\n\
+             volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
+             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n"
+        );
+        let flat = r#"[
+            {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
+             "owner": "session/s1", "reason": "session_ended"},
+            {"action": "remove", "id": "s1/build", "kind": "path", "name": "s1/build",
+             "owner": "-", "reason": "orphan"},
+            {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
+             "owner": "-", "reason": "orphan"},
+            {"action": "keep (age unknown)", "id": "fedcba9876543210", "kind": "network", "name": "n2",
+             "owner": "agent/a1", "reason": "orphan"}
+        ]"#;
+        for o in [Output::Json, Output::Yaml] {
+            assert_eq!(orphans(&preview, o), as_received(flat, o));
+        }
+        assert!(orphans(&preview, Output::Yaml).contains("  owner: '-'\n"));
+        let none: Preview = typed(r#"{"removals": [], "waiting": []}"#);
+        assert_eq!(orphans(&none, Output::Table), "Nothing to remove.\n");
+        assert_eq!(orphans(&none, Output::Json), "[]\n");
+        assert_eq!(orphans(&none, Output::Yaml), "[]\n");
+        assert_eq!(
+            removals(&preview.removals),
+            "KIND        NAME       ID             OWNER        REASON\n\
+             container   c1         0123456789ab   session/s1   session_ended\n\
+             path        s1/build   s1/build       -            orphan\n"
+        );
+    }
+
+    #[test]
+    fn status_prints_as_before() {
+        assert_eq!(
+            status(&typed(examples::status_up()), Output::Table),
+            "reaper 0.1.0\n\
+             docker:     up, Docker 24.0.7 (API 1.43)\n\
+             exits:      off: container stops run at full concurrency\n\
+             store:      ok\n\
+             safe mode:  off\n\
+             dry run:    on (nothing is removed)\n\
+             last pass:  2024-05-01T10:00:00.123Z\n\
+             last ok:    2024-05-01T10:00:00.123Z\n\
+             sessions:   active=1 cleaned=0 ended=2 expired=0\n\
+             agents:     failed=0 running=1 starting=0 stopped=3\n\
+             owned:      container=2 image=3 network=1 path=1 volume=0\n\
+             orphans:    container=0 volume=4\n\
+             manifest:   INVALID /m/a.yaml: a.yaml: document 1, line 3: unknown field\n"
+        );
+        assert_eq!(
+            status(&typed(examples::status_down()), Output::Table),
+            "reaper 0.1.0\n\
+             docker:     DOWN connection refused\n\
+             store:      ERROR corrupt\n\
+             safe mode:  ON: nothing is deleted until the store and Docker view are trustworthy\n\
+             last pass:  2024-05-01T10:00:00Z\n\
+             last ok:    never\n\
+             last error: the store cannot be read: corrupt\n\
+             sessions:   unknown\n\
+             agents:     unknown\n\
+             owned:      \n\
+             orphans:    \n"
+        );
+        assert_eq!(
+            status(&typed(examples::status_wedged()), Output::Table),
+            "reaper 0.1.0\n\
+             docker:     WEDGED: /_ping answers but listings time out; no removals are sent (see the log)\n\
+             exits:      on: at most one container stop at a time\n\
+             store:      ok\n\
+             safe mode:  off\n\
+             last pass:  never\n\
+             last ok:    never\n\
+             sessions:   active=0 cleaned=0 ended=0 expired=0\n\
+             agents:     failed=0 running=0 starting=0 stopped=0\n\
+             owned:      \n\
+             orphans:    \n"
+        );
+        for example in [
+            examples::status_up(),
+            examples::status_down(),
+            examples::status_wedged(),
+        ] {
+            for o in [Output::Json, Output::Yaml] {
+                assert_eq!(status(&typed(example), o), as_received(example, o));
+            }
+        }
     }
 }

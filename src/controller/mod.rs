@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::api::wire::Health;
 use crate::core::inventory::{short_id, Actual, DockerObject};
 use crate::core::liveness::LiveOwners;
 use crate::core::model::{
@@ -72,31 +73,6 @@ pub enum PassError {
     Docker(#[from] DockerError),
     #[error("the paths root cannot be read: {0}")]
     Paths(String),
-}
-
-/// What `reaper status` and `/healthz` report.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Health {
-    pub docker_up: bool,
-    pub docker_version: Option<String>,
-    pub docker_error: Option<String>,
-    /// What the engine said about itself at the last (re)connect.
-    pub engine: Option<EngineInfo>,
-    /// Whether container exits are serialised, why, and in a sentence.
-    pub serial_exits: Option<SerialExits>,
-    pub serial_exits_explained: Option<String>,
-    /// `/_ping` answers but listings time out again and again: no removals are sent.
-    pub docker_wedged: bool,
-    pub store_error: Option<String>,
-    /// Refusing to delete because the store or the Docker view is untrustworthy.
-    pub safe_mode: bool,
-    pub dry_run: bool,
-    pub last_pass: Option<Timestamp>,
-    pub last_success: Option<Timestamp>,
-    pub last_error: Option<String>,
-    pub owned: BTreeMap<ResourceKind, i64>,
-    pub orphans: BTreeMap<ResourceKind, i64>,
 }
 
 /// The outcome of one pass, for logs, `--once` and `reaper cleanup`.

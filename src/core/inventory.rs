@@ -1,14 +1,14 @@
 //! The actual state: what exists on the Docker engine (and below the paths root), as plain data
 //! the planner can reason about. The Docker adapter fills it; nothing here does I/O.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use crate::core::model::{Labels, RelPath, ResourceKind, Timestamp};
 
 /// One Docker object as listed. Images appear once per reference (`repo:tag`), because reaper
 /// removes references, not image IDs: an image may also carry someone else's tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DockerObject {
     pub kind: ResourceKind,
     /// Container, network or image ID; the name for volumes.
@@ -16,16 +16,16 @@ pub struct DockerObject {
     /// Container name (no leading `/`), network or volume name, or image reference (`repo:tag`);
     /// empty for an untagged image.
     pub name: String,
-    #[serde(skip_serializing_if = "Labels::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// Creation time; unknown means "too young to judge", so orphans without it are never removed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Timestamp>,
     /// Containers only: the container is running (or restarting, paused).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub running: bool,
     /// Images only: the image's other references, which may belong to someone else.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_refs: Vec<String>,
 }
 

@@ -7,7 +7,7 @@
 //! - an object nobody claims (see `ownership`) is never removed;
 //! - an object any live owner claims is never removed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::inventory::{Actual, DockerObject};
@@ -85,6 +85,19 @@ impl Serialize for Target {
     }
 }
 
+impl<'de> Deserialize<'de> for Target {
+    /// The flat shape `serialize` writes: a path is the one kind that is not a Docker object.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let o = DockerObject::deserialize(d)?;
+        if o.kind != ResourceKind::Path {
+            return Ok(Target::Docker(o));
+        }
+        RelPath::new(&o.id)
+            .map(|path| Target::Path { path })
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl Target {
     pub fn kind(&self) -> ResourceKind {
         match self {
@@ -94,7 +107,7 @@ impl Target {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Removal {
     pub target: Target,
@@ -106,7 +119,7 @@ pub struct Removal {
 }
 
 /// An orphan still inside its grace period: reported by `reaper orphans`, not removed yet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Waiting {
     pub object: DockerObject,

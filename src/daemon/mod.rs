@@ -3,6 +3,7 @@
 //! As in mini-redis, `serve` takes bound listeners and a shutdown future; `run` installs the
 //! signal handlers, binds, and passes the signals in.
 
+mod handle;
 mod signals;
 pub mod systemd;
 

@@ -116,14 +116,14 @@ pub struct CommonStatus<'a> {
 }
 
 /// What `apply` did to one record, as kubectl reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApplyOutcome {
     pub kind: OwnerKind,
     pub name: String,
     pub action: ApplyAction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyAction {
     Created,

@@ -12,7 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Which engine answers on the Docker API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavour {
     #[default]
@@ -32,7 +34,7 @@ impl Flavour {
 }
 
 /// What `GET /version` told us.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineInfo {
     pub flavour: Flavour,
@@ -90,7 +92,7 @@ impl fmt::Display for SerialExitsSetting {
 }
 
 /// Why serial exits are on or off, as a bounded metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SerialExitsReason {
     /// A Docker release with the deadlock.
@@ -127,7 +129,7 @@ impl SerialExitsReason {
 }
 
 /// Whether at most one container exit may be in flight, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SerialExits {
     pub on: bool,

@@ -58,9 +58,12 @@ impl Serialize for Timestamp {
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
+    /// RFC 3339, or the `<millis>ms` that `Display` falls back to for an instant RFC 3339
+    /// cannot show, so that whatever the daemon writes the CLI reads back.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Timestamp::parse_rfc3339(&s)
+            .or_else(|| s.strip_suffix("ms")?.parse().ok().map(Timestamp))
             .ok_or_else(|| serde::de::Error::custom(format!("invalid RFC 3339 timestamp {s:?}")))
     }
 }
@@ -78,5 +81,22 @@ mod tests {
             Some(Timestamp(1_714_550_400_123))
         );
         assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn reads_back_what_it_writes_even_outside_rfc_3339() {
+        for t in [
+            Timestamp(1_700_000_000_123),
+            Timestamp(0),
+            Timestamp(-70_000_000_000_000),
+        ] {
+            let json = serde_json::to_string(&t).expect("encodes");
+            assert_eq!(
+                serde_json::from_str::<Timestamp>(&json).ok(),
+                Some(t),
+                "{json}"
+            );
+        }
+        assert!(serde_json::from_str::<Timestamp>(r#""soon""#).is_err());
     }
 }

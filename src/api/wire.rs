@@ -1,0 +1,405 @@
+//! Every request and every reply of the HTTP API, as types that both the server and the CLI
+//! use: a field renamed on one side is renamed on the other, and the tests below hold each type
+//! to the shape docs/api.md and docs/openapi.yaml document. Records, plans and Docker objects
+//! are the core's own serde types; this file only adds the envelopes around them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::core::inventory::DockerObject;
+use crate::core::model::{
+    Agent, AgentPhase, EngineInfo, OwnerRef, Record, ResourceKind, SerialExits, Session, Timestamp,
+    API_VERSION,
+};
+use crate::core::plan::{Removal, Target, Waiting};
+use crate::store::ApplyOutcome;
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// One manifest file of `POST /v1/apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// `POST /v1/apply`: a batch of manifest files, applied all or nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub files: Vec<ApplyFile>,
+}
+
+/// `POST /v1/sessions/{name}/end`; an empty body means `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndRequest {
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// `POST /v1/sessions/{name}/heartbeat`: no fields; the server ignores the body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {}
+
+/// `POST /v1/agents/{name}/report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    pub phase: AgentPhase,
+}
+
+/// `POST /v1/cleanup`: one owner's objects, or (no owner) everything removable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupRequest {
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/import`: records with their status, as `GET /v1/export` returns them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub records: Vec<RecordView>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------------
+
+/// Every error reply: a message for people, and for manifests the precise locations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// A record as the API and `get -o json|yaml` show it: Kubernetes-style, re-appliable. The
+/// reply of the record endpoints (one, or an array for lists and `GET /v1/export`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "PascalCase")]
+pub enum RecordView {
+    Session {
+        #[serde(rename = "apiVersion")]
+        api_version: String,
+        #[serde(flatten)]
+        session: Session,
+    },
+    Agent {
+        #[serde(rename = "apiVersion")]
+        api_version: String,
+        #[serde(flatten)]
+        agent: Agent,
+    },
+}
+
+impl From<Record> for RecordView {
+    fn from(r: Record) -> Self {
+        match r {
+            Record::Session(session) => RecordView::Session {
+                api_version: API_VERSION.into(),
+                session,
+            },
+            Record::Agent(agent) => RecordView::Agent {
+                api_version: API_VERSION.into(),
+                agent,
+            },
+        }
+    }
+}
+
+impl From<RecordView> for Record {
+    fn from(v: RecordView) -> Self {
+        match v {
+            RecordView::Session { session, .. } => Record::Session(session),
+            RecordView::Agent { agent, .. } => Record::Agent(agent),
+        }
+    }
+}
+
+/// Reads a multi-document YAML stream of records with their status (`reaper store export`).
+pub fn parse_export(text: &str) -> Result<Vec<RecordView>, String> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        let r: RecordView =
+            serde_yaml::from_value(v).map_err(|e| format!("document {}: {e}", i + 1))?;
+        let (RecordView::Session { api_version, .. } | RecordView::Agent { api_version, .. }) = &r;
+        if api_version != API_VERSION {
+            return Err(format!(
+                "document {}: apiVersion must be {API_VERSION}",
+                i + 1
+            ));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub health: Health,
+    /// Records per lower-case phase name, every phase present; `None` (null) when the store
+    /// cannot be read.
+    pub sessions: Option<BTreeMap<String, usize>>,
+    pub agents: Option<BTreeMap<String, usize>>,
+    pub manifest_errors: Vec<ManifestError>,
+}
+
+/// What `reaper status` and `/healthz` report; the controller fills it in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub docker_up: bool,
+    pub docker_version: Option<String>,
+    pub docker_error: Option<String>,
+    /// What the engine said about itself at the last (re)connect.
+    pub engine: Option<EngineInfo>,
+    /// Whether container exits are serialised, why, and in a sentence.
+    pub serial_exits: Option<SerialExits>,
+    pub serial_exits_explained: Option<String>,
+    /// `/_ping` answers but listings time out again and again: no removals are sent.
+    pub docker_wedged: bool,
+    pub store_error: Option<String>,
+    /// Refusing to delete because the store or the Docker view is untrustworthy.
+    pub safe_mode: bool,
+    pub dry_run: bool,
+    pub last_pass: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub owned: BTreeMap<ResourceKind, i64>,
+    pub orphans: BTreeMap<ResourceKind, i64>,
+}
+
+/// A file of the watched manifest directory that could not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestError {
+    pub file: String,
+    pub error: String,
+}
+
+/// `POST /v1/apply`: what happened to each record, in input order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub results: Vec<ApplyOutcome>,
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/import`: how many records were written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub imported: usize,
+}
+
+/// `GET /v1/orphans`: what a pass would remove now and why, and orphans still in their grace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    pub removals: Vec<Removal>,
+    pub waiting: Vec<Waiting>,
+}
+
+/// `POST /v1/cleanup`: what was planned, what went, and what failed (to be retried).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanupResponse {
+    pub planned: Vec<Removal>,
+    pub removed: Vec<Target>,
+    pub failed: Vec<FailedRemoval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedRemoval {
+    pub target: Target,
+    pub error: String,
+}
+
+/// `GET /v1/{sessions,agents}/{name}/objects`: the Docker objects the owner claims now.
+pub type Objects = Vec<DockerObject>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::examples;
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    /// The example, read into `T` and written back, is the same JSON: no field of the
+    /// documented shape is renamed, dropped or added by the type.
+    fn round_trip<T: DeserializeOwned + Serialize>(example: &str) -> Value {
+        let documented: Value = serde_json::from_str(example).expect("example is JSON");
+        let typed: T = serde_json::from_value(documented.clone())
+            .unwrap_or_else(|e| panic!("the type does not read the documented shape: {e}"));
+        let written = serde_json::to_value(&typed).expect("encodes");
+        assert_eq!(written, documented, "the type writes another shape");
+        written
+    }
+
+    #[test]
+    fn every_reply_keeps_its_documented_shape() {
+        round_trip::<Vec<RecordView>>(&examples::sessions());
+        round_trip::<Vec<RecordView>>(&examples::agents());
+        round_trip::<Objects>(examples::objects());
+        round_trip::<Preview>(examples::orphans());
+        round_trip::<Status>(examples::status_up());
+        round_trip::<Status>(examples::status_down());
+        round_trip::<Status>(examples::status_wedged());
+        round_trip::<CleanupResponse>(examples::cleanup());
+        round_trip::<ApplyResponse>(examples::apply());
+        round_trip::<ImportResponse>(r#"{"imported": 3}"#);
+        round_trip::<ErrorBody>(examples::error());
+        round_trip::<ErrorBody>(r#"{"error": "session s1 not found"}"#);
+    }
+
+    #[test]
+    fn every_request_keeps_its_documented_shape() {
+        round_trip::<ApplyRequest>(
+            r#"{"files": [{"name": "a.yaml", "content": "kind: Session"}]}"#,
+        );
+        round_trip::<EndRequest>(r#"{"failed": true}"#);
+        round_trip::<HeartbeatRequest>("{}");
+        round_trip::<ReportRequest>(r#"{"phase": "Running"}"#);
+        round_trip::<CleanupRequest>(r#"{"owner": null, "dryRun": true}"#);
+        round_trip::<CleanupRequest>(
+            r#"{"owner": {"kind": "agent", "name": "a1"}, "dryRun": false}"#,
+        );
+        round_trip::<ImportRequest>(&format!(r#"{{"records": {}}}"#, examples::agents()));
+        // An empty body means `{}`: every field of these has a default.
+        assert_eq!(
+            serde_json::from_str::<EndRequest>("{}").ok(),
+            Some(EndRequest::default())
+        );
+        assert_eq!(
+            serde_json::from_str::<CleanupRequest>("{}").ok(),
+            Some(CleanupRequest::default())
+        );
+    }
+
+    fn openapi_schemas() -> serde_yaml::Mapping {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
+        let text = std::fs::read_to_string(path).expect("docs/openapi.yaml");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("openapi.yaml is YAML");
+        doc["components"]["schemas"]
+            .as_mapping()
+            .cloned()
+            .expect("components.schemas")
+    }
+
+    fn keys(schema: &serde_yaml::Value, field: &str) -> BTreeSet<String> {
+        match &schema[field] {
+            serde_yaml::Value::Mapping(m) => m
+                .keys()
+                .filter_map(|k| k.as_str())
+                .map(String::from)
+                .collect(),
+            serde_yaml::Value::Sequence(s) => s
+                .iter()
+                .filter_map(|k| k.as_str())
+                .map(String::from)
+                .collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// The types, written out, have exactly the properties the OpenAPI document lists: all of
+    /// them across the examples, and the required ones in each.
+    #[test]
+    fn the_types_have_the_properties_openapi_documents() {
+        let sessions: Value = serde_json::from_str(&examples::sessions()).expect("JSON");
+        let agents: Value = serde_json::from_str(&examples::agents()).expect("JSON");
+        let objects: Value = serde_json::from_str(examples::objects()).expect("JSON");
+        let orphans = round_trip::<Preview>(examples::orphans());
+        let statuses: Vec<Value> = [examples::status_up(), examples::status_down()]
+            .into_iter()
+            .map(round_trip::<Status>)
+            .collect();
+        let cleanup = round_trip::<CleanupResponse>(examples::cleanup());
+        let each = |v: &Value, ptr: &str| -> Vec<Value> {
+            match v.pointer(ptr) {
+                Some(Value::Array(a)) => a.clone(),
+                Some(other) => vec![other.clone()],
+                None => Vec::new(),
+            }
+        };
+        let records = |v: &Value, ptr: &str| -> Vec<Value> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.pointer(ptr).cloned())
+                .collect()
+        };
+        let shown: Vec<(&str, Vec<Value>)> = vec![
+            ("Status", statuses.clone()),
+            (
+                "Health",
+                statuses.iter().flat_map(|s| each(s, "/health")).collect(),
+            ),
+            ("SessionRecord", each(&sessions, "")),
+            ("SessionSpec", records(&sessions, "/spec")),
+            ("SessionStatus", records(&sessions, "/status")),
+            ("ObjectMeta", records(&sessions, "/metadata")),
+            ("ObjectCounts", records(&sessions, "/status/removed")),
+            ("AgentRecord", each(&agents, "")),
+            ("AgentSpec", records(&agents, "/spec")),
+            ("AgentStatus", records(&agents, "/status")),
+            ("DockerObject", each(&objects, "")),
+            ("Removal", each(&orphans, "/removals")),
+            ("Waiting", each(&orphans, "/waiting")),
+            ("CleanupResponse", vec![cleanup]),
+            (
+                "ApplyResponse",
+                vec![round_trip::<ApplyResponse>(examples::apply())],
+            ),
+            ("Error", vec![round_trip::<ErrorBody>(examples::error())]),
+            (
+                "CleanupRequest",
+                vec![round_trip::<CleanupRequest>(
+                    r#"{"owner": null, "dryRun": true}"#,
+                )],
+            ),
+            (
+                "EndRequest",
+                vec![round_trip::<EndRequest>(r#"{"failed": true}"#)],
+            ),
+            (
+                "ReportRequest",
+                vec![round_trip::<ReportRequest>(r#"{"phase": "Failed"}"#)],
+            ),
+        ];
+        let schemas = openapi_schemas();
+        for (name, values) in shown {
+            let schema = schemas
+                .get(name)
+                .unwrap_or_else(|| panic!("no schema {name}"));
+            assert!(!values.is_empty(), "no example of {name}");
+            let mut seen = BTreeSet::new();
+            for v in &values {
+                let present: BTreeSet<String> =
+                    v.as_object().expect("an object").keys().cloned().collect();
+                let missing: Vec<_> = keys(schema, "required")
+                    .difference(&present)
+                    .cloned()
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "{name}: required {missing:?} not written in {v}"
+                );
+                seen.extend(present);
+            }
+            assert_eq!(
+                seen,
+                keys(schema, "properties"),
+                "{name}: written vs documented properties"
+            );
+        }
+    }
+}
