@@ -131,8 +131,25 @@ fn a_real_prometheus_sees_every_metric_move_and_every_panel_and_rule_works() {
         "scripts/check-observability --live failed ({status}):\n{output}\n{}",
         r.log_tail()
     );
-    // Guard against a script that passes without checking: it must have run every expectation.
-    let summary = format!("{} expectations and 8 rules checked", EXPECTATIONS.len());
+    // Guard against a script that passes without checking: it must have run every expectation
+    // and loaded every rule of the alerts file.
+    let alerts = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/prometheus/alerts.yaml"
+    ))
+    .expect("manifests/prometheus/alerts.yaml");
+    let rules = alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert_eq!(
+        rules, 9,
+        "the alerts file changed: update this count and docs/metrics.md"
+    );
+    let summary = format!(
+        "{} expectations and {rules} rules checked",
+        EXPECTATIONS.len()
+    );
     assert!(
         output.contains(&summary) && output.contains("dashboard expressions"),
         "the live check did not report `{summary}`:\n{output}"
