@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reaper::controller::executor::Outcome;
-use reaper::controller::{Controller, Settings, StoreSlot};
+use reaper::controller::{Controller, Settings};
 use reaper::core::inventory::DockerObject;
 use reaper::core::model::{
     Agent, AgentPhase, EndReason, EngineInfo, Flavour, Labels, Name, Record, ResourceKind,
@@ -22,7 +22,7 @@ use reaper::core::ownership::Rules;
 use reaper::core::plan::Scope;
 use reaper::docker::{DockerError, Engine, EventHint, Selectors};
 use reaper::metrics::Metrics;
-use reaper::store::API_SOURCE;
+use reaper::store::{Store, API_SOURCE};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -170,8 +170,7 @@ fn controller_with(
     serial_exits: SerialExitsSetting,
 ) -> (Arc<Controller<FakeEngine>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let (slot, err) = StoreSlot::open(&dir.path().join("store"));
-    assert!(err.is_none());
+    let store = Store::open(&dir.path().join("store")).unwrap();
     let settings = Settings {
         rules: Rules::default(),
         orphan_grace: reaper::core::model::Duration::from_secs(1),
@@ -183,7 +182,7 @@ fn controller_with(
         serial_exits,
     };
     let metrics = Arc::new(Metrics::new().unwrap());
-    let ctl = Arc::new(Controller::new(slot, engine, metrics, settings));
+    let ctl = Arc::new(Controller::new(store, engine, metrics, settings));
     tokio::spawn(ctl.clone().run_removals(CancellationToken::new()));
     (ctl, dir)
 }
@@ -280,7 +279,6 @@ async fn one_record_one_object(
     engine.objects.lock().unwrap().push(object);
     let (ctl, dir) = controller(engine.clone());
     ctl.store()
-        .unwrap()
         .apply(vec![record], API_SOURCE, Timestamp::now())
         .await
         .unwrap();
@@ -306,7 +304,7 @@ async fn passes_go_on_while_removals_run_and_an_owner_is_done_only_once_they_are
         owned("c1", "reaper.session", "run-1"),
     )
     .await;
-    let store = ctl.store().unwrap();
+    let store = ctl.store();
     end_session(&ctl, "run-1").await;
 
     let hold = engine.hold.write().await;
@@ -374,7 +372,7 @@ async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
         owned("c1", "reaper.agent", "bot"),
     )
     .await;
-    let store = ctl.store().unwrap();
+    let store = ctl.store();
     let set_phase = |phase| {
         let store = store.clone();
         async move {
@@ -560,17 +558,16 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
     );
 }
 
-/// Marks a session ended and asks for a pass, as `reaper session end` does.
+/// Marks a session ended, as `reaper session end` does; the store's change stream wakes the
+/// loop.
 async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
     ctl.store()
-        .unwrap()
         .update_session(name, |s| {
             s.end(EndReason::Succeeded, Timestamp::now());
             Ok(())
         })
         .await
         .unwrap();
-    ctl.trigger();
 }
 
 #[tokio::test]
@@ -589,7 +586,6 @@ async fn a_burst_of_ends_while_removals_queue_up_makes_one_pass_not_one_each() {
         }
     }
     ctl.store()
-        .unwrap()
         .apply(records, API_SOURCE, Timestamp::now())
         .await
         .unwrap();

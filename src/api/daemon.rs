@@ -3,7 +3,6 @@
 //! the API from a stand-in.
 
 use futures_util::future::BoxFuture;
-use std::sync::Arc;
 
 use super::wire::{CleanupResponse, Health, ManifestError, Preview};
 use crate::core::inventory::DockerObject;
@@ -23,10 +22,9 @@ pub struct Scrape {
 }
 
 pub trait Daemon: Send + Sync + 'static {
-    /// The record store; an error means it cannot be read.
-    fn store(&self) -> Result<Arc<Store>, StoreError>;
-    /// A record changed: asks for a pass soon.
-    fn trigger(&self);
+    /// The record store, if it can be read now; an error means it cannot. Writing to it is
+    /// all a handler does to have a change acted on: the controller follows the store.
+    fn store(&self) -> Result<Store, StoreError>;
     /// Daemon, store and Docker health as the last pass left them.
     fn health(&self) -> Health;
     /// A pass succeeded recently: the loop is alive (`/healthz`).

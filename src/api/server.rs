@@ -59,7 +59,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Conflict(_) | StoreError::Stale { .. } => StatusCode::CONFLICT,
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             StoreError::Corrupt(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Io(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -349,7 +349,6 @@ async fn import(ctl: &dyn Daemon, body: ImportRequest) -> Reply {
     let records: Vec<Record> = body.records.into_iter().map(Record::from).collect();
     let n = ctl.store()?.import(records).await?;
     info!(records = n, "Records imported.");
-    ctl.trigger();
     ok(ImportResponse { imported: n })
 }
 
@@ -419,7 +418,6 @@ async fn delete(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
         }
     };
     info!(owner = %format!("{}/{name}", kind.as_str()), "Deletion requested; objects go first.");
-    ctl.trigger();
     with_status(StatusCode::ACCEPTED, view)
 }
 
@@ -450,7 +448,6 @@ async fn end(ctl: &dyn Daemon, name: &str, failed: bool) -> Reply {
             Ok(())
         })
         .await?;
-    ctl.trigger();
     ok(RecordView::from(Record::Session(s)))
 }
 
@@ -460,7 +457,6 @@ async fn heartbeat(ctl: &dyn Daemon, name: &str) -> Reply {
         .store()?
         .update_session(name, |s| s.heartbeat(now).map_err(refused))
         .await?;
-    ctl.trigger();
     ok(RecordView::from(Record::Session(s)))
 }
 
@@ -470,7 +466,6 @@ async fn report(ctl: &dyn Daemon, name: &str, phase: AgentPhase) -> Reply {
         .store()?
         .update_agent(name, |a| a.report(phase, now).map(drop).map_err(refused))
         .await?;
-    ctl.trigger();
     ok(RecordView::from(Record::Agent(a)))
 }
 
@@ -497,7 +492,6 @@ async fn apply(ctl: &dyn Daemon, body: ApplyRequest) -> Reply {
         .store()?
         .apply(parsed.records, API_SOURCE, Timestamp::now())
         .await?;
-    ctl.trigger();
     ok(ApplyResponse {
         results,
         warnings: parsed.warnings,
@@ -548,7 +542,6 @@ async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
                 .await?;
         }
     }
-    ctl.trigger();
     ok(report)
 }
 

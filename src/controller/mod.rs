@@ -3,7 +3,8 @@
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
 //! meanwhile is planned while earlier removals still run. Outcomes come back through
 //! `Hooks`; the next pass writes them to the owners' status before it may call an owner done.
-//! Record changes and deadlines wake the loop within milliseconds (record changes within
+//! Record changes (the loop follows the store's change stream; writers never poke it) and
+//! deadlines wake the loop within milliseconds (record changes within
 //! `BACKLOG_COALESCE` while the removal queue is backlogged), Docker events about our objects
 //! within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
 //! It fails closed: if the store or a Docker listing cannot be read, the pass deletes nothing.
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -34,7 +35,7 @@ use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transiti
 use crate::docker::{DockerError, Engine, Selectors};
 use crate::metrics::Metrics;
 use crate::paths;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteLog};
 use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 
 /// How long a `Running` agent may have no running container before it is set `Stopped`.
@@ -86,44 +87,12 @@ pub struct PassReport {
     pub planned: Vec<Target>,
 }
 
-/// The store, or why it cannot be opened. Opening is retried on use, so an operator who repairs
-/// or restores the data dir gets reaper out of safe mode without a restart.
-pub struct StoreSlot {
-    dir: std::path::PathBuf,
-    store: RwLock<Option<Arc<Store>>>,
-}
-
-impl StoreSlot {
-    /// Tries to open the store now; a failure is kept for `get` to retry.
-    pub fn open(dir: &std::path::Path) -> (Self, Option<StoreError>) {
-        let (store, err) = match Store::open(dir) {
-            Ok(s) => (Some(Arc::new(s)), None),
-            Err(e) => (None, Some(e)),
-        };
-        (
-            StoreSlot {
-                dir: dir.to_path_buf(),
-                store: RwLock::new(store),
-            },
-            err,
-        )
-    }
-
-    pub fn get(&self) -> Result<Arc<Store>, StoreError> {
-        if let Some(s) = self.store.read().ok().and_then(|s| s.clone()) {
-            return Ok(s);
-        }
-        let opened = Arc::new(Store::open(&self.dir)?);
-        if let Ok(mut slot) = self.store.write() {
-            *slot = Some(opened.clone());
-        }
-        info!(dir = %self.dir.display(), "Store opened.");
-        Ok(opened)
-    }
-}
-
 pub struct Controller<E: Engine> {
-    slot: StoreSlot,
+    store: Store,
+    /// The same store; the controller's own status writes go through it and are noted in
+    /// `own_writes`, so that they do not wake the loop as everyone else's changes do.
+    own: Store,
+    own_writes: Arc<WriteLog>,
     pub engine: Arc<E>,
     pub metrics: Arc<Metrics>,
     settings: RwLock<Settings>,
@@ -142,6 +111,8 @@ pub struct Controller<E: Engine> {
     look_again: AtomicBool,
     /// Passes in a row whose listings timed out while the engine answered `/_ping`.
     timeouts_while_pinging: std::sync::atomic::AtomicU32,
+    /// The store failed a write since the loop last looked (see `run`).
+    store_failed: AtomicBool,
 }
 
 /// The desired state at one store generation, reduced to what the re-check before a delete
@@ -161,14 +132,17 @@ struct StatusDelta {
 }
 
 impl<E: Engine> Controller<E> {
-    pub fn new(slot: StoreSlot, engine: Arc<E>, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(store: Store, engine: Arc<E>, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let executor = Executor::new(settings.concurrency, settings.paths_root.clone());
         let health = Health {
             dry_run: settings.dry_run,
             ..Health::default()
         };
+        let (own, own_writes) = store.noting_writes();
         Controller {
-            slot,
+            store,
+            own,
+            own_writes,
             engine,
             metrics,
             settings: RwLock::new(settings),
@@ -182,6 +156,7 @@ impl<E: Engine> Controller<E> {
             unrecorded: Mutex::new(BTreeMap::new()),
             look_again: AtomicBool::new(false),
             timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
+            store_failed: AtomicBool::new(false),
         }
     }
 
@@ -248,12 +223,13 @@ impl<E: Engine> Controller<E> {
             .unwrap_or_default()
     }
 
-    /// The store; an error means it cannot be read and nothing may be deleted.
-    pub fn store(&self) -> Result<Arc<Store>, StoreError> {
-        self.slot.get()
+    /// The store. Each call on it may fail: then it cannot be read and nothing may be deleted.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Asks for a pass as soon as possible; triggers during a pass coalesce into one more pass.
+    /// Record changes need no trigger: the loop follows the store's change stream.
     pub fn trigger(&self) {
         self.wake.notify_one();
     }
@@ -294,15 +270,36 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    /// The loop: pass, then sleep until a trigger, the next deadline, a retry, or the resync.
+    /// Notes a store failure (not a record's: a missing or conflicting record is no failure)
+    /// for the loop, and passes the result on.
+    fn note_store<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Io(_) | StoreError::Corrupt(_)) = &result {
+            self.store_failed.store(true, SeqCst);
+        }
+        result
+    }
+
+    /// The loop: pass, then sleep until a record change, a trigger, the next deadline, a retry,
+    /// or the resync.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.store().subscribe();
         let mut backoff = PASS_BACKOFF_MIN;
         while !shutdown.is_cancelled() {
+            // This pass reads every change made until now; later ones wake the loop again.
+            let mut seen = *changes.borrow_and_update();
+            self.own_writes.forget_through(seen);
+            self.store_failed.store(false, SeqCst);
             let started = Instant::now();
             let settings = self.settings();
             let mut wake_at = started + settings.resync_interval;
             // Removals run on in the executor; it wakes this loop when its queue runs empty.
-            match self.reconcile(&Scope::Normal, settings.dry_run).await {
+            let result = self.reconcile(&Scope::Normal, settings.dry_run).await;
+            if self.store_failed.load(SeqCst) || matches!(result, Err(PassError::Store(_))) {
+                // Every call on a failing store reopens it, which is a change: waking for it
+                // would spin. The backoff (or the next deadline) retries instead.
+                seen = *changes.borrow_and_update();
+            }
+            match result {
                 Ok((plan, _)) => {
                     backoff = PASS_BACKOFF_MIN;
                     if let Some(t) = plan.next_wake {
@@ -320,7 +317,7 @@ impl<E: Engine> Controller<E> {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {
+                _ = self.woken(&mut changes, seen) => {
                     // A burst of record changes (twenty `session end` calls) while removals
                     // already wait for a slot: what a pass would queue now would only queue
                     // behind them, so let the changes gather into one pass, taken before the
@@ -336,6 +333,24 @@ impl<E: Engine> Controller<E> {
             }
         }
         debug!("Reconcile loop stopped.");
+    }
+
+    /// Returns when someone asked for a pass, or a record changed after `seen` other than by
+    /// the controller's own status writes (the pass that wrote them needs no other).
+    async fn woken(&self, changes: &mut watch::Receiver<u64>, mut seen: u64) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => return,
+                // Err: the store is gone, which cannot happen while `self` holds it.
+                Ok(()) = changes.changed() => {
+                    let now = *changes.borrow_and_update();
+                    if !self.own_writes.wrote_all(seen, now) {
+                        return;
+                    }
+                    seen = now;
+                }
+            }
+        }
     }
 
     /// Follows the Docker event stream; events about our containers trigger a pass. Reconnects
@@ -400,7 +415,7 @@ impl<E: Engine> Controller<E> {
         &self,
         scope: &Scope,
     ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
-        let store = self.store()?;
+        let store = self.store();
         let generation = store.generation();
         let sessions = store.sessions()?;
         let agents = store.agents()?;
@@ -673,7 +688,7 @@ impl<E: Engine> Controller<E> {
             .iter()
             .filter(|t| !busy.contains(&t.owner()))
         {
-            if let Err(e) = self.apply_transition(t, now).await {
+            if let Err(e) = self.note_store(self.apply_transition(t, now).await) {
                 warn!(error = %e, "Could not record a status change; it will be retried next pass.");
             }
         }
@@ -698,7 +713,7 @@ impl<E: Engine> Controller<E> {
     /// The desired state for the re-check before a delete, read again only if the store
     /// changed since the last pass. `None` (do not delete) when the store cannot be read.
     fn desired(&self) -> Option<Arc<Desired>> {
-        let store = self.store().ok()?;
+        let store = self.store();
         // Held while reading, so that concurrent deletes read the store once between them.
         let mut cache = lock(&self.desired);
         let generation = store.generation();
@@ -775,7 +790,7 @@ impl<E: Engine> Controller<E> {
         // The store may call the update more than once; the last call is the one written.
         let expired = AtomicBool::new(false);
         let result = self
-            .store()?
+            .own
             .update_session(name, |s| {
                 expired.store(s.expire(at, reason, now, restarted_at), SeqCst);
                 Ok(())
@@ -812,26 +827,20 @@ impl<E: Engine> Controller<E> {
         if deltas.is_empty() {
             return;
         }
-        let store = match self.store() {
-            Ok(s) => s,
-            Err(e) => return warn!(error = %e, "Could not record removal counts."),
-        };
-        let writes = deltas.into_iter().map(|(owner, delta)| {
-            let store = &store;
-            async move {
-                let r = store
-                    .update_owner(&owner, |st| {
-                        st.removed.merge(&delta.removed);
-                        if let Some(failing) = &delta.failing {
-                            set_condition(st.conditions, failing.clone());
-                        }
-                        Ok(())
-                    })
-                    .await;
-                match r {
-                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
-                }
+        let writes = deltas.into_iter().map(|(owner, delta)| async move {
+            let r = self
+                .own
+                .update_owner(&owner, |st| {
+                    st.removed.merge(&delta.removed);
+                    if let Some(failing) = &delta.failing {
+                        set_condition(st.conditions, failing.clone());
+                    }
+                    Ok(())
+                })
+                .await;
+            match self.note_store(r) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
             }
         });
         futures_util::future::join_all(writes).await;
@@ -843,13 +852,13 @@ impl<E: Engine> Controller<E> {
             Transition::SessionCleaned { name, ended_at } => {
                 let cleaned = AtomicBool::new(false);
                 let s = self
-                    .store()?
+                    .own
                     .update_session(name.as_str(), |s| {
                         cleaned.store(s.mark_cleaned(now), SeqCst);
                         Ok(())
                     })
                     .await;
-                if let Ok(s) = s {
+                if let Ok(s) = self.note_store(s) {
                     if cleaned.load(SeqCst) {
                         let latency = now.since(*ended_at);
                         self.metrics.owner_cleaned(OwnerKind::Session, latency);
@@ -866,7 +875,7 @@ impl<E: Engine> Controller<E> {
                     None => StopCause::NoRunningContainer,
                 };
                 let stopped = AtomicBool::new(false);
-                self.store()?
+                self.own
                     .update_agent(name.as_str(), |a| {
                         stopped.store(a.stop(cause, now), SeqCst);
                         Ok(())
@@ -887,7 +896,7 @@ impl<E: Engine> Controller<E> {
                 owner,
                 deleting_since,
             } => {
-                if self.store()?.remove(owner).await? {
+                if self.own.remove(owner).await? {
                     if let Some(since) = deleting_since {
                         self.metrics.owner_cleaned(owner.kind, now.since(*since));
                         info!(owner = %owner, "Deleted record's objects are gone; record removed.");

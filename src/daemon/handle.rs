@@ -2,7 +2,6 @@
 //! server depends on what it uses and not on the controller or its engine type.
 
 use futures_util::future::{BoxFuture, FutureExt};
-use std::sync::Arc;
 
 use crate::api::daemon::{Daemon, Scrape, Unavailable};
 use crate::api::wire::{CleanupResponse, FailedRemoval, Health, ManifestError, Preview};
@@ -14,12 +13,10 @@ use crate::docker::Engine;
 use crate::store::{Store, StoreError};
 
 impl<E: Engine> Daemon for Controller<E> {
-    fn store(&self) -> Result<Arc<Store>, StoreError> {
-        Controller::store(self)
-    }
-
-    fn trigger(&self) {
-        Controller::trigger(self)
+    fn store(&self) -> Result<Store, StoreError> {
+        let store = Controller::store(self);
+        store.health()?;
+        Ok(store.clone())
     }
 
     fn health(&self) -> Health {

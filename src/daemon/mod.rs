@@ -20,12 +20,13 @@ use tracing::{error, info, warn};
 
 use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
 use crate::config::{Config, Secret};
-use crate::controller::{Controller, Settings, StoreSlot};
+use crate::controller::{Controller, Settings};
 use crate::core::ownership::Rules;
 use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use crate::store::{SledStore, Store};
 use signals::Signals;
 
 /// In-flight work gets this long to finish after SIGTERM.
@@ -108,7 +109,7 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let (slot, store_error) = StoreSlot::open(&config.data_dir.join("store"));
+    let (store, store_error) = SledStore::open_or_retry(&config.data_dir.join("store"));
     if let Some(e) = store_error {
         metrics.set_safe_mode(true);
         error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
@@ -122,7 +123,7 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
         .map_err(|e| e.to_string())?,
     );
     Ok(Arc::new(Controller::new(
-        slot,
+        Store::new(store),
         docker,
         metrics,
         settings(config),
@@ -218,8 +219,8 @@ pub async fn serve<E: Engine>(
     {
         warn!("In-flight work did not finish within {DRAIN_TIMEOUT:?}.");
     }
-    if let Ok(store) = ctl.store() {
-        if let Err(e) = store.flush().await {
+    if ctl.store().health().is_ok() {
+        if let Err(e) = ctl.store().flush().await {
             error!(error = %e, "Final store flush failed.");
         }
     }
@@ -282,9 +283,9 @@ async fn watch_manifests<E: Engine>(
     let start = {
         let (ctl, shutdown, tracker) = (ctl.clone(), shutdown.clone(), tracker.clone());
         async move {
-            let store = loop {
-                match ctl.store() {
-                    Ok(s) => break s,
+            loop {
+                match ctl.store().health() {
+                    Ok(()) => break,
                     Err(e) => {
                         warn!(error = %e, dir = %dir.display(), "The manifest directory waits for the store.");
                         tokio::select! {
@@ -293,19 +294,18 @@ async fn watch_manifests<E: Engine>(
                         }
                     }
                 }
-            };
+            }
+            let store = ctl.store().clone();
             let md = Arc::new(ManifestDir::new(dir.clone(), store, ctl.metrics.clone()));
             if let Err(e) = md.sync().await {
                 error!(error = %e, dir = %dir.display(), "First sync of the manifest directory failed; retrying on changes.");
             }
             ctl.set_manifest_dir(md.clone());
-            ctl.trigger();
             info!(dir = %dir.display(), "Watching the manifest directory.");
-            let trigger = ctl.clone();
-            tracker.spawn(md.run(move || trigger.trigger(), shutdown));
+            tracker.spawn(md.run(shutdown));
         }
     };
-    if ctl.store().is_ok() {
+    if ctl.store().health().is_ok() {
         start.await; // synced before the first pass settles
     } else {
         tracker.spawn(start);

@@ -49,7 +49,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The manifest directory's reconciler. Share it behind an `Arc`.
 pub struct ManifestDir {
     dir: PathBuf,
-    store: Arc<Store>,
+    store: Store,
     metrics: Arc<Metrics>,
     confirm_delay: Duration,
     /// Failing files (or the directory itself) and why, keyed by path.
@@ -83,7 +83,7 @@ struct PassResult {
 }
 
 impl ManifestDir {
-    pub fn new(dir: PathBuf, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(dir: PathBuf, store: Store, metrics: Arc<Metrics>) -> Self {
         // Absolute, but symlinks kept: the sources stay stable if a link is repointed.
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         ManifestDir {
@@ -411,13 +411,9 @@ impl ManifestDir {
     }
 
     /// Watches the directory and syncs on every change (debounced), with a periodic rescan as
-    /// a backstop; calls `on_change` after each sync that changed a record. Returns when
-    /// `shutdown` is cancelled.
-    pub async fn run(
-        self: Arc<Self>,
-        on_change: impl Fn() + Send + Sync + 'static,
-        shutdown: CancellationToken,
-    ) {
+    /// a backstop. What a sync changes reaches the controller through the store's change
+    /// stream. Returns when `shutdown` is cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut watcher = Watcher::new(&self.dir);
         let mut next_sync = tokio::time::Instant::now();
         loop {
@@ -443,9 +439,8 @@ impl ManifestDir {
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Ok(true) = self.sync().await {
-                on_change();
-            }
+            // Errors are logged and retried by `sync` itself.
+            let _ = self.sync().await;
             let retry = *lock(&self.pending) || watcher.is_none();
             next_sync = tokio::time::Instant::now() + if retry { RETRY } else { RESCAN };
         }
@@ -628,7 +623,7 @@ mod tests {
     struct Fixture {
         _tmp: tempfile::TempDir,
         dir: PathBuf,
-        store: Arc<Store>,
+        store: Store,
         metrics: Arc<Metrics>,
         md: Arc<ManifestDir>,
     }
@@ -637,7 +632,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("manifests");
         std::fs::create_dir(&dir).unwrap();
-        let store = Arc::new(Store::open(&tmp.path().join("store")).unwrap());
+        let store = Store::open(&tmp.path().join("store")).unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
         let md = Arc::new(
             ManifestDir::new(dir.clone(), store.clone(), metrics.clone())
@@ -939,17 +934,9 @@ mod tests {
     #[tokio::test]
     async fn run_notices_changes_quickly_and_stops_on_shutdown() {
         let f = fixture(CONFIRM_DELAY);
-        let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let changes = f.store.subscribe();
         let shutdown = CancellationToken::new();
-        let task = {
-            let changes = changes.clone();
-            tokio::spawn(f.md.clone().run(
-                move || {
-                    changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                },
-                shutdown.clone(),
-            ))
-        };
+        let task = tokio::spawn(f.md.clone().run(shutdown.clone()));
         let wait = |what: &'static str, cond: Box<dyn Fn() -> bool>| async move {
             let started = std::time::Instant::now();
             while !cond() {
@@ -971,10 +958,10 @@ mod tests {
             Box::new(move || store.session("s1").unwrap().is_some()),
         )
         .await;
-        let c = changes.clone();
+        // The controller learns of it from the store's change stream.
         wait(
-            "on_change",
-            Box::new(move || c.load(std::sync::atomic::Ordering::SeqCst) >= 1),
+            "the change stream",
+            Box::new(move || changes.has_changed().unwrap_or(false)),
         )
         .await;
 
