@@ -14,7 +14,10 @@ pub mod controller;
 pub mod core;
 pub mod daemon;
 pub mod docker;
+pub mod error;
 pub mod manifest_dir;
 pub mod metrics;
 pub mod paths;
 pub mod store;
+
+pub use error::Error;

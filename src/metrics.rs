@@ -1,3 +1,5 @@
+//! Over 500 lines: 490 of code, mostly one registration per metric; the rest tests names, labels and zero-initialisation.
+//!
 //! Every metric reaper exports, in one struct with its own registry.
 //!
 //! Label values come only from the enums in [`crate::core::model`], so cardinality is fixed at compile
@@ -37,6 +39,7 @@ pub struct Metrics {
     cleanup_attempts: IntCounterVec,
     cleanup_failures: IntCounterVec,
     reconciles: IntCounterVec,
+    reconcile_errors: IntCounterVec,
     reconcile_duration: Histogram,
     owner_end_to_cleanup: HistogramVec,
     orphans: IntGaugeVec,
@@ -113,6 +116,16 @@ impl Metrics {
                     "Reconcile passes, by result (success or error).",
                 ),
                 &["result"],
+            )?,
+        )?;
+        let reconcile_errors = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "reaper_reconcile_errors_total",
+                    "Reconcile passes that failed (and deleted nothing), by reason.",
+                ),
+                &["error"],
             )?,
         )?;
         let reconcile_duration = register(
@@ -267,6 +280,7 @@ impl Metrics {
             cleanup_attempts,
             cleanup_failures,
             reconciles,
+            reconcile_errors,
             reconcile_duration,
             owner_end_to_cleanup,
             orphans,
@@ -306,6 +320,9 @@ impl Metrics {
         }
         for result in ["success", "error"] {
             self.reconciles.with_label_values(&[result]);
+        }
+        for error in crate::Error::METRIC_LABELS {
+            self.reconcile_errors.with_label_values(&[error]);
         }
         for owner in OwnerKind::ALL {
             self.owner_end_to_cleanup
@@ -374,6 +391,11 @@ impl Metrics {
         if ok {
             self.last_successful_reconcile.set(now_unix_secs);
         }
+    }
+
+    /// Why a pass failed, as `crate::Error::metric_label` names it.
+    pub fn reconcile_failed(&self, error: &'static str) {
+        self.reconcile_errors.with_label_values(&[error]).inc();
     }
 
     /// The last object of an owner that stopped being live is gone, `latency` after it stopped.
@@ -534,6 +556,7 @@ mod tests {
         m.cleanup_failed(ResourceKind::Network, ErrorClass::Conflict);
         m.reconcile_finished(true, Duration::from_millis(12), 1_700_000_000.5);
         m.reconcile_finished(false, Duration::from_millis(3), 1_700_000_100.0);
+        m.reconcile_failed("docker_timeout");
         m.owner_cleaned(OwnerKind::Session, Duration::from_millis(40));
         m.owner_cleaned(OwnerKind::Agent, Duration::from_secs(90));
         m.set_inventory(
@@ -563,6 +586,7 @@ mod tests {
         "reaper_cleanup_attempts_total",
         "reaper_cleanup_failures_total",
         "reaper_reconciles_total",
+        "reaper_reconcile_errors_total",
         "reaper_reconcile_duration_seconds_bucket",
         "reaper_reconcile_duration_seconds_count",
         "reaper_reconcile_duration_seconds_sum",
@@ -698,6 +722,10 @@ mod tests {
             set(["success", "error"])
         );
         assert_eq!(
+            label_values(&all, "reaper_reconcile_errors_total", "error"),
+            set(crate::Error::METRIC_LABELS)
+        );
+        assert_eq!(
             label_values(&all, "reaper_owner_end_to_cleanup_seconds_count", "owner"),
             set(["session", "agent"])
         );
@@ -807,6 +835,13 @@ mod tests {
         );
         assert_eq!(
             v("reaper_reconciles_total", &[("result", "error")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(
+                "reaper_reconcile_errors_total",
+                &[("error", "docker_timeout")]
+            ),
             Some(1.0)
         );
         assert_eq!(v("reaper_reconcile_duration_seconds_count", &[]), Some(2.0));

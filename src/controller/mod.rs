@@ -36,6 +36,7 @@ use crate::docker::{DockerError, Engine, Selectors};
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::store::{Store, StoreError, WriteLog};
+use crate::Error;
 use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 
 /// How long a `Running` agent may have no running container before it is set `Stopped`.
@@ -64,16 +65,6 @@ pub struct Settings {
     pub paths_root: std::path::PathBuf,
     pub dry_run: bool,
     pub serial_exits: SerialExitsSetting,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PassError {
-    #[error("the store cannot be read: {0}")]
-    Store(#[from] StoreError),
-    #[error("the Docker view is incomplete: {0}")]
-    Docker(#[from] DockerError),
-    #[error("the paths root cannot be read: {0}")]
-    Paths(String),
 }
 
 /// The outcome of one pass, for logs, `--once` and `reaper cleanup`.
@@ -294,7 +285,7 @@ impl<E: Engine> Controller<E> {
             let mut wake_at = started + settings.resync_interval;
             // Removals run on in the executor; it wakes this loop when its queue runs empty.
             let result = self.reconcile(&Scope::Normal, settings.dry_run).await;
-            if self.store_failed.load(SeqCst) || matches!(result, Err(PassError::Store(_))) {
+            if self.store_failed.load(SeqCst) || matches!(result, Err(Error::Store(_))) {
                 // Every call on a failing store reopens it, which is a change: waking for it
                 // would spin. The backoff (or the next deadline) retries instead.
                 seen = *changes.borrow_and_update();
@@ -309,8 +300,9 @@ impl<E: Engine> Controller<E> {
                         wake_at = wake_at.min(t);
                     }
                 }
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "Reconcile pass failed; nothing was deleted.");
+                Err(_) => {
+                    // `pass_failed` logged and counted it.
+                    debug!(retry_in = ?backoff, "Retrying the pass.");
                     wake_at = started + backoff;
                     backoff = (backoff * 2).min(PASS_BACKOFF_MAX);
                 }
@@ -411,10 +403,7 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
-    async fn observe(
-        &self,
-        scope: &Scope,
-    ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
+    async fn observe(&self, scope: &Scope) -> Result<(Vec<Session>, Vec<Agent>, Actual), Error> {
         let store = self.store();
         let generation = store.generation();
         let sessions = store.sessions()?;
@@ -455,7 +444,7 @@ impl<E: Engine> Controller<E> {
                     Ok(false) => {}
                     // The root itself is unreadable: the whole view is in doubt.
                     Err(e @ paths::PathError::Root { .. }) => {
-                        return Err(PassError::Paths(e.to_string()))
+                        return Err(Error::Paths(e.to_string()))
                     }
                     // One path is odd (e.g. a symlink on the way): plan it, so its removal is
                     // refused and reported on its owner, without stopping everyone's cleanup.
@@ -464,10 +453,10 @@ impl<E: Engine> Controller<E> {
                     }
                 }
             }
-            Ok::<_, PassError>(found)
+            Ok::<_, Error>(found)
         })
         .await
-        .map_err(|e| PassError::Paths(e.to_string()))??;
+        .map_err(|e| Error::Paths(e.to_string()))??;
         Ok((sessions, agents, Actual { objects, paths }))
     }
 
@@ -483,7 +472,7 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Plans without acting: what `reaper orphans` and the cleanup preview show.
-    pub async fn preview(&self, scope: &Scope) -> Result<Plan, PassError> {
+    pub async fn preview(&self, scope: &Scope) -> Result<Plan, Error> {
         let (sessions, agents, actual) = self.observe(scope).await?;
         Ok(plan::plan(
             &sessions,
@@ -496,7 +485,7 @@ impl<E: Engine> Controller<E> {
     }
 
     /// The Docker objects an owner claims right now, for `reaper describe`.
-    pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, PassError> {
+    pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, Error> {
         let (sessions, agents, actual) = self.observe(&Scope::Normal).await?;
         let rules = self.settings().rules;
         let matchers = Matchers::new(&sessions, &agents, &rules);
@@ -509,11 +498,7 @@ impl<E: Engine> Controller<E> {
 
     /// A pass that also waits for its own removals and writes their outcome: for `--once`,
     /// `reaper cleanup` and tests, which report what happened.
-    pub async fn pass(
-        &self,
-        scope: &Scope,
-        dry_run: bool,
-    ) -> Result<(Plan, PassReport), PassError> {
+    pub async fn pass(&self, scope: &Scope, dry_run: bool) -> Result<(Plan, PassReport), Error> {
         let (plan, tickets) = self.reconcile(scope, dry_run).await?;
         let mut report = PassReport::default();
         if dry_run {
@@ -537,7 +522,7 @@ impl<E: Engine> Controller<E> {
         &self,
         scope: &Scope,
         dry_run: bool,
-    ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
+    ) -> Result<(Plan, Vec<(Target, Ticket)>), Error> {
         let _guard = self.pass_lock.lock().await;
         let started = std::time::Instant::now();
         let now = Timestamp::now();
@@ -570,40 +555,40 @@ impl<E: Engine> Controller<E> {
                     h.orphans = plan.observed.orphans.clone();
                 });
             }
-            Err(e) => {
-                let timed_out = matches!(e, PassError::Docker(DockerError::Timeout(_)));
-                let docker_down =
-                    timed_out || matches!(e, PassError::Docker(DockerError::Unavailable(_)));
-                if timed_out {
-                    self.check_wedged().await;
-                }
-                // Serial exits kept the network API busy: a partial view, not a fault.
-                let waited = matches!(e, PassError::Docker(DockerError::ExitsInFlight(_)));
-                // A failed listing while Docker answers, or an unreadable store: refuse to delete.
-                let safe = !docker_down && !waited;
-                if safe {
-                    error!(error = %e, "Safe mode: reaper deletes nothing until its view is trustworthy again.");
-                }
-                self.metrics.set_safe_mode(safe);
-                if docker_down {
-                    self.metrics.set_docker_up(false);
-                }
-                self.set_health(|h| {
-                    h.last_pass = Some(now);
-                    h.last_error = Some(e.to_string());
-                    h.safe_mode = safe;
-                    match e {
-                        PassError::Store(s) => h.store_error = Some(s.to_string()),
-                        PassError::Docker(d) if docker_down => {
-                            h.docker_up = false;
-                            h.docker_error = Some(d.to_string());
-                        }
-                        _ => {}
-                    }
-                });
-            }
+            Err(e) => self.pass_failed(e, now).await,
         }
         result
+    }
+
+    /// The one place a failed pass is logged, counted and shown in health.
+    async fn pass_failed(&self, e: &Error, now: Timestamp) {
+        self.metrics.reconcile_failed(e.metric_label());
+        if matches!(e, Error::Docker(DockerError::Timeout(_))) {
+            self.check_wedged().await;
+        }
+        let safe = e.is_safe_mode();
+        if safe {
+            error!(error = %e, reason = e.metric_label(), "Safe mode: reaper deletes nothing until its view is trustworthy again.");
+        } else {
+            warn!(error = %e, reason = e.metric_label(), "Reconcile pass failed; nothing was deleted.");
+        }
+        self.metrics.set_safe_mode(safe);
+        if e.is_docker_down() {
+            self.metrics.set_docker_up(false);
+        }
+        self.set_health(|h| {
+            h.last_pass = Some(now);
+            h.last_error = Some(e.to_string());
+            h.safe_mode = safe;
+            match e {
+                Error::Store(s) => h.store_error = Some(s.to_string()),
+                Error::Docker(d) if e.is_docker_down() => {
+                    h.docker_up = false;
+                    h.docker_error = Some(d.to_string());
+                }
+                _ => {}
+            }
+        });
     }
 
     /// A listing timed out: if the engine still answers `/_ping`, it may be wedged (the
@@ -646,7 +631,7 @@ impl<E: Engine> Controller<E> {
         scope: &Scope,
         dry_run: bool,
         now: Timestamp,
-    ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
+    ) -> Result<(Plan, Vec<(Target, Ticket)>), Error> {
         self.write_unrecorded(false).await;
         let (sessions, agents, actual) = self.observe(scope).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
