@@ -1,3 +1,5 @@
+//! Over 500 lines: a descent by file descriptor that no symlink can redirect is long to write safely; the rest is its race and refusal tests.
+//!
 //! Symlink-safe removal of temporary build directories below the configured paths root.
 //!
 //! Records name directories (`spec.paths`, `buildDir`) relative to the root. The build that

@@ -1,3 +1,5 @@
+//! Over 500 lines: one handler per API route, each a few lines; they share the request limits and error mapping at the top.
+//!
 //! HTTP handlers: the JSON API on the Unix socket, and `/metrics` + `/healthz` on TCP.
 //! Handlers translate requests into store updates and calls on the daemon handle; they decide
 //! nothing about Docker objects themselves. Every body in and out is a `wire` type.

@@ -1,3 +1,5 @@
+//! Over 500 lines: the clap definition of every verb, which is the CLI's reference, and the short client call behind each.
+//!
 //! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
 //! daemon's API on its Unix socket.
 

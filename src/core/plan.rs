@@ -1,3 +1,5 @@
+//! Over 500 lines: 450 of code; the rest is the planner's unit and property tests, kept beside the safety rules they pin.
+//!
 //! The planner: desired state + actual state + now -> what to remove and which records change.
 //!
 //! Pure and deterministic: it calls neither Docker nor the store, so every safety rule is

@@ -1,3 +1,5 @@
+//! Over 500 lines: the hardened reader (document splitting, prechecks, located errors) is one algorithm; its tests are in `manifest.rs` and `tests/hostile_input.rs`.
+//!
 //! The hardened YAML reader, shared by manifests and the config file.
 //!
 //! serde_yaml 0.9 (libyaml underneath) is deprecated upstream and has slow paths that hostile

@@ -1,3 +1,5 @@
+//! Over 500 lines: one Engine method per Docker call, each with its timeout and error class; splitting by resource kind would repeat that wrapping.
+//!
 //! The `Engine` against a real Docker (or Podman) engine through bollard: a timeout on every
 //! call, errors sorted into their classes, server-side filters re-checked client-side by the
 //! caller, never `size=true`, and the exit gate on engines that need it.

@@ -1,3 +1,5 @@
+//! Over 500 lines: 620 of code (sync's all-or-nothing bookkeeping per file, and the inotify watcher it owns) and its unit tests.
+//!
 //! The declarative manifest directory (`reaper serve --manifests DIR`), like kubelet's static
 //! pods: every `*.yaml` / `*.yml` file in DIR is declared state.
 //!

@@ -1,3 +1,5 @@
+//! Over 500 lines: 520 of code (every record operation, read-decide-commit once each) and its tests.
+//!
 //! [`Store`]: the record operations everyone uses (apply, update, remove, export, import),
 //! written once on top of any [`RecordStore`]. Each reads, decides, and commits at the
 //! revisions it read; when someone wrote in between, it reads again and decides again.

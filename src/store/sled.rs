@@ -1,3 +1,5 @@
+//! Over 500 lines: 650 of code (transactions, revisions, schema migration, and errors that name the data dir) and its tests.
+//!
 //! The sled backend: records in an embedded sled database in the data directory.
 //!
 //! What it adds to the guarantees of every backend (see the parent module):
