@@ -115,17 +115,7 @@ fn session_names(socket: &Path) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 
 fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    proc_status_kib(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Peak resident memory of a process while `f` runs, above its resident memory before: the

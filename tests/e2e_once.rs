@@ -53,14 +53,7 @@ fn once_runs_a_single_pass_and_exits_zero_when_all_removals_succeed() {
 
     r.set_extra(&["--once", "--orphan-grace-period", "1s"]);
     r.spawn();
-    let status = r
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("serve --once did not exit within 60s\n{}", r.log_tail()));
-    assert!(
-        status.success(),
-        "serve --once exited with {status}\n{}",
-        r.log_tail()
-    );
+    r.assert_exits_cleanly(Duration::from_secs(60));
     assert!(
         all_gone(&objs),
         "serve --once left objects behind: {:?}\n{}",
@@ -96,14 +89,7 @@ fn once_with_nothing_to_do_exits_zero_and_removes_nothing() {
     )];
     let mut r = Reaper::prepare(&["--once"]);
     r.spawn();
-    let status = r
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("serve --once did not exit within 60s\n{}", r.log_tail()));
-    assert!(
-        status.success(),
-        "serve --once exited with {status}\n{}",
-        r.log_tail()
-    );
+    r.assert_exits_cleanly(Duration::from_secs(60));
     // Default grace period (5m): a young orphan stays.
     assert!(
         all_exist(&young),

@@ -155,18 +155,9 @@ fn error_has(text: &str, words: &[&str]) -> bool {
 // Memory
 // ---------------------------------------------------------------------------------------------
 
+/// A field of `/proc/<pid>/status`, 0 once the process is gone.
 fn status_kib(pid: &str, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    proc_status_kib(pid, field).unwrap_or(0)
 }
 
 /// Extra peak resident memory of process `pid` ("self" or a number) while `f` runs: the
