@@ -52,6 +52,10 @@ fn main() -> ExitCode {
                     Err(e) => fail(1, &e.to_string()),
                 }
             }
+            Command::Run(args) => {
+                let socket = cli.socket.unwrap_or_else(config::default_socket_path);
+                cli::run::run(&socket, *args).await
+            }
             command => {
                 let socket = cli
                     .socket

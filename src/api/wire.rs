@@ -25,6 +25,38 @@ pub struct ApplyFile {
     pub content: String,
 }
 
+/// A Session manifest as `reaper apply` reads it: what `reaper session start` and `reaper run`
+/// send, so that a session registered without YAML goes through the same validation.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionManifest<'a> {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub metadata: &'a crate::core::model::ObjectMeta,
+    pub spec: &'a crate::core::model::SessionSpec,
+}
+
+impl SessionManifest<'_> {
+    /// The manifest as one apply file named `file_name` (which error messages quote).
+    pub fn file(
+        metadata: &crate::core::model::ObjectMeta,
+        spec: &crate::core::model::SessionSpec,
+        file_name: &str,
+    ) -> Result<ApplyFile, String> {
+        let doc = SessionManifest {
+            api_version: API_VERSION,
+            kind: "Session",
+            metadata,
+            spec,
+        };
+        let content = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+        Ok(ApplyFile {
+            name: file_name.to_string(),
+            content,
+        })
+    }
+}
+
 /// `POST /v1/apply`: a batch of manifest files, applied all or nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyRequest {

@@ -4,6 +4,8 @@
 //! daemon's API on its Unix socket.
 
 pub mod output;
+mod register;
+pub mod run;
 mod serve_args;
 
 use serve_args::socket_help;
@@ -68,7 +70,16 @@ pub enum Command {
         #[arg(long, default_value = "5m")]
         timeout: crate::core::model::Duration,
     },
-    /// Session lifecycle: end, heartbeat.
+    /// Run a command inside a new session: its objects go when it exits, or when `reaper run`
+    /// dies and the heartbeat lapses. Exits with the command's status.
+    #[command(after_help = "Examples:\n  reaper run --ttl 2h -- ./workflow.sh\n  \
+        reaper run --session tdd-run-42 -- sh -c 'docker run -d --label-file \"$REAPER_LABEL_FILE\" executor'\n\n\
+        CMD gets REAPER_SESSION (the name) and REAPER_LABEL_FILE (a `docker run --label-file` file\n\
+        with the session's ownership label). Exit status: CMD's, 128+N when a signal N ended it,\n\
+        125 when reaper could not start it (daemon unreachable, name taken), 126/127 when CMD\n\
+        cannot be executed or is not found.")]
+    Run(Box<run::RunArgs>),
+    /// Session lifecycle: start, end, heartbeat.
     #[command(subcommand)]
     Session(SessionCommand),
     /// Agent lifecycle: report a phase.
@@ -124,6 +135,19 @@ pub enum StoreCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
+    /// Register a new Active session without writing YAML (as `kubectl create` does).
+    #[command(
+        after_help = "Example:\n  reaper session start tdd-run-42 --ttl 2h --heartbeat 60s --label team=tdd"
+    )]
+    Start {
+        #[arg(value_parser = register::session_name)]
+        name: Name,
+        #[command(flatten)]
+        flags: register::SessionFlags,
+        /// The session expires when no `reaper session heartbeat` came for this long.
+        #[arg(long, value_parser = register::positive_duration)]
+        heartbeat: Option<crate::core::model::Duration>,
+    },
     /// The workflow is over: clean up now.
     End {
         name: String,
@@ -212,7 +236,9 @@ type Outcome = Result<(), Failure>;
 pub async fn run_client(socket: &Path, command: Command) -> Outcome {
     let c = Client::new(socket);
     match command {
-        Command::Serve(_) | Command::Config(_) => Err(Failure::new(2, "not a client command")),
+        Command::Serve(_) | Command::Config(_) | Command::Run(_) => {
+            Err(Failure::new(2, "not a client command"))
+        }
         Command::Store(cmd) => store_command(&c, cmd).await,
         Command::Apply { files } => apply(&c, &files).await,
         Command::Get { what, name, output } => {
@@ -250,6 +276,15 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
                 wait_gone(&c, kind, &name, timeout.std()).await?;
                 println!("{}/{name} deleted", kind_str(kind));
             }
+            Ok(())
+        }
+        Command::Session(SessionCommand::Start {
+            name,
+            flags,
+            heartbeat,
+        }) => {
+            register::register(&c, &name, &flags, heartbeat, "reaper session start").await?;
+            println!("session/{name} created");
             Ok(())
         }
         Command::Session(SessionCommand::End { name, failed }) => {

@@ -161,7 +161,8 @@ impl Reaper {
         self.child.as_ref().map(Child::id)
     }
 
-    fn cli_command(&self, args: &[&str]) -> Command {
+    /// The `reaper` client command for this daemon, to spawn it yourself.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(Self::bin());
         cmd.arg("--socket")
             .arg(self.socket())

@@ -1,0 +1,97 @@
+//! Registering a session without YAML, shared by `reaper session start` and `reaper run`: the
+//! flags become a Session manifest that goes through `apply` and its validation.
+
+use clap::Args;
+
+use super::Failure;
+use crate::api::client::Client;
+use crate::api::wire::{ApplyRequest, ApplyResponse, RecordView, SessionManifest};
+use crate::core::model::{validate_label, Duration, Labels, Name, ObjectMeta, SessionSpec};
+use crate::store::ApplyAction;
+
+/// The session's lifetime and labels, as flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SessionFlags {
+    /// The session expires this long after it is registered, whatever else happens (e.g. 2h).
+    #[arg(long, value_parser = positive_duration)]
+    pub ttl: Option<Duration>,
+    /// A label on the session record, KEY=VALUE (repeatable); shown by `reaper get`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// A duration flag that must be more than zero (a zero ttl or heartbeat would end the session
+/// the moment it starts).
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d: Duration = s
+        .parse()
+        .map_err(|e: crate::core::model::DurationError| e.to_string())?;
+    if d.0.is_zero() {
+        return Err(format!(
+            "{s:?} is zero: the session would end at once; give a positive duration such as 30s"
+        ));
+    }
+    Ok(d)
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid label {s:?}: expected KEY=VALUE"))?;
+    validate_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn session_name(s: &str) -> Result<Name, String> {
+    Name::new(s)
+}
+
+/// Registers `name` as a new Active session. A name already in use (live or finished) is an
+/// error: reusing it would share, or at once lose, someone else's objects.
+pub async fn register(
+    c: &Client,
+    name: &Name,
+    flags: &SessionFlags,
+    heartbeat: Option<Duration>,
+    file_name: &str,
+) -> Result<(), Failure> {
+    match c.get::<RecordView>(&format!("/v1/sessions/{name}")).await {
+        Ok(RecordView::Session { session, .. }) => {
+            return Err(Failure::new(
+                1,
+                format!(
+                    "session/{name} already exists (phase {}): choose another name, or free it \
+                     with `reaper delete session {name}`",
+                    session.status.phase.as_str()
+                ),
+            ))
+        }
+        Ok(RecordView::Agent { .. }) => {
+            return Err(Failure::new(1, "unexpected reply: an agent record"))
+        }
+        Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let metadata = ObjectMeta {
+        name: name.clone(),
+        labels: flags.labels.iter().cloned().collect::<Labels>(),
+    };
+    let spec = SessionSpec {
+        ttl: flags.ttl,
+        heartbeat_timeout: heartbeat,
+        ..SessionSpec::default()
+    };
+    let file =
+        SessionManifest::file(&metadata, &spec, file_name).map_err(|e| Failure::new(1, e))?;
+    let applied: ApplyResponse = c
+        .post("/v1/apply", &ApplyRequest { files: vec![file] })
+        .await?;
+    match applied.results.first().map(|r| &r.action) {
+        Some(ApplyAction::Created) => Ok(()),
+        // Someone registered the same name between the check and the apply.
+        _ => Err(Failure::new(
+            1,
+            format!("session/{name} was registered by someone else meanwhile: choose another name"),
+        )),
+    }
+}
