@@ -52,6 +52,11 @@ fn main() -> ExitCode {
                     Err(e) => fail(1, &e.to_string()),
                 }
             }
+            Command::Completion { shell } => print_bytes(&cli::completion(shell)),
+            Command::Man => match cli::man_page() {
+                Ok(page) => print_bytes(&page),
+                Err(e) => fail(1, &format!("cannot render the man page: {e}")),
+            },
             Command::Run(args) => {
                 let socket = cli.socket.unwrap_or_else(config::default_socket_path);
                 cli::run::run(&socket, *args).await
@@ -69,6 +74,14 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn print_bytes(bytes: &[u8]) -> i32 {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Ok(()) => 0,
+        Err(e) => fail(1, &format!("cannot write to stdout: {e}")),
+    }
 }
 
 fn fail(code: i32, message: &str) -> i32 {

@@ -110,6 +110,16 @@ pub enum Command {
     /// Daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh or fish).
+    #[command(
+        after_help = "Examples:\n  reaper completion bash > /etc/bash_completion.d/reaper\n  \
+        reaper completion zsh > \"${fpath[1]}/_reaper\"\n  \
+        reaper completion fish > ~/.config/fish/completions/reaper.fish"
+    )]
+    Completion { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `reaper man | man -l -`.
+    #[command(hide = true)]
+    Man,
     /// Save or restore every record with its status, as YAML.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -236,9 +246,11 @@ type Outcome = Result<(), Failure>;
 pub async fn run_client(socket: &Path, command: Command) -> Outcome {
     let c = Client::new(socket);
     match command {
-        Command::Serve(_) | Command::Config(_) | Command::Run(_) => {
-            Err(Failure::new(2, "not a client command"))
-        }
+        Command::Serve(_)
+        | Command::Config(_)
+        | Command::Run(_)
+        | Command::Completion { .. }
+        | Command::Man => Err(Failure::new(2, "not a client command")),
         Command::Store(cmd) => store_command(&c, cmd).await,
         Command::Apply { files } => apply(&c, &files).await,
         Command::Get { what, name, output } => {
@@ -341,6 +353,25 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// The completion script for `shell`, generated from the same clap definition as the parser.
+pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "reaper",
+        &mut out,
+    );
+    out
+}
+
+/// The man page, generated from the clap definition.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+    Ok(out)
 }
 
 fn plural_of(p: Plural) -> &'static str {
