@@ -231,7 +231,7 @@ fn name_of(s: &str) -> Result<Name, ApiError> {
 fn not_found(kind: OwnerKind, name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("{} {name} not found", kind.as_str()),
+        format!("{}/{name} not found", kind.as_str()),
     )
 }
 

@@ -128,6 +128,29 @@ pub enum RecordView {
     },
 }
 
+impl RecordView {
+    /// `session/NAME` or `agent/NAME`.
+    pub fn owner(&self) -> OwnerRef {
+        match self {
+            RecordView::Session { session, .. } => OwnerRef {
+                kind: crate::core::model::OwnerKind::Session,
+                name: session.metadata.name.clone(),
+            },
+            RecordView::Agent { agent, .. } => OwnerRef {
+                kind: crate::core::model::OwnerKind::Agent,
+                name: agent.metadata.name.clone(),
+            },
+        }
+    }
+
+    pub fn labels(&self) -> &crate::core::model::Labels {
+        match self {
+            RecordView::Session { session, .. } => &session.metadata.labels,
+            RecordView::Agent { agent, .. } => &agent.metadata.labels,
+        }
+    }
+}
+
 impl From<Record> for RecordView {
     fn from(r: Record) -> Self {
         match r {

@@ -6,6 +6,7 @@
 pub mod output;
 mod register;
 pub mod run;
+mod selector;
 mod serve_args;
 
 use serve_args::socket_help;
@@ -22,7 +23,8 @@ use crate::api::wire::{
     HeartbeatRequest, ImportRequest, ImportResponse, Preview, RecordView, ReportRequest, Status,
 };
 use crate::core::model::{Name, OwnerKind, OwnerRef};
-use output::{Described, Listed, Output};
+use output::{Described, ListOutput, Listed, Output};
+use selector::Selector;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,12 +48,26 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List records.
+    /// List records: all of a kind, or the NAMEs given, filtered by labels.
+    #[command(
+        after_help = "Examples:\n  reaper get sessions\n  reaper get sessions tdd-run-42 tdd-run-43 -o wide\n  \
+        reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name"
+    )]
     Get {
         what: Plural,
-        name: Option<String>,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        names: Vec<String>,
+        /// Only records whose labels match: key=value, key!=value, key, !key; comma-separated
+        /// (all must hold), repeatable.
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Vec<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+        /// Tables without their header line.
+        #[arg(long)]
+        no_headers: bool,
+        /// A NAME that does not exist is not an error.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
     /// Show a record, its status and conditions, and the Docker objects it owns now.
     Describe {
@@ -67,6 +83,9 @@ pub enum Command {
         /// Wait until the record (and so its objects) is gone.
         #[arg(long)]
         wait: bool,
+        /// A record that does not exist is not an error.
+        #[arg(long)]
+        ignore_not_found: bool,
         #[arg(long, default_value = "5m")]
         timeout: crate::core::model::Duration,
     },
@@ -253,18 +272,35 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         | Command::Man => Err(Failure::new(2, "not a client command")),
         Command::Store(cmd) => store_command(&c, cmd).await,
         Command::Apply { files } => apply(&c, &files).await,
-        Command::Get { what, name, output } => {
-            let listed = match &name {
-                Some(n) => Listed::One(Box::new(
-                    c.get(&format!("/v1/{}/{n}", plural_of(what))).await?,
-                )),
-                None => Listed::All(c.get(&format!("/v1/{}", plural_of(what))).await?),
+        Command::Get {
+            what,
+            names,
+            selector,
+            output,
+            no_headers,
+            ignore_not_found,
+        } => {
+            let selector = Selector::parse(selector.iter().map(String::as_str))
+                .map_err(|e| Failure::new(2, e))?;
+            let (listed, missing) = get(&c, what, &names, ignore_not_found).await?;
+            let listed = match listed {
+                Listed::One(r) if !selector.matches(r.labels()) => Listed::All(Vec::new()),
+                Listed::All(mut v) => {
+                    v.retain(|r| selector.matches(r.labels()));
+                    Listed::All(v)
+                }
+                one => one,
             };
-            print!(
-                "{}",
-                output::records(&listed, what == Plural::Agents, output)
-            );
-            Ok(())
+            if !listed.items().is_empty() || missing.is_empty() {
+                print!(
+                    "{}",
+                    output::records_as(&listed, what == Plural::Agents, output, no_headers)
+                );
+            }
+            match missing.is_empty() {
+                true => Ok(()),
+                false => Err(Failure::new(1, missing.join("\nerror: "))),
+            }
         }
         Command::Describe { kind, name, output } => {
             let described = Described {
@@ -280,9 +316,14 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             kind,
             name,
             wait,
+            ignore_not_found,
             timeout,
         } => {
-            let _: RecordView = c.delete(&format!("/v1/{}/{name}", kind.plural())).await?;
+            let path = format!("/v1/{}/{name}", kind.plural());
+            match c.delete::<RecordView>(&path).await {
+                Err(e) if ignore_not_found && is_not_found(&e) => return Ok(()),
+                other => other?,
+            };
             println!("{}/{name} deletion requested", kind_str(kind));
             if wait {
                 wait_gone(&c, kind, &name, timeout.std()).await?;
@@ -372,6 +413,45 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
     Ok(out)
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    e.status() == Some(hyper::StatusCode::NOT_FOUND)
+}
+
+/// The records `reaper get` asked for: all of a kind, one, or several (in the order named),
+/// and the errors of names that do not exist (none with `ignore_not_found`).
+async fn get(
+    c: &Client,
+    what: Plural,
+    names: &[String],
+    ignore_not_found: bool,
+) -> Result<(Listed, Vec<String>), Failure> {
+    let plural = plural_of(what);
+    if names.is_empty() {
+        return Ok((
+            Listed::All(c.get(&format!("/v1/{plural}")).await?),
+            Vec::new(),
+        ));
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match c.get::<RecordView>(&format!("/v1/{plural}/{name}")).await {
+            Ok(r) => found.push(r),
+            Err(e) if is_not_found(&e) => {
+                if !ignore_not_found {
+                    missing.push(e.to_string());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let listed = match (names.len(), found.pop()) {
+        (1, Some(one)) => Listed::One(Box::new(one)),
+        (_, last) => Listed::All(found.into_iter().chain(last).collect()),
+    };
+    Ok((listed, missing))
 }
 
 fn plural_of(p: Plural) -> &'static str {

@@ -23,6 +23,28 @@ pub enum Output {
     Yaml,
 }
 
+/// `reaper get -o`: the shared formats, and `name` (`session/NAME` per line, for scripts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+impl ListOutput {
+    fn shared(self) -> Option<Output> {
+        match self {
+            ListOutput::Table => Some(Output::Table),
+            ListOutput::Wide => Some(Output::Wide),
+            ListOutput::Json => Some(Output::Json),
+            ListOutput::Yaml => Some(Output::Yaml),
+            ListOutput::Name => None,
+        }
+    }
+}
+
 /// JSON or YAML of what was received. Through a `Value`, whose keys are sorted, so the text
 /// does not depend on the order in which a type declares its fields.
 fn structured(v: &impl Serialize, o: Output) -> Option<String> {
@@ -110,7 +132,7 @@ pub enum Listed {
 }
 
 impl Listed {
-    fn items(&self) -> &[RecordView] {
+    pub fn items(&self) -> &[RecordView] {
         match self {
             Listed::One(r) => std::slice::from_ref(r.as_ref()),
             Listed::All(v) => v,
@@ -119,13 +141,46 @@ impl Listed {
 }
 
 pub fn records(listed: &Listed, agents: bool, o: Output) -> String {
+    let o = match o {
+        Output::Table => ListOutput::Table,
+        Output::Wide => ListOutput::Wide,
+        Output::Json => ListOutput::Json,
+        Output::Yaml => ListOutput::Yaml,
+    };
+    records_as(listed, agents, o, false)
+}
+
+/// `records`, with `reaper get`'s own choices: `-o name`, and `--no-headers` for tables.
+pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool) -> String {
+    let Some(o) = o.shared() else {
+        return listed
+            .items()
+            .iter()
+            .map(|r| format!("{}\n", r.owner()))
+            .collect();
+    };
     if let Some(out) = structured(listed, o) {
         return out;
     }
     let items = listed.items();
     if items.is_empty() {
-        return "No records.\n".into();
+        return if no_headers {
+            String::new()
+        } else {
+            "No records.\n".into()
+        };
     }
+    let printed = records_table(items, agents, o);
+    if no_headers {
+        return printed
+            .split_once('\n')
+            .map(|(_, rows)| rows.to_string())
+            .unwrap_or_default();
+    }
+    printed
+}
+
+fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
     let wide = o == Output::Wide;
     if agents {
         let mut header = vec!["NAME", "PHASE", "SINCE", "REMOVED"];

@@ -1,0 +1,76 @@
+//! `reaper get` and `reaper delete` with kubectl's habits, the CLI run as a process against a
+//! real daemon: several names, label selectors, `--no-headers`, `-o name`, `--ignore-not-found`.
+
+mod common;
+
+use common::*;
+
+fn session(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n---\n"
+    )
+}
+
+#[test]
+fn get_takes_names_selectors_and_script_friendly_formats() {
+    let r = Reaper::start(&[]);
+    r.apply(&format!(
+        "{}{}{}",
+        session("g-a", "team: tdd, tier: ci"),
+        session("g-b", "team: tdd"),
+        session("g-c", "team: ops")
+    ));
+
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = r.cli_ok(&[&["get", "sessions"][..], args, &["-o", "name"]].concat());
+        out.lines().map(String::from).collect()
+    };
+    assert_eq!(names(&[]), ["session/g-a", "session/g-b", "session/g-c"]);
+    assert_eq!(names(&["g-c", "g-a"]), ["session/g-c", "session/g-a"]);
+    assert_eq!(names(&["-l", "team=tdd"]), ["session/g-a", "session/g-b"]);
+    assert_eq!(names(&["-l", "team=tdd,tier!=ci"]), ["session/g-b"]);
+    assert_eq!(
+        names(&["-l", "team", "-l", "!tier"]),
+        ["session/g-b", "session/g-c"]
+    );
+    assert_eq!(names(&["g-a", "-l", "team=ops"]), Vec::<String>::new());
+
+    let table = r.cli_ok(&["get", "sessions", "g-b", "--no-headers"]);
+    assert!(table.starts_with("g-b "), "{table}");
+    assert_eq!(table.lines().count(), 1, "{table}");
+
+    // A missing name is an error that names it, after the ones found are printed.
+    let out = r.cli(&["get", "sessions", "g-a", "nope", "-o", "name"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_of(&out), "session/g-a\n");
+    assert!(
+        stderr_of(&out).contains("session/nope not found"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = r.cli_ok(&[
+        "get",
+        "sessions",
+        "g-a",
+        "nope",
+        "-o",
+        "name",
+        "--ignore-not-found",
+    ]);
+    assert_eq!(out, "session/g-a\n");
+
+    // A malformed selector is a usage error that says what is expected.
+    let out = r.cli(&["get", "sessions", "-l", "=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("expected key=value"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // delete --ignore-not-found: no error for what is not there.
+    let out = r.cli(&["delete", "session", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let out = r.cli_ok(&["delete", "session", "nope", "--ignore-not-found"]);
+    assert_eq!(out, "");
+}
