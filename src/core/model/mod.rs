@@ -30,6 +30,10 @@ pub use time::Timestamp;
 /// The API version every manifest, record and config carries.
 pub const API_VERSION: &str = "reaper/v1";
 
+/// The `status.source` of records written through the API (`reaper apply`); a manifest file's
+/// records carry its path instead.
+pub const API_SOURCE: &str = "api";
+
 /// One record of either kind, as applied or stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
