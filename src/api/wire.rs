@@ -352,9 +352,12 @@ mod tests {
             ("AgentSpec", records(&agents, "/spec")),
             ("AgentStatus", records(&agents, "/status")),
             ("DockerObject", each(&objects, "")),
-            ("Removal", each(&orphans, "/removals")),
+            (
+                "Removal",
+                [each(&orphans, "/removals"), each(&cleanup, "/planned")].concat(),
+            ),
             ("Waiting", each(&orphans, "/waiting")),
-            ("CleanupResponse", vec![cleanup]),
+            ("CleanupResponse", vec![cleanup.clone()]),
             (
                 "ApplyResponse",
                 vec![round_trip::<ApplyResponse>(examples::apply())],
