@@ -347,6 +347,15 @@ fn export(ctl: &dyn Daemon) -> Reply {
 
 async fn import(ctl: &dyn Daemon, body: ImportRequest) -> Reply {
     let records: Vec<Record> = body.records.into_iter().map(Record::from).collect();
+    // A record without the status an export saved (a manifest) is refused, all or nothing.
+    for r in &records {
+        r.check_importable().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{e}; nothing was imported"),
+            )
+        })?;
+    }
     let n = ctl.store()?.import(records).await?;
     info!(records = n, "Records imported.");
     ok(ImportResponse { imported: n })

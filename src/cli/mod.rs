@@ -623,11 +623,17 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
             }
             let n = match data_dir {
                 Some(dir) => {
-                    let store = offline(&dir)?;
-                    let records = records
+                    let records: Vec<crate::core::model::Record> = records
                         .into_iter()
                         .map(crate::core::model::Record::from)
                         .collect();
+                    // As the daemon does: a record without its status is refused, all or nothing.
+                    for r in &records {
+                        r.check_importable().map_err(|e| {
+                            Failure::new(1, format!("{file}: {e}; nothing was imported"))
+                        })?;
+                    }
+                    let store = offline(&dir)?;
                     store
                         .import(records)
                         .await
