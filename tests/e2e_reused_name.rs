@@ -119,3 +119,86 @@ fn a_finished_session_name_is_refused_until_its_record_is_deleted() {
     );
     bystanders.assert_all_alive();
 }
+
+/// The manifest directory: a file that still declares a session that has ended is reported as
+/// failing (in `reaper status`), nothing of it is applied, and the daemon keeps running. Taking
+/// the document out of the file deletes the record and frees the name.
+#[test]
+fn a_manifest_file_that_declares_an_ended_session_is_reported_not_applied() {
+    let _scope = Scope::new(&["e2e-rm-"]);
+    let bystanders = Bystanders::create("reusedmd");
+    let mut r = Reaper::prepare(&["--resync-interval", "2s"]);
+    let dir = r.dir().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let file = write_file(
+        &dir,
+        "runs.yaml",
+        &format!("{}---\n{}", session("e2e-rm-run"), session("e2e-rm-other")),
+    );
+    r.set_extra(&[
+        "--resync-interval",
+        "2s",
+        "--manifests",
+        &dir.display().to_string(),
+    ]);
+    r.spawn();
+    r.wait_ready();
+    r.wait_until("the file is applied", Duration::from_secs(5), || {
+        r.phase("sessions", "e2e-rm-run") == "Active"
+    });
+    r.cli_ok(&["session", "end", "e2e-rm-run"]);
+    r.wait_until("the session is cleaned", Duration::from_secs(15), || {
+        r.phase("sessions", "e2e-rm-run") == "Cleaned"
+    });
+
+    // The runner writes the file again, with a change to the other session.
+    let edited = session("e2e-rm-other").replace("spec: {}", "spec: {ttl: 2h}");
+    write_file(
+        &dir,
+        "runs.yaml",
+        &format!("{}---\n{edited}", session("e2e-rm-run")),
+    );
+    let shown = file.display().to_string();
+    r.wait_until(
+        "reaper status names the file and why",
+        Duration::from_secs(5),
+        || {
+            let status = r.cli_ok(&["status", "-o", "json"]);
+            status.contains(&shown) && status.contains("session e2e-rm-run ended at")
+        },
+    );
+    let status = r.cli_ok(&["status", "-o", "json"]);
+    assert!(
+        status.contains(&format!("Remove it from {shown}")),
+        "{status}"
+    );
+    assert!(
+        r.session("e2e-rm-other")["spec"]["ttl"].is_null(),
+        "nothing of the file is applied"
+    );
+    assert_eq!(r.phase("sessions", "e2e-rm-run"), "Cleaned");
+
+    // The way forward: take the document out; the record goes, and the name is free.
+    write_file(&dir, "runs.yaml", &edited);
+    r.wait_until(
+        "the ended record is deleted",
+        Duration::from_secs(10),
+        || r.phase("sessions", "e2e-rm-run").is_empty(),
+    );
+    r.wait_until(
+        "the rest of the file is applied",
+        Duration::from_secs(5),
+        || r.session("e2e-rm-other")["spec"]["ttl"] == "2h",
+    );
+    let status = r.cli_ok(&["status", "-o", "json"]);
+    assert!(!status.contains(&shown), "the error is resolved: {status}");
+    write_file(
+        &dir,
+        "runs.yaml",
+        &format!("{edited}---\n{}", session("e2e-rm-run")),
+    );
+    r.wait_until("the name is declared anew", Duration::from_secs(5), || {
+        r.phase("sessions", "e2e-rm-run") == "Active"
+    });
+    bystanders.assert_all_alive();
+}
