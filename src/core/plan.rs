@@ -1107,6 +1107,11 @@ mod tests {
                     prop_assert!(!owners.is_empty(), "removed an object that is not ours: {obj:?}");
                     prop_assert!(obj.labels.get("reaper.instance").is_none_or(|v| v.is_empty()));
                     let manual_target = matches!(&scope, Scope::ManualOwner(t) if owners.contains(t));
+                    if let Scope::ManualOwner(t) = &scope {
+                        prop_assert!(manual_target, "a cleanup of {t} removed another's: {obj:?}");
+                        prop_assert_eq!(&r.because, &ownership::attribution(obj, t, &rules, &matchers));
+                        prop_assert!(!r.because.is_empty(), "no reason why {obj:?} is {t}'s");
+                    }
                     if !manual_target {
                         prop_assert!(!owners.iter().any(live), "removed an object with a live owner: {obj:?}");
                     }
