@@ -860,6 +860,23 @@ mod tests {
         // Normal passes leave these alone (grace, or a kept kind) and give no reasons.
         let normal = plan(&[], &[], &actual, at(101), &cfg(), &Scope::Normal);
         assert!(normal.removals.iter().all(|r| r.because.is_empty()));
+
+        // With a record, its build dir goes too, and says which field declared it.
+        let a = agent("my-agent")
+            .phase(AgentPhase::Running)
+            .build_dir("my-agent")
+            .build();
+        let p = plan(
+            &[],
+            &[a],
+            &actual,
+            at(101),
+            &cfg(),
+            &Scope::ManualOwner(target),
+        );
+        let path = p.removals.last().unwrap();
+        assert_eq!(path.target.kind(), ResourceKind::Path);
+        assert_eq!(path.because, ["spec.buildDir of its record"]);
     }
 
     #[test]
