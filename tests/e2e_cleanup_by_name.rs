@@ -202,6 +202,23 @@ fn cleanup_of_a_session_without_a_record_follows_labels_and_adoption_keys() {
     bystanders.assert_all_alive();
 }
 
+/// Runs `reaper ARGS` with a terminal on stdin (util-linux `script`), typing `input`; returns
+/// what the terminal showed.
+fn with_tty(r: &Reaper, args: &[&str], input: &str) -> String {
+    let command = format!(
+        "{} --socket {} {}",
+        Reaper::bin(),
+        r.socket().display(),
+        args.join(" ")
+    );
+    let out = run_with_timeout(
+        std::process::Command::new("script").args(["-qec", &command, "/dev/null"]),
+        Some(input.as_bytes()),
+        CLI_TIMEOUT,
+    );
+    stdout_of(&out).replace('\r', "")
+}
+
 /// Issue 13, section 5: `cleanup session NAME --yes` ends a live session for good. The help, the
 /// preview, the refusal and the summary say so; the session is Ended (reason manual) and its
 /// name is refused by apply until its record is deleted.
@@ -259,6 +276,18 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
         "Active",
         "a preview and a refusal end nothing"
     );
+    // At a terminal, the question says it too; "no" ends and removes nothing.
+    let asked = with_tty(&r, &["cleanup", "session", s], "n\n");
+    assert!(
+        asked.contains(&format!("End session {s} and remove 1 object(s)? [y/N]")),
+        "{asked}"
+    );
+    assert!(asked.contains("Nothing removed."), "{asked}");
+    assert_eq!(
+        r.phase("sessions", s),
+        "Active",
+        "an answer of no ends nothing"
+    );
     assert!(all_exist(&objs));
 
     let done = r.cli_ok(&["cleanup", "session", s, "--yes"]);
@@ -294,9 +323,10 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
         "{}",
         stderr_of(&out)
     );
-    let done = r.cli_ok(&["cleanup", "session", empty, "--yes"]);
+    let done = with_tty(&r, &["cleanup", "session", empty], "y\n");
     assert!(
-        done.contains(&format!("session/{empty} ended (reason manual)")),
+        done.contains(&format!("End session {empty}? [y/N]"))
+            && done.contains(&format!("session/{empty} ended (reason manual)")),
         "{done}"
     );
     assert_ne!(r.phase("sessions", empty), "Active");
