@@ -723,3 +723,57 @@ async fn a_wedged_engine_gets_no_more_removals_until_it_answers_again() {
     })
     .await;
 }
+
+/// A cleanup by name of an owner with no record (`reaper cleanup agent NAME`) goes through the
+/// same re-check on a fresh look as every removal: an object that is no longer the name's, or
+/// that a live owner claims now, is skipped.
+#[tokio::test]
+async fn a_cleanup_by_name_without_a_record_is_rechecked_before_each_delete() {
+    use reaper::core::model::{OwnerKind, OwnerRef};
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .push(owned("x", "reaper.agent", "my-agent"));
+    let (ctl, _dir) = controller(engine.clone());
+    ctl.store()
+        .apply(
+            vec![Record::Session(Session::named(Name::new("live").unwrap()))],
+            API_SOURCE,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let scope = Scope::ManualOwner(OwnerRef {
+        kind: OwnerKind::Agent,
+        name: Name::new("my-agent").unwrap(),
+    });
+    let relabel = |pairs: &[(&str, &str)]| {
+        *engine.relabel.lock().unwrap() = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    };
+
+    // On the last look it is another agent's.
+    relabel(&[("reaper.agent", "my-agent2")]);
+    let (plan, report) = ctl.pass(&scope, false).await.unwrap();
+    assert_eq!(plan.removals.len(), 1, "the listing made it the name's");
+    assert_eq!(plan.removals[0].because, ["label reaper.agent=my-agent"]);
+    assert_eq!(report.skipped, 1);
+    // On the last look a live session claims it too.
+    relabel(&[("reaper.agent", "my-agent"), ("reaper.session", "live")]);
+    let (_, report) = ctl.pass(&scope, false).await.unwrap();
+    assert_eq!(report.skipped, 1);
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+
+    // Still the name's alone: it goes, and no record is made for the name.
+    *engine.relabel.lock().unwrap() = None;
+    let (_, report) = ctl.pass(&scope, false).await.unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 1);
+    assert!(ctl.store().agent("my-agent").unwrap().is_none());
+}

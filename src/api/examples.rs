@@ -131,8 +131,9 @@ pub(crate) fn status_wedged() -> &'static str {
 pub(crate) fn cleanup() -> &'static str {
     r#"{
   "planned": [
-    {"target": {"kind": "container", "id": "0123456789abcdef0123", "name": "c1"},
-     "owner": {"kind": "session", "name": "s1"}, "reason": "manual", "stopTimeout": "5s"}
+    {"target": {"kind": "container", "id": "0123456789abcdef0123", "name": "c1", "labels": {"reaper.session": "s1"}},
+     "owner": {"kind": "session", "name": "s1"}, "reason": "manual", "stopTimeout": "5s",
+     "because": ["label reaper.session=s1"]}
   ],
   "removed": [
     {"kind": "container", "id": "0123456789abcdef0123", "name": "c1"},

@@ -349,6 +349,15 @@ fn export(ctl: &dyn Daemon) -> Reply {
 
 async fn import(ctl: &dyn Daemon, body: ImportRequest) -> Reply {
     let records: Vec<Record> = body.records.into_iter().map(Record::from).collect();
+    // A record without the status an export saved (a manifest) is refused, all or nothing.
+    for r in &records {
+        r.check_importable().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{e}; nothing was imported"),
+            )
+        })?;
+    }
     let n = ctl.store()?.import(records).await?;
     info!(records = n, "Records imported.");
     ok(ImportResponse { imported: n })
@@ -501,19 +510,9 @@ async fn apply(ctl: &dyn Daemon, body: ApplyRequest) -> Reply {
 }
 
 async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
+    // An owner without a record is fine: what the ownership rules attribute to its name goes.
     let scope = match &req.owner {
-        Some(o) => {
-            get_record(
-                ctl,
-                if o.kind == OwnerKind::Agent {
-                    "agents"
-                } else {
-                    "sessions"
-                },
-                o.name.as_str(),
-            )?;
-            Scope::ManualOwner(o.clone())
-        }
+        Some(o) => Scope::ManualOwner(o.clone()),
         None => Scope::ManualAll,
     };
     if req.dry_run {
@@ -526,22 +525,32 @@ async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
     let now = Timestamp::now();
     // A session cleaned up by hand is over: end it, so nothing it starts later survives.
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Session) {
-        ctl.store()?
+        let ended = ctl
+            .store()?
             .update_session(o.name.as_str(), |s| {
                 s.end(EndReason::Manual, now);
                 Ok(())
             })
-            .await?;
+            .await;
+        match ended {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let report = ctl.clean_up(&scope).await?;
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Agent) {
         if report.failed.is_empty() {
-            ctl.store()?
+            let stopped = ctl
+                .store()?
                 .update_agent(o.name.as_str(), |a| {
                     a.stop(StopCause::Manual, now);
                     Ok(())
                 })
-                .await?;
+                .await;
+            match stopped {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     ok(report)

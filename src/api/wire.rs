@@ -184,6 +184,23 @@ pub fn parse_export(text: &str) -> Result<Vec<RecordView>, String> {
         if v.is_null() {
             continue;
         }
+        if v.get("status").is_none_or(serde_yaml::Value::is_null) {
+            let kind = v.get("kind").and_then(serde_yaml::Value::as_str);
+            let name = v
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(serde_yaml::Value::as_str);
+            let what = match (kind, name) {
+                (Some(k), Some(n)) => format!(" ({k} {n})"),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "document {}{what} has no `status:`: it is a manifest, not a record saved by \
+                 `reaper store export`; apply it with `reaper apply -f` instead. Nothing was \
+                 imported",
+                i + 1
+            ));
+        }
         let r: RecordView =
             serde_yaml::from_value(v).map_err(|e| format!("document {}: {e}", i + 1))?;
         let (RecordView::Session { api_version, .. } | RecordView::Agent { api_version, .. }) = &r;
@@ -339,6 +356,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_export_is_read_and_a_manifest_is_refused_pointing_to_apply() {
+        let manifest = include_str!("../../manifests/examples/session.yaml");
+        let err = parse_export(manifest).unwrap_err();
+        assert!(
+            err.starts_with("document 1 (Session tdd-run-42) has no `status:`: it is a manifest"),
+            "{err}"
+        );
+        assert!(err.contains("`reaper apply -f`"), "{err}");
+        assert!(err.ends_with("Nothing was imported"), "{err}");
+        // A second document without status: nothing of the stream is taken.
+        let export: Vec<RecordView> = serde_json::from_str(&examples::agents()).unwrap();
+        let mut text = String::new();
+        for r in &export {
+            text.push_str(&format!("---\n{}", serde_yaml::to_string(r).unwrap()));
+        }
+        assert_eq!(parse_export(&text).unwrap(), export);
+        let mixed = format!("{text}---\n{manifest}");
+        assert!(parse_export(&mixed)
+            .unwrap_err()
+            .starts_with("document 3 (Session tdd-run-42) has no `status:`"));
+        let null_status =
+            "apiVersion: reaper/v1\nkind: Agent\nmetadata: {name: a}\nspec: {}\nstatus:\n";
+        assert!(parse_export(null_status)
+            .unwrap_err()
+            .contains("(Agent a) has no `status:`"));
+    }
+
     fn openapi_schemas() -> serde_yaml::Mapping {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
         let text = std::fs::read_to_string(path).expect("docs/openapi.yaml");
@@ -407,9 +452,12 @@ mod tests {
             ("AgentSpec", records(&agents, "/spec")),
             ("AgentStatus", records(&agents, "/status")),
             ("DockerObject", each(&objects, "")),
-            ("Removal", each(&orphans, "/removals")),
+            (
+                "Removal",
+                [each(&orphans, "/removals"), each(&cleanup, "/planned")].concat(),
+            ),
             ("Waiting", each(&orphans, "/waiting")),
-            ("CleanupResponse", vec![cleanup]),
+            ("CleanupResponse", vec![cleanup.clone()]),
             (
                 "ApplyResponse",
                 vec![round_trip::<ApplyResponse>(examples::apply())],

@@ -109,7 +109,17 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Remove now: everything removable (orphans without waiting for their grace), or one owner's objects.
+    /// Remove now: everything removable (orphans without waiting for their grace), or one owner's
+    /// objects. `cleanup session NAME` also ends the session for good.
+    ///
+    /// `cleanup session NAME` ends an Active session for good (phase Ended, reason manual, as
+    /// `reaper session end` does) and removes its objects now; applying NAME again is refused
+    /// until `reaper delete session NAME`. `cleanup agent NAME` removes the agent's objects and
+    /// build dir and sets it Stopped. NAME needs no record: without one, what the ownership rules
+    /// attribute to NAME goes (reaper.session/reaper.agent labels, the adoption label keys,
+    /// `<agentNamePrefix>NAME` container and image names), but no build dir or path. The preview
+    /// lists each object and why it is NAME's; without a terminal on stdin it refuses unless
+    /// --yes is given.
     Cleanup {
         /// `session NAME` or `agent NAME`; nothing for everything removable.
         #[arg(num_args = 0..=2, value_names = ["KIND", "NAME"])]
@@ -598,24 +608,56 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
         owner: owner.clone(),
         dry_run,
     };
+    let record = match &owner {
+        Some(o) => owner_record(c, o).await?,
+        None => None,
+    };
+    // A session cleaned up by hand ends for good: say so before anything happens.
+    let ends = match &record {
+        Some(RecordView::Session { session, .. }) => {
+            session.status.phase == crate::core::model::SessionPhase::Active
+        }
+        _ => false,
+    };
     let preview: CleanupResponse = c.post("/v1/cleanup", &request(true)).await?;
     let planned = preview.planned;
-    if planned.is_empty() {
-        println!("Nothing to clean up.");
+    if planned.is_empty() && !ends {
+        match &owner {
+            Some(o) => println!("nothing to clean for {} {}", o.kind.as_str(), o.name),
+            None => println!("Nothing to clean up."),
+        }
         return Ok(());
     }
-    print!("{}", output::removals(&planned));
+    if let Some(o) = &owner {
+        print!("{}", cleanup_note(o, record.as_ref(), ends));
+    }
+    if !planned.is_empty() {
+        print!("{}", output::removals(&planned));
+    }
     if dry_run {
         return Ok(());
     }
+    let what = match (&owner, ends) {
+        (Some(o), true) if planned.is_empty() => format!("end session {}", o.name),
+        (Some(o), true) => format!(
+            "end session {} and remove {} object(s)",
+            o.name,
+            planned.len()
+        ),
+        _ => format!("remove {} object(s)", planned.len()),
+    };
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::new(
                 2,
-                format!("refusing to remove {} object(s) without confirmation: stdin is not a terminal; pass --yes", planned.len()),
+                format!(
+                    "refusing to {what} without confirmation: stdin is not a terminal; pass --yes"
+                ),
             ));
         }
-        print!("Remove these {} object(s)? [y/N] ", planned.len());
+        let mut question = what.clone();
+        question[..1].make_ascii_uppercase();
+        print!("{question}? [y/N] ");
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
@@ -626,7 +668,24 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
     }
     let done: CleanupResponse = c.post("/v1/cleanup", &request(false)).await?;
     let failed = done.failed;
+    if let (Some(o), true) = (&owner, ends) {
+        println!(
+            "session/{} ended (reason manual); its name is refused by apply until `reaper delete session {}`.",
+            o.name, o.name
+        );
+    }
     println!("Removed {} object(s).", done.removed.len());
+    if owner.is_some() {
+        // Each object that went, and why it was the owner's.
+        let gone: Vec<_> = done
+            .planned
+            .into_iter()
+            .filter(|r| done.removed.contains(&r.target))
+            .collect();
+        if !gone.is_empty() {
+            print!("{}", output::removals(&gone));
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -641,6 +700,33 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
                 failed.len()
             ),
         ))
+    }
+}
+
+/// The owner's record, or `None` when it has none (a cleanup by name alone).
+async fn owner_record(c: &Client, o: &OwnerRef) -> Result<Option<RecordView>, Failure> {
+    let path = format!("/v1/{}s/{}", o.kind.as_str(), o.name);
+    match c.get::<RecordView>(&path).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a cleanup of one owner does besides removing objects, printed before the list.
+fn cleanup_note(o: &OwnerRef, record: Option<&RecordView>, ends: bool) -> String {
+    let (kind, name) = (o.kind.as_str(), &o.name);
+    match record {
+        None => format!(
+            "No {kind} record named {name}: what the ownership rules attribute to the name goes \
+             at once (no build dir or paths).\n"
+        ),
+        Some(_) if ends => format!(
+            "session/{name} is Active: this cleanup ends it for good (phase Ended, reason manual), \
+             like `reaper session end`; applying {name} again is refused until \
+             `reaper delete session {name}`.\n"
+        ),
+        Some(_) => String::new(),
     }
 }
 
@@ -685,11 +771,17 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
             }
             let n = match data_dir {
                 Some(dir) => {
-                    let store = offline(&dir)?;
-                    let records = records
+                    let records: Vec<crate::core::model::Record> = records
                         .into_iter()
                         .map(crate::core::model::Record::from)
                         .collect();
+                    // As the daemon does: a record without its status is refused, all or nothing.
+                    for r in &records {
+                        r.check_importable().map_err(|e| {
+                            Failure::new(1, format!("{file}: {e}; nothing was imported"))
+                        })?;
+                    }
+                    let store = offline(&dir)?;
                     store
                         .import(records)
                         .await

@@ -301,22 +301,32 @@ pub fn target_fields(t: &Target) -> (ResourceKind, &str, &str) {
     }
 }
 
-/// Planned removals: KIND, NAME, ID, OWNER, REASON.
+/// Planned removals: KIND, NAME, ID, OWNER, REASON, and WHY (the rules that make each one the
+/// owner's) when a cleanup of one owner says.
 pub fn removals(items: &[Removal]) -> String {
+    let why = items.iter().any(|r| !r.because.is_empty());
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
             let (kind, id, name) = target_fields(&r.target);
-            vec![
+            let mut row = vec![
                 kind.to_string(),
                 name.into(),
                 short_id(id).into(),
                 owner(r.owner.as_ref()),
                 r.reason.to_string(),
-            ]
+            ];
+            if why {
+                row.push(r.because.join("; "));
+            }
+            row
         })
         .collect();
-    table(&["KIND", "NAME", "ID", "OWNER", "REASON"], &rows)
+    let mut header = vec!["KIND", "NAME", "ID", "OWNER", "REASON"];
+    if why {
+        header.push("WHY");
+    }
+    table(&header, &rows)
 }
 
 /// One line of `reaper orphans`.
@@ -603,6 +613,13 @@ mod tests {
             "KIND        NAME       ID             OWNER        REASON\n\
              container   c1         0123456789ab   session/s1   session_ended\n\
              path        s1/build   s1/build       -            orphan\n"
+        );
+        // A cleanup of one owner says why each object is that owner's.
+        let cleanup: crate::api::wire::CleanupResponse = typed(examples::cleanup());
+        assert_eq!(
+            removals(&cleanup.planned),
+            "KIND        NAME   ID             OWNER        REASON   WHY\n\
+             container   c1     0123456789ab   session/s1   manual   label reaper.session=s1\n"
         );
     }
 

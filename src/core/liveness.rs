@@ -50,7 +50,8 @@ impl Standing {
 pub struct Standings(BTreeMap<OwnerRef, Standing>);
 
 impl Standings {
-    /// `forced` is the owner of a manual cleanup: it loses everything, whatever its record says.
+    /// `forced` is the owner of a manual cleanup: it loses everything, whatever its record says,
+    /// and even when it has no record.
     /// `restarted_at` makes heartbeats count from the daemon's start.
     pub fn new(
         sessions: &[Session],
@@ -87,6 +88,17 @@ impl Standings {
                 agent_standing(a)
             };
             out.insert(owner, st);
+        }
+        // A manual cleanup of a name with no record: what the ownership rules attribute to the
+        // name goes now. Without a record there is no build dir or path to remove.
+        if let Some(owner) = forced.filter(|o| !out.contains_key(o)) {
+            let st = dead(
+                CleanupReason::Manual,
+                &ResourceKind::DOCKER,
+                Vec::new(),
+                default_stop(),
+            );
+            out.insert(owner.clone(), st);
         }
         Standings(out)
     }

@@ -75,9 +75,90 @@ impl Matchers {
     }
 }
 
+/// Why an object is an owner's: the rule that attributes it, as people read it (`reaper
+/// cleanup session|agent NAME` lists it for each object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis<'a> {
+    /// `reaper.session=<name>` or `reaper.agent=<name>`.
+    Label { key: &'a str, value: &'a str },
+    /// A key of `adoption.sessionLabelKeys` whose value names the session.
+    AdoptionLabel { key: &'a str, value: &'a str },
+    /// The session record's `spec.match.labels`, all of them present.
+    MatchLabels(&'a Labels),
+    /// A container name or image repository `<adoption.agentNamePrefix><agent>`.
+    AdoptionName {
+        what: &'static str,
+        name: &'a str,
+        prefix: &'a str,
+    },
+    /// A container name or image repository that starts with the agent record's name prefix.
+    NamePrefix {
+        what: &'static str,
+        name: &'a str,
+        prefix: &'a str,
+    },
+}
+
+impl std::fmt::Display for Basis<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Basis::Label { key, value } => write!(f, "label {key}={value}"),
+            Basis::AdoptionLabel { key, value } => {
+                write!(f, "label {key}={value} (adoption.sessionLabelKeys)")
+            }
+            Basis::MatchLabels(labels) => {
+                let all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "labels {} (spec.match.labels)", all.join(","))
+            }
+            Basis::AdoptionName { what, name, prefix } => {
+                write!(f, "{what} {name} (adoption.agentNamePrefix {prefix})")
+            }
+            Basis::NamePrefix { what, name, prefix } => {
+                write!(f, "{what} {name} (spec.match.namePrefix {prefix})")
+            }
+        }
+    }
+}
+
 /// Every owner that claims `obj`, strongest claim first, without duplicates. Empty means the
 /// object is not ours and must never be touched.
 pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+    let mut out: Vec<OwnerRef> = Vec::new();
+    for (claim, _) in claims_with_basis(obj, rules, matchers) {
+        if !out.contains(&claim) {
+            out.push(claim);
+        }
+    }
+    out
+}
+
+/// Why `owner` claims `obj`, one line per rule that attributes it (empty: it does not).
+pub fn attribution(
+    obj: &DockerObject,
+    owner: &OwnerRef,
+    rules: &Rules,
+    matchers: &Matchers,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, basis) in claims_with_basis(obj, rules, matchers)
+        .into_iter()
+        .filter(|(c, _)| c == owner)
+    {
+        let line = basis.to_string();
+        if !out.contains(&line) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Every claim on `obj` with the rule it comes from, strongest first (an owner may appear
+/// more than once). The one place the ownership rules are applied.
+pub fn claims_with_basis<'a>(
+    obj: &'a DockerObject,
+    rules: &'a Rules,
+    matchers: &'a Matchers,
+) -> Vec<(OwnerRef, Basis<'a>)> {
     if obj
         .labels
         .get(INSTANCE_LABEL)
@@ -85,9 +166,8 @@ pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<Own
     {
         return Vec::new();
     }
-    let by_label = label_claims(&obj.labels, rules, matchers);
     let by_name = match obj.kind {
-        ResourceKind::Container => name_claims(&obj.name, rules, matchers),
+        ResourceKind::Container => name_claims(&obj.name, "container name", rules, matchers),
         ResourceKind::Image => obj
             .repository()
             .map(|r| repository_claims(r, rules, matchers))
@@ -103,63 +183,79 @@ pub fn claims(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> Vec<Own
             .iter()
             .all(|r| !repository_claims(repository_of(r), rules, matchers).is_empty());
 
-    let mut out: Vec<OwnerRef> = Vec::new();
-    let chosen = if label_counts { by_label } else { Vec::new() };
-    for claim in chosen.into_iter().chain(by_name) {
-        if !out.contains(&claim) {
-            out.push(claim);
-        }
-    }
+    let mut out = if label_counts {
+        label_claims(&obj.labels, rules, matchers)
+    } else {
+        Vec::new()
+    };
+    out.extend(by_name);
     out
 }
 
 pub fn is_ours(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> bool {
-    !claims(obj, rules, matchers).is_empty()
+    !claims_with_basis(obj, rules, matchers).is_empty()
 }
 
 fn owner(kind: OwnerKind, value: &str) -> Option<OwnerRef> {
     Name::new(value).ok().map(|name| OwnerRef { kind, name })
 }
 
-fn label_claims(labels: &Labels, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+fn label_claims<'a>(
+    labels: &'a Labels,
+    rules: &'a Rules,
+    matchers: &'a Matchers,
+) -> Vec<(OwnerRef, Basis<'a>)> {
     let mut out = Vec::new();
-    out.extend(
-        labels
-            .get(SESSION_LABEL)
-            .and_then(|v| owner(OwnerKind::Session, v)),
-    );
-    out.extend(
-        labels
-            .get(AGENT_LABEL)
-            .and_then(|v| owner(OwnerKind::Agent, v)),
-    );
+    for (key, kind) in [
+        (SESSION_LABEL, OwnerKind::Session),
+        (AGENT_LABEL, OwnerKind::Agent),
+    ] {
+        if let Some((key, value)) = labels.get_key_value(key) {
+            out.extend(owner(kind, value).map(|o| (o, Basis::Label { key, value })));
+        }
+    }
     for (name, want) in &matchers.session_labels {
         if want.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            out.push(OwnerRef {
+            let o = OwnerRef {
                 kind: OwnerKind::Session,
                 name: name.clone(),
-            });
+            };
+            out.push((o, Basis::MatchLabels(want)));
         }
     }
     for key in &rules.session_label_keys {
-        out.extend(labels.get(key).and_then(|v| owner(OwnerKind::Session, v)));
+        if let Some((key, value)) = labels.get_key_value(key.as_str()) {
+            out.extend(
+                owner(OwnerKind::Session, value).map(|o| (o, Basis::AdoptionLabel { key, value })),
+            );
+        }
     }
     out
 }
 
-fn name_claims(name: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
+fn name_claims<'a>(
+    name: &'a str,
+    what: &'static str,
+    rules: &'a Rules,
+    matchers: &'a Matchers,
+) -> Vec<(OwnerRef, Basis<'a>)> {
     let mut out = Vec::new();
     for (agent, prefix) in &matchers.agent_prefixes {
         if name.starts_with(prefix.as_str()) {
-            out.push(OwnerRef {
+            let o = OwnerRef {
                 kind: OwnerKind::Agent,
                 name: agent.clone(),
-            });
+            };
+            out.push((o, Basis::NamePrefix { what, name, prefix }));
         }
     }
-    if !rules.agent_name_prefix.is_empty() {
-        if let Some(rest) = name.strip_prefix(rules.agent_name_prefix.as_str()) {
-            out.extend(owner(OwnerKind::Agent, rest));
+    let prefix = rules.agent_name_prefix.as_str();
+    if !prefix.is_empty() {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            out.extend(
+                owner(OwnerKind::Agent, rest)
+                    .map(|o| (o, Basis::AdoptionName { what, name, prefix })),
+            );
         }
     }
     out
@@ -169,11 +265,16 @@ fn name_claims(name: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> 
 /// and to its [`canonical_repository`], so Podman's `docker.io/library/anvyl-agent-x` and
 /// `localhost/anvyl-agent-x` are agent `x`'s like Docker's `anvyl-agent-x`. A reference to
 /// another registry (`ghcr.io/org/anvyl-agent-x`) is not: see [`canonical_repository`].
-fn repository_claims(repository: &str, rules: &Rules, matchers: &Matchers) -> Vec<OwnerRef> {
-    let mut out = name_claims(repository, rules, matchers);
+fn repository_claims<'a>(
+    repository: &'a str,
+    rules: &'a Rules,
+    matchers: &'a Matchers,
+) -> Vec<(OwnerRef, Basis<'a>)> {
+    const WHAT: &str = "image repository";
+    let mut out = name_claims(repository, WHAT, rules, matchers);
     let canonical = canonical_repository(repository);
     if canonical != repository {
-        out.extend(name_claims(canonical, rules, matchers));
+        out.extend(name_claims(canonical, WHAT, rules, matchers));
     }
     out
 }
@@ -258,6 +359,75 @@ mod tests {
         assert_eq!(claims_of(&labelled), ["agent/bob"]);
         // A container name is never a reference: no spelling is stripped from it.
         assert!(claims_of(&container("localhost/anvyl-agent-bob")).is_empty());
+    }
+
+    #[test]
+    fn attribution_says_which_rule_makes_an_object_an_owners() {
+        let rules = Rules::default();
+        let m = Matchers::default();
+        let agent = |n: &str| OwnerRef {
+            kind: OwnerKind::Agent,
+            name: Name::new(n).unwrap(),
+        };
+        let session = |n: &str| OwnerRef {
+            kind: OwnerKind::Session,
+            name: Name::new(n).unwrap(),
+        };
+        let why = |obj: &DockerObject, o: &OwnerRef| attribution(obj, o, &rules, &m);
+
+        let both = container("anvyl-agent-my-agent").label("reaper.agent", "my-agent");
+        assert_eq!(
+            why(&both, &agent("my-agent")),
+            [
+                "label reaper.agent=my-agent",
+                "container name anvyl-agent-my-agent (adoption.agentNamePrefix anvyl-agent-)"
+            ]
+        );
+        assert_eq!(
+            why(
+                &image("localhost/anvyl-agent-my-agent:1"),
+                &agent("my-agent")
+            ),
+            ["image repository anvyl-agent-my-agent (adoption.agentNamePrefix anvyl-agent-)"]
+        );
+        assert_eq!(
+            why(&volume("v").label("session_id", "run-1"), &session("run-1")),
+            ["label session_id=run-1 (adoption.sessionLabelKeys)"]
+        );
+        // Look-alike names belong to someone else, or to nobody.
+        assert!(why(&container("anvyl-agent-my-agent2"), &agent("my-agent")).is_empty());
+        assert!(why(&container("my-agent"), &agent("my-agent")).is_empty());
+        assert!(why(&both, &session("my-agent")).is_empty());
+        // A label that proves nothing (a foreign tag on the image) is not given as a reason.
+        let shared = image("exec:1")
+            .label("reaper.session", "s")
+            .other_ref("someone/else:latest");
+        assert!(why(&shared, &session("s")).is_empty());
+
+        // The records' own rules.
+        let s = session_rec();
+        let a = crate::core::fixtures::agent("custom")
+            .prefix("custom-")
+            .build();
+        let m = Matchers::new(&[s], &[a], &rules);
+        let obj = container("custom-1")
+            .label("team", "tdd")
+            .label("run", "42");
+        assert_eq!(
+            attribution(&obj, &session("tdd-run-42"), &rules, &m),
+            ["labels run=42,team=tdd (spec.match.labels)"]
+        );
+        assert_eq!(
+            attribution(&obj, &agent("custom"), &rules, &m),
+            ["container name custom-1 (spec.match.namePrefix custom-)"]
+        );
+    }
+
+    fn session_rec() -> crate::core::model::Session {
+        crate::core::fixtures::session("tdd-run-42")
+            .matching("team", "tdd")
+            .matching("run", "42")
+            .build()
     }
 
     #[test]

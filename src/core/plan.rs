@@ -118,6 +118,10 @@ pub struct Removal {
     pub reason: CleanupReason,
     /// Containers only: the graceful stop timeout before removal.
     pub stop_timeout: Duration,
+    /// For `reaper cleanup session|agent NAME`: why each object is NAME's (the ownership rule,
+    /// or the record field that declares a path). Empty in other passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub because: Vec<String>,
 }
 
 /// An orphan still inside its grace period: reported by `reaper orphans`, not removed yet.
@@ -254,6 +258,7 @@ pub fn plan(
                 owner: Some((*owner).clone()),
                 reason: *reason,
                 stop_timeout: *stop_timeout,
+                because: Vec::new(),
             });
             continue;
         }
@@ -279,6 +284,7 @@ pub fn plan(
                 owner: claims.first().cloned(),
                 reason,
                 stop_timeout: default_stop(),
+                because: Vec::new(),
             });
         } else {
             wake.at(removable_at);
@@ -304,6 +310,7 @@ pub fn plan(
                     owner: Some(owner.clone()),
                     reason: *reason,
                     stop_timeout: default_stop(),
+                    because: Vec::new(),
                 });
             }
         }
@@ -311,6 +318,15 @@ pub fn plan(
 
     if let Scope::ManualOwner(target) = scope {
         plan.removals.retain(|r| r.owner.as_ref() == Some(target));
+        for r in &mut plan.removals {
+            r.because = match &r.target {
+                Target::Docker(obj) => ownership::attribution(obj, target, &cfg.rules, &matchers),
+                Target::Path { .. } if target.kind == OwnerKind::Agent => {
+                    vec!["spec.buildDir of its record".into()]
+                }
+                Target::Path { .. } => vec!["spec.paths of its record".into()],
+            };
+        }
     }
     if *scope == Scope::Normal {
         plan.transitions = transitions(
@@ -784,6 +800,88 @@ mod tests {
     }
 
     #[test]
+    fn manual_cleanup_of_a_name_without_a_record() {
+        let live = session("live").build();
+        let kept_images = session("done").ended().keep_images().build();
+        let young = Some(at(100));
+        let objs = vec![
+            container("anvyl-agent-my-agent").created(young),
+            image("anvyl-agent-my-agent:latest").created(young),
+            volume("v1").label("reaper.agent", "my-agent"),
+            // Someone else's, or nobody's: look-alike names, other labels, a live owner.
+            container("anvyl-agent-my-agent2"),
+            container("my-agent"),
+            container("plain"),
+            network("n1").label("reaper.agent", "other"),
+            container("shared")
+                .label("reaper.agent", "my-agent")
+                .label("reaper.session", "live"),
+            // Also claimed by an owner that keeps this kind: the manual cleanup still takes it.
+            image("exec:1")
+                .label("reaper.agent", "my-agent")
+                .label("reaper.session", "done"),
+        ];
+        let actual = Actual {
+            objects: objs,
+            paths: [RelPath::new("my-agent").unwrap()].into(),
+        };
+        let target = OwnerRef {
+            kind: OwnerKind::Agent,
+            name: Name::new("my-agent").unwrap(),
+        };
+        let p = plan(
+            &[live, kept_images],
+            &[],
+            &actual,
+            at(101),
+            &cfg(),
+            &Scope::ManualOwner(target.clone()),
+        );
+        assert_eq!(
+            removed(&p),
+            [
+                "anvyl-agent-my-agent",
+                "v1",
+                "anvyl-agent-my-agent:latest",
+                "exec:1"
+            ],
+            "no grace, no build dir without a record, nobody else's, never a live owner's"
+        );
+        for r in &p.removals {
+            assert_eq!(r.owner.as_ref(), Some(&target));
+            assert_eq!(r.reason, CleanupReason::Manual);
+        }
+        let why: Vec<&[String]> = p.removals.iter().map(|r| r.because.as_slice()).collect();
+        assert_eq!(
+            why[0],
+            ["container name anvyl-agent-my-agent (adoption.agentNamePrefix anvyl-agent-)"]
+        );
+        assert_eq!(why[1], ["label reaper.agent=my-agent"]);
+        assert!(p.transitions.is_empty());
+
+        // Normal passes leave these alone (grace, or a kept kind) and give no reasons.
+        let normal = plan(&[], &[], &actual, at(101), &cfg(), &Scope::Normal);
+        assert!(normal.removals.iter().all(|r| r.because.is_empty()));
+
+        // With a record, its build dir goes too, and says which field declared it.
+        let a = agent("my-agent")
+            .phase(AgentPhase::Running)
+            .build_dir("my-agent")
+            .build();
+        let p = plan(
+            &[],
+            &[a],
+            &actual,
+            at(101),
+            &cfg(),
+            &Scope::ManualOwner(target),
+        );
+        let path = p.removals.last().unwrap();
+        assert_eq!(path.target.kind(), ResourceKind::Path);
+        assert_eq!(path.because, ["spec.buildDir of its record"]);
+    }
+
+    #[test]
     fn manual_scopes() {
         let live = session("live").build();
         let objs = vec![
@@ -1028,6 +1126,11 @@ mod tests {
                     prop_assert!(!owners.is_empty(), "removed an object that is not ours: {obj:?}");
                     prop_assert!(obj.labels.get("reaper.instance").is_none_or(|v| v.is_empty()));
                     let manual_target = matches!(&scope, Scope::ManualOwner(t) if owners.contains(t));
+                    if let Scope::ManualOwner(t) = &scope {
+                        prop_assert!(manual_target, "a cleanup of {t} removed another's: {obj:?}");
+                        prop_assert_eq!(&r.because, &ownership::attribution(obj, t, &rules, &matchers));
+                        prop_assert!(!r.because.is_empty(), "no reason why {obj:?} is {t}'s");
+                    }
                     if !manual_target {
                         prop_assert!(!owners.iter().any(live), "removed an object with a live owner: {obj:?}");
                     }

@@ -184,8 +184,13 @@ impl ManifestDir {
         let mut out = PassResult::default();
         // Every record of this dir, by owner, with its source and whether it is being deleted.
         let mut current: BTreeMap<OwnerRef, (String, bool)> = BTreeMap::new();
+        // Sessions that have ended: applying them again is refused until the record is gone.
+        let mut ended: BTreeSet<OwnerRef> = BTreeSet::new();
         for s in self.store.sessions()? {
             let owner = Record::Session(s.clone()).owner();
+            if s.accepts_reapply().is_err() {
+                ended.insert(owner.clone());
+            }
             let source = s.status.source.unwrap_or_else(|| API_SOURCE.to_string());
             if self.owns_source(&source) {
                 current.insert(owner, (source, s.status.deleting_since.is_some()));
@@ -284,8 +289,9 @@ impl ManifestDir {
                 }
                 Err(e @ (StoreError::Conflict(_) | StoreError::Invalid(_))) => {
                     failed.insert(file.clone(), e.to_string());
-                    // A conflict may clear by itself (a record being deleted elsewhere).
-                    out.pending = true;
+                    // A conflict may clear by itself (a record being deleted elsewhere); one
+                    // with a session that has ended does not: the file must change.
+                    out.pending |= !records.iter().any(|r| ended.contains(&r.owner()));
                 }
                 Err(e) => return Err(e),
             }
@@ -931,6 +937,64 @@ mod tests {
         assert!(f.store.session("s2").unwrap().is_some());
         assert!(!f.deleting("s2"));
         assert!(!*lock(&f.md.pending));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_declares_an_ended_session_is_reported_and_not_applied() {
+        let f = fixture(Duration::ZERO);
+        let a = f.write(
+            "a.yaml",
+            &format!("{}---\n{}", session("s1", "1h"), session("s2", "1h")),
+        );
+        f.md.sync().await.unwrap();
+        // The workflow ended and its objects went: s1 is Cleaned.
+        let ended_at = Timestamp(1_700_000_000_000);
+        f.store
+            .update_session("s1", |s| {
+                s.end(crate::core::model::EndReason::Succeeded, ended_at);
+                s.mark_cleaned(ended_at);
+                Ok(())
+            })
+            .await
+            .unwrap();
+
+        // Same file, and an edit of s2: the file is in error, and none of it is applied.
+        f.write(
+            "a.yaml",
+            &format!("{}---\n{}", session("s1", "1h"), session("s2", "2h")),
+        );
+        assert!(!f.md.sync().await.unwrap());
+        let errors = f.md.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, a);
+        let e = &errors[0].1;
+        for part in [
+            "session s1 ended at 2023-11-14T22:13:20Z and is cleaned now",
+            &format!("Remove it from {a}"),
+            "give it a new name",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from {e:?}");
+        }
+        assert!(
+            !e.contains("reaper delete"),
+            "a file's record is not deleted by hand: {e}"
+        );
+        assert_eq!(f.metric(), "reaper_manifest_errors 1");
+        assert_eq!(f.ttl("s2"), "3600s", "nothing of the file is applied");
+        let s1 = f.store.session("s1").unwrap().unwrap();
+        assert_eq!(s1.status.phase, SessionPhase::Cleaned);
+        assert!(!f.deleting("s1"));
+        assert!(
+            !*lock(&f.md.pending),
+            "it does not clear by itself: no fast retries"
+        );
+
+        // The way forward: the document goes, so does the record; the rest is applied.
+        f.write("a.yaml", &session("s2", "2h"));
+        assert!(f.md.sync().await.unwrap());
+        assert!(f.md.errors().is_empty());
+        assert!(f.deleting("s1"));
+        assert_eq!(f.ttl("s2"), "7200s");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use crate::core::model::{
 };
 
 /// The `source` of records written through the API (`reaper apply`).
-pub const API_SOURCE: &str = "api";
+pub use crate::core::model::API_SOURCE;
 
 /// The conflict raised when `requested_by` tries to change a record that `owning_source` declared.
 /// The API's delete path uses it too, so both messages name the owning file the same way.
@@ -187,7 +187,8 @@ impl Store {
     ///   stamped with `now` and `source`; any status in the input is ignored.
     /// - Same spec and labels: `unchanged`. Otherwise `configured`: spec and labels are replaced
     ///   and the status is kept.
-    /// - A record declared by another source, or being deleted, is a `Conflict` and nothing in
+    /// - A record declared by another source, or being deleted, or a session that has ended
+    ///   (its name is not reused: [`Session::accepts_reapply`]), is a `Conflict` and nothing in
     ///   the batch is applied.
     ///
     /// `source` is [`API_SOURCE`] for the CLI, or the manifest file's path.
@@ -375,6 +376,8 @@ impl Store {
                 R::KIND.as_str()
             )));
         }
+        // A name is not reused: the rule is the record's own (core lifecycle).
+        current.accepts_reapply()?;
         if current.same_desired(new) {
             let check = Write::Check {
                 owner: new.owner(),
@@ -439,6 +442,10 @@ trait Kind: Clone + PartialEq {
     fn fresh_status(&mut self, now: Timestamp, source: &str);
     /// The status fields both kinds share.
     fn common(&mut self) -> CommonStatus<'_>;
+    /// Whether the stored record may take a re-applied manifest (a `Conflict` if not).
+    fn accepts_reapply(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 fn wrong_kind(record: &Record, wanted: OwnerKind) -> StoreError {
@@ -498,6 +505,9 @@ impl Kind for Session {
             source: Some(source.to_string()),
             ..SessionStatus::default()
         };
+    }
+    fn accepts_reapply(&self) -> Result<(), StoreError> {
+        Session::accepts_reapply(self).map_err(|e| StoreError::Conflict(e.to_string()))
     }
 }
 

@@ -4,7 +4,9 @@
 //! store calls it inside a read-modify-write) and says what it did, so callers log and count
 //! from that. Time is passed in: the core never reads a clock.
 
-use super::{Agent, AgentPhase, Condition, EndReason, Name, Session, SessionPhase, Timestamp};
+use super::{
+    Agent, AgentPhase, Condition, EndReason, Name, Session, SessionPhase, Timestamp, API_SOURCE,
+};
 
 /// The condition a record carries while one of its removals keeps failing.
 pub const REMOVAL_FAILING: &str = "RemovalFailing";
@@ -16,6 +18,39 @@ pub enum Refused {
     HeartbeatNotLive { name: Name, phase: SessionPhase },
     #[error("agent {name} is being deleted")]
     AgentDeleting { name: Name },
+    /// A session's name is not reused: applying a session that has ended would not start a
+    /// new one (its new objects would be removed at once), so it is refused.
+    #[error("{}", session_over(.name, *.phase, *.ended_at, .declared_in.as_deref()))]
+    SessionOver {
+        name: Name,
+        phase: SessionPhase,
+        ended_at: Option<Timestamp>,
+        /// The record's `status.source`: the way forward differs for a manifest file.
+        declared_in: Option<String>,
+    },
+}
+
+fn session_over(
+    name: &Name,
+    phase: SessionPhase,
+    ended_at: Option<Timestamp>,
+    source: Option<&str>,
+) -> String {
+    let ended = match ended_at {
+        Some(at) => format!("session {name} ended at {at} and is {} now", phase.as_str()),
+        None => format!("session {name} has ended and is {} now", phase.as_str()),
+    };
+    match source.filter(|s| *s != API_SOURCE) {
+        Some(file) => format!(
+            "{ended}; {file} still declares it, and a session's name is not reused. Remove it \
+             from {file} (its record is then deleted and the name is free), or give it a new name"
+        ),
+        None => format!(
+            "{ended}; a session's name is not reused, so applying it again would not start a \
+             new session. Delete the old record first (`reaper delete session {name} --wait` \
+             frees the name), or choose a new name"
+        ),
+    }
 }
 
 /// Why an agent is set `Stopped`.
@@ -94,6 +129,21 @@ impl Session {
     /// if it already was being deleted, since then).
     pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
         mark_for_deletion(&mut self.status.deleting_since, now)
+    }
+
+    /// Whether the stored session may take a re-applied manifest of the same name. Only a
+    /// session that has not ended may: a name is not reused, since an ended (or cleaned) session
+    /// stays over and would remove whatever a new run under its name creates.
+    pub fn accepts_reapply(&self) -> Result<(), Refused> {
+        if self.status.phase == SessionPhase::Active {
+            return Ok(());
+        }
+        Err(Refused::SessionOver {
+            name: self.metadata.name.clone(),
+            phase: self.status.phase,
+            ended_at: self.status.ended_at.or(self.status.cleaned_at),
+            declared_in: self.status.source.clone(),
+        })
     }
 }
 
@@ -291,6 +341,80 @@ mod tests {
             assert!(!s.mark_cleaned(at(4)));
             assert_eq!(s, before);
         }
+    }
+
+    #[test]
+    fn only_a_session_that_has_not_ended_takes_a_reapply() {
+        assert_eq!(session("live").build().accepts_reapply(), Ok(()));
+        // Being deleted is refused elsewhere (the store), with its own message.
+        assert_eq!(session("d").deleting().build().accepts_reapply(), Ok(()));
+
+        let mut cleaned = session("run-1").build();
+        assert!(cleaned.end(EndReason::Succeeded, at(60)));
+        assert!(cleaned.mark_cleaned(at(90)));
+        let err = cleaned.accepts_reapply().unwrap_err();
+        assert_eq!(
+            err,
+            Refused::SessionOver {
+                name: Name::new("run-1").unwrap(),
+                phase: SessionPhase::Cleaned,
+                ended_at: Some(at(60)),
+                declared_in: None,
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "session run-1 ended at {} and is cleaned now; ",
+                at(60)
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`reaper delete session run-1 --wait`"),
+            "{msg}"
+        );
+        assert!(msg.contains("choose a new name"), "{msg}");
+
+        // Ended or expired and not yet cleaned: just as over.
+        let ended = session("e").ended().build();
+        assert!(matches!(
+            ended.accepts_reapply(),
+            Err(Refused::SessionOver {
+                phase: SessionPhase::Ended,
+                ..
+            })
+        ));
+        let mut expired = session("x").ttl(Duration::from_secs(1)).build();
+        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0));
+        let msg = expired.accepts_reapply().unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("ended at {} and is expired now", at(1))),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_way_forward_for_a_file_is_the_file() {
+        let mut s = session("f").cleaned(at(3)).build();
+        s.status.source = Some("/etc/reaper/manifests/a.yaml".into());
+        let msg = s.accepts_reapply().unwrap_err().to_string();
+        assert!(
+            msg.contains("/etc/reaper/manifests/a.yaml still declares it"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("Remove it from /etc/reaper/manifests/a.yaml"),
+            "{msg}"
+        );
+        assert!(!msg.contains("reaper delete"), "{msg}");
+        // Records of the API say so explicitly, or predate sources.
+        s.status.source = Some(API_SOURCE.into());
+        assert!(s
+            .accepts_reapply()
+            .unwrap_err()
+            .to_string()
+            .contains("reaper delete session f"));
     }
 
     #[test]

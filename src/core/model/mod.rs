@@ -30,6 +30,10 @@ pub use time::Timestamp;
 /// The API version every manifest, record and config carries.
 pub const API_VERSION: &str = "reaper/v1";
 
+/// The `status.source` of records written through the API (`reaper apply`); a manifest file's
+/// records carry its path instead.
+pub const API_SOURCE: &str = "api";
+
 /// One record of either kind, as applied or stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
@@ -38,6 +42,28 @@ pub enum Record {
 }
 
 impl Record {
+    /// Whether the record can be imported as is (`reaper store import`): it must carry the
+    /// status an export saved. A manifest has none, and imported as a record it would be
+    /// created in 1970: at once past its ttl, and its cleanup latency would count 56 years.
+    pub fn check_importable(&self) -> Result<(), String> {
+        let (created_at, phase_since) = match self {
+            Record::Session(s) => (s.status.created_at, None),
+            Record::Agent(a) => (a.status.created_at, Some(a.status.phase_since)),
+        };
+        let missing = if created_at == Timestamp::default() {
+            "status.createdAt"
+        } else if phase_since == Some(Timestamp::default()) {
+            "status.phaseSince"
+        } else {
+            return Ok(());
+        };
+        Err(format!(
+            "{} has no {missing}: `reaper store import` restores records saved by \
+             `reaper store export`, with their status; to declare a record, use `reaper apply -f`",
+            self.owner()
+        ))
+    }
+
     pub fn owner(&self) -> OwnerRef {
         match self {
             Record::Session(s) => OwnerRef {
@@ -49,5 +75,43 @@ impl Record {
                 name: a.metadata.name.clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fixtures::{agent, session, T0};
+
+    #[test]
+    fn only_a_record_with_its_status_is_importable() {
+        assert_eq!(
+            Record::Session(session("s").build()).check_importable(),
+            Ok(())
+        );
+        assert_eq!(Record::Agent(agent("a").build()).check_importable(), Ok(()));
+
+        // What a manifest gives: no status at all.
+        let bare = Record::Session(Session::named(Name::new("tdd-run-42").unwrap()));
+        let err = bare.check_importable().unwrap_err();
+        assert!(
+            err.starts_with("session/tdd-run-42 has no status.createdAt: "),
+            "{err}"
+        );
+        assert!(err.contains("use `reaper apply -f`"), "{err}");
+        let bare = Record::Agent(Agent::named(Name::new("a1").unwrap()));
+        assert!(bare.check_importable().is_err());
+
+        // A status without the instant the agent's phase began.
+        let mut a = agent("a2").build();
+        a.status.phase_since = Timestamp::default();
+        let err = Record::Agent(a).check_importable().unwrap_err();
+        assert!(
+            err.starts_with("agent/a2 has no status.phaseSince"),
+            "{err}"
+        );
+        let mut s = session("s2").build();
+        s.status.created_at = T0;
+        assert_eq!(Record::Session(s).check_importable(), Ok(()));
     }
 }
