@@ -174,6 +174,7 @@ fn controller_with(
     let settings = Settings {
         rules: Rules::default(),
         orphan_grace: reaper::core::model::Duration::from_secs(1),
+        max_orphan_removals: 50,
         history_retention: reaper::core::model::Duration::from_secs(3600),
         resync_interval: Duration::from_secs(30),
         concurrency: 4,
@@ -217,6 +218,68 @@ async fn a_failed_listing_deletes_nothing_and_enters_safe_mode() {
     );
     assert!(!ctl.health().safe_mode);
     assert_eq!(metric(&ctl, "reaper_safe_mode "), 0.0);
+}
+
+/// Sixty ripe orphans at once, as after a lost store: the guard holds every one of them until
+/// the operator confirms (`reaper cleanup`, a manual pass) or raises the cap.
+#[tokio::test]
+async fn a_mass_of_orphans_is_held_until_confirmed_or_the_cap_is_raised() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .extend((0..60).map(|i| orphan(&format!("o{i:02}"))));
+    let (ctl, _dir) = controller(engine.clone());
+
+    for _ in 0..3 {
+        let (plan, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+        assert!(report.removed.is_empty() && plan.removals.is_empty());
+        assert_eq!(plan.held.len(), 60);
+    }
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+    let held = ctl
+        .health()
+        .blast_radius_held
+        .expect("the hold is in the status");
+    assert_eq!((held.orphans, held.limit), (60, 50));
+    assert_eq!(held.examples.len(), 5);
+    assert!(held.examples[0].starts_with("container c-o00"), "{held:?}");
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 1.0);
+    assert_eq!(
+        metric(&ctl, "reaper_orphans{resource=\"container\"}"),
+        60.0,
+        "held orphans are still counted"
+    );
+
+    // Raising the cap (a SIGHUP reload) ends the hold: the next pass removes them all.
+    let mut settings = ctl.settings();
+    settings.max_orphan_removals = 60;
+    ctl.reload(settings);
+    let (_, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(report.removed.len(), 60);
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
+}
+
+#[tokio::test]
+async fn a_manual_cleanup_confirms_what_the_guard_holds() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .extend((0..51).map(|i| orphan(&format!("o{i:02}"))));
+    let (ctl, _dir) = controller(engine.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(ctl.health().blast_radius_held.is_some());
+
+    let (_, report) = ctl.pass(&Scope::ManualAll, false).await.unwrap();
+    assert_eq!(report.removed.len(), 51);
+    // The manual pass itself says nothing about the hold; the next normal one ends it.
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
 }
 
 #[tokio::test]

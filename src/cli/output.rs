@@ -356,6 +356,18 @@ pub fn status(v: &Status, o: Output) -> String {
             "off"
         }
     ));
+    if let Some(held) = &h.blast_radius_held {
+        out.push_str(&format!(
+            "held:       BLAST RADIUS: {} orphans due for removal, more than \
+             maxOrphanRemovalsPerPass ({}), so none is removed (since {}); e.g. {}. Check \
+             `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix \
+             the rule\n",
+            held.orphans,
+            held.limit,
+            held.since,
+            held.examples.join(", ")
+        ));
+    }
     if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
@@ -558,6 +570,7 @@ mod tests {
              exits:      off: container stops run at full concurrency\n\
              store:      ok\n\
              safe mode:  off\n\
+             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2024-05-01T09:59:00Z); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
              dry run:    on (nothing is removed)\n\
              last pass:  2024-05-01T10:00:00.123Z\n\
              last ok:    2024-05-01T10:00:00.123Z\n\

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::wire::Health;
+use crate::api::wire::{BlastRadiusHold, Health};
 use crate::core::inventory::{short_id, Actual, DockerObject};
 use crate::core::liveness::LiveOwners;
 use crate::core::model::{
@@ -49,6 +49,8 @@ const EVENT_COALESCE: Duration = Duration::from_millis(250);
 /// While the removal queue is backlogged, a triggered pass waits at most this long for more
 /// triggers to gather.
 const BACKLOG_COALESCE: Duration = Duration::from_millis(250);
+/// The blast-radius hold names this many of the orphans it holds, in the log and the status.
+const HOLD_EXAMPLES: usize = 5;
 /// This many passes in a row whose listings timed out while `/_ping` answered mean the engine
 /// is wedged (the libnetwork exit deadlock), not slow.
 const WEDGED_AFTER: u32 = 3;
@@ -58,6 +60,8 @@ const WEDGED_AFTER: u32 = 3;
 pub struct Settings {
     pub rules: Rules,
     pub orphan_grace: crate::core::model::Duration,
+    /// The blast-radius guard: more orphan removals due in one pass than this, and none is made.
+    pub max_orphan_removals: usize,
     pub history_retention: crate::core::model::Duration,
     pub resync_interval: Duration,
     pub concurrency: usize,
@@ -479,6 +483,7 @@ impl<E: Engine> Controller<E> {
             history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
             agent_running_grace: crate::core::model::Duration(AGENT_RUNNING_GRACE),
+            max_orphan_removals: settings.max_orphan_removals,
         }
     }
 
@@ -651,6 +656,9 @@ impl<E: Engine> Controller<E> {
         let (sessions, agents, actual) = self.observe(scope).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
         self.record_gauges(&plan, &sessions, &agents);
+        if *scope == Scope::Normal {
+            self.note_hold(&plan.held, now);
+        }
 
         // Deadlines passed: persist (flushed) before anything is removed because of them.
         for t in &plan.transitions {
@@ -751,6 +759,46 @@ impl<E: Engine> Controller<E> {
         });
         *cache = Some(d.clone());
         d
+    }
+
+    /// Shows (gauge, status, log) whether the blast-radius guard holds orphan removals back.
+    /// Logged when the hold begins or its size changes, not on every pass.
+    fn note_hold(&self, held: &[Removal], now: Timestamp) {
+        let limit = self.settings().max_orphan_removals;
+        let before = self.health().blast_radius_held;
+        if held.is_empty() {
+            if before.is_some() {
+                info!("Blast-radius hold ended: orphan removals are within maxOrphanRemovalsPerPass again.");
+                self.metrics.set_blast_radius_held(false);
+                self.set_health(|h| h.blast_radius_held = None);
+            }
+            return;
+        }
+        let examples: Vec<String> = held
+            .iter()
+            .take(HOLD_EXAMPLES)
+            .map(|r| format!("{} {}", r.target.kind(), target_label(&r.target)))
+            .collect();
+        let hold = BlastRadiusHold {
+            orphans: held.len(),
+            limit,
+            examples,
+            since: before.as_ref().map_or(now, |b| b.since),
+        };
+        if before.as_ref().map(|b| (b.orphans, b.limit)) != Some((hold.orphans, limit)) {
+            warn!(
+                orphans = hold.orphans,
+                max_orphan_removals_per_pass = limit,
+                examples = %hold.examples.join(", "),
+                "Blast-radius guard: this pass would remove {} orphans, more than \
+                 maxOrphanRemovalsPerPass ({limit}), so it removes none of them. A wrong adoption \
+                 rule or a lost store looks like this. Check `reaper orphans`; then confirm with \
+                 `reaper cleanup --yes`, raise the cap, or fix the rule.",
+                hold.orphans
+            );
+        }
+        self.metrics.set_blast_radius_held(true);
+        self.set_health(|h| h.blast_radius_held = Some(hold));
     }
 
     fn record_gauges(&self, plan: &Plan, sessions: &[Session], agents: &[Agent]) {

@@ -28,6 +28,9 @@ pub struct PlanConfig {
     pub restarted_at: Timestamp,
     /// How long a `Running` agent may have no running container before it is set `Stopped`.
     pub agent_running_grace: Duration,
+    /// The blast-radius guard: a normal pass that would remove more orphans than this removes
+    /// none of them (a wrong adoption rule or a lost store, not a leak).
+    pub max_orphan_removals: usize,
 }
 
 /// Which pass this is: the normal reconcile, or an operator's `reaper cleanup`.
@@ -188,6 +191,9 @@ pub struct Plan {
     /// The next instant something changes by itself (a deadline, a grace period, a purge).
     pub next_wake: Option<Timestamp>,
     pub observed: Observed,
+    /// Orphan removals held back by the blast-radius guard: more were due in this pass than
+    /// `max_orphan_removals`, so none of them is in `removals`. Empty unless held.
+    pub held: Vec<Removal>,
 }
 
 pub fn plan(
@@ -310,6 +316,23 @@ pub fn plan(
     if let Scope::ManualOwner(target) = scope {
         plan.removals.retain(|r| r.owner.as_ref() == Some(target));
     }
+    // The blast-radius guard. Only orphans count (an owner that ended, expired or was deleted
+    // loses its objects whatever their number), and only in a normal pass: `reaper cleanup`
+    // is the operator's confirmation.
+    if *scope == Scope::Normal {
+        let orphans = plan
+            .removals
+            .iter()
+            .filter(|r| r.reason == CleanupReason::Orphan)
+            .count();
+        if orphans > cfg.max_orphan_removals {
+            let (held, kept) = std::mem::take(&mut plan.removals)
+                .into_iter()
+                .partition(|r| r.reason == CleanupReason::Orphan);
+            plan.held = held;
+            plan.removals = kept;
+        }
+    }
     if *scope == Scope::Normal {
         plan.transitions = transitions(
             sessions,
@@ -322,9 +345,11 @@ pub fn plan(
             &mut wake,
         );
     }
-    plan.removals.sort_by(|a, b| {
+    let order = |a: &Removal, b: &Removal| {
         (a.target.kind(), target_name(&a.target)).cmp(&(b.target.kind(), target_name(&b.target)))
-    });
+    };
+    plan.removals.sort_by(order);
+    plan.held.sort_by(order);
     plan.next_wake = wake.0;
     plan
 }
@@ -456,6 +481,7 @@ mod tests {
             history_retention: D::from_secs(86_400),
             restarted_at: T0,
             agent_running_grace: D::from_secs(10),
+            max_orphan_removals: 50,
         }
     }
 
@@ -824,6 +850,118 @@ mod tests {
         assert!(one.transitions.is_empty());
     }
 
+    /// `n` ripe orphans of a lost session, named `o0`, `o1`, …
+    fn orphans(n: usize) -> Vec<DockerObject> {
+        (0..n)
+            .map(|i| container(&format!("o{i}")).label("reaper.session", "lost"))
+            .collect()
+    }
+
+    #[test]
+    fn the_blast_radius_guard_holds_every_orphan_above_the_cap() {
+        let late = at(10_000);
+        let c = PlanConfig {
+            max_orphan_removals: 3,
+            ..cfg()
+        };
+        let plan_of = |objects: Vec<DockerObject>, scope: &Scope| {
+            let actual = Actual {
+                objects,
+                paths: Default::default(),
+            };
+            plan(&[], &[], &actual, late, &c, scope)
+        };
+        // At the cap: all go.
+        let p = plan_of(orphans(3), &Scope::Normal);
+        assert_eq!(removed(&p), ["o0", "o1", "o2"]);
+        assert!(p.held.is_empty());
+        // One more: none goes, all are held, and still counted as orphans.
+        let p = plan_of(orphans(4), &Scope::Normal);
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert_eq!(p.held.len(), 4);
+        assert!(p.held.iter().all(|r| r.reason == CleanupReason::Orphan));
+        assert_eq!(p.observed.orphans[&ResourceKind::Container], 4);
+        // `reaper cleanup` (the operator's confirmation) is not capped.
+        let p = plan_of(orphans(4), &Scope::ManualAll);
+        assert_eq!(p.removals.len(), 4);
+        assert!(p.held.is_empty());
+    }
+
+    #[test]
+    fn the_blast_radius_guard_counts_only_ripe_orphans() {
+        let c = PlanConfig {
+            max_orphan_removals: 3,
+            ..cfg()
+        };
+        // Ten orphans, of which only two are past their grace: nothing to hold.
+        let mut objects = orphans(2);
+        objects.extend((0..8).map(|i| {
+            container(&format!("young{i}"))
+                .label("reaper.session", "lost")
+                .created(Some(at(9_900)))
+        }));
+        let actual = Actual {
+            objects,
+            paths: Default::default(),
+        };
+        let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
+        assert_eq!(removed(&p), ["o0", "o1"]);
+        assert!(p.held.is_empty());
+        assert_eq!(p.waiting.len(), 8);
+    }
+
+    #[test]
+    fn ended_expired_and_deleted_owners_are_not_capped_nor_held_with_orphans() {
+        let c = PlanConfig {
+            max_orphan_removals: 2,
+            ..cfg()
+        };
+        let ended = session("ended").ended().build();
+        let expired = session("expired").ttl(D::from_secs(1)).build();
+        let deleted = session("deleted").deleting().build();
+        let mut objects = orphans(5);
+        for owner in ["ended", "expired", "deleted"] {
+            objects.extend(
+                (0..4).map(|i| container(&format!("{owner}{i}")).label("reaper.session", owner)),
+            );
+        }
+        let actual = Actual {
+            objects,
+            paths: Default::default(),
+        };
+        let p = plan(
+            &[ended, expired, deleted],
+            &[],
+            &actual,
+            at(10_000),
+            &c,
+            &Scope::Normal,
+        );
+        assert_eq!(p.removals.len(), 12, "{:?}", removed(&p));
+        assert!(p.removals.iter().all(|r| r.reason != CleanupReason::Orphan));
+        assert_eq!(p.held.len(), 5);
+        // The owners' cleanup proceeds: the expiry is planned as usual.
+        assert!(p
+            .transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Expire { .. })));
+    }
+
+    #[test]
+    fn a_cap_of_zero_holds_every_orphan_removal() {
+        let c = PlanConfig {
+            max_orphan_removals: 0,
+            ..cfg()
+        };
+        let actual = Actual {
+            objects: orphans(1),
+            paths: Default::default(),
+        };
+        let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
+        assert!(p.removals.is_empty());
+        assert_eq!(p.held.len(), 1);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1000,13 +1138,14 @@ mod tests {
                 objects in prop::collection::vec(arb_object(), 0..12),
                 now in 0..3000i64,
                 manual in 0..3u8,
+                cap in 0..6usize,
             ) {
                 let mut sessions = sessions;
                 sessions.dedup_by(|a, b| a.metadata.name == b.metadata.name);
                 let mut agents = agents;
                 agents.dedup_by(|a, b| a.metadata.name == b.metadata.name);
                 let rules = Rules { instance: String::new(), ..Rules::default() };
-                let c = PlanConfig { rules: rules.clone(), ..cfg() };
+                let c = PlanConfig { rules: rules.clone(), max_orphan_removals: cap, ..cfg() };
                 let scope = match manual {
                     0 => Scope::Normal,
                     1 => Scope::ManualAll,
@@ -1015,6 +1154,9 @@ mod tests {
                 let now = at(now);
                 let actual = Actual { objects, paths: Default::default() };
                 let p = plan(&sessions, &agents, &actual, now, &c, &scope);
+                let orphan_removals = p.removals.iter().filter(|r| r.reason == CleanupReason::Orphan).count();
+                prop_assert!(orphan_removals <= c.max_orphan_removals, "the guard let {orphan_removals} orphans through");
+                prop_assert!(p.held.is_empty() || (scope == Scope::Normal && orphan_removals == 0 && p.held.len() > c.max_orphan_removals));
                 let matchers = Matchers::new(&sessions, &agents, &rules);
                 let live = |o: &OwnerRef| {
                     sessions.iter().any(|s| s.metadata.name == o.name && o.kind == OwnerKind::Session && s.is_live(now, T0))

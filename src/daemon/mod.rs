@@ -42,6 +42,7 @@ pub fn settings(c: &Config) -> Settings {
             agent_name_prefix: c.agent_name_prefix.clone(),
         },
         orphan_grace: c.orphan_grace_period,
+        max_orphan_removals: c.max_orphan_removals_per_pass,
         history_retention: c.history_retention,
         resync_interval: c.resync_interval.std(),
         concurrency: c.concurrency,
