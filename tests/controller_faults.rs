@@ -175,6 +175,7 @@ fn controller_with(
         rules: Rules::default(),
         orphan_grace: reaper::core::model::Duration::from_secs(1),
         max_orphan_removals: 50,
+        agent_running_grace: reaper::core::model::Duration::from_secs(10),
         history_retention: reaper::core::model::Duration::from_secs(3600),
         resync_interval: Duration::from_secs(30),
         concurrency: 4,

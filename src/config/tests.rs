@@ -150,6 +150,7 @@ fn defaults_for_root() {
     assert_eq!(c.manifests, None);
     assert_eq!(c.orphan_grace_period, Duration::from_secs(300));
     assert_eq!(c.max_orphan_removals_per_pass, 50);
+    assert_eq!(c.agent_running_grace, Duration::from_secs(10));
     assert_eq!(c.resync_interval, Duration::from_secs(30));
     assert_eq!(c.history_retention, Duration::from_secs(86_400));
     assert_eq!(c.concurrency, 8);
@@ -318,6 +319,7 @@ fn wrong_types_and_bad_values_name_line_and_field() {
             3,
             "maxOrphanRemovalsPerPass",
         ),
+        ("agentRunningGrace: soon\n", 3, "agentRunningGrace"),
         ("dryRun: perhaps\n", 3, "dryRun"),
         ("metricsListen: localhost\n", 3, "metricsListen"),
         ("logFormat: xml\n", 3, "logFormat"),

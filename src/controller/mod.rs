@@ -38,8 +38,6 @@ use crate::paths;
 use crate::store::{Store, StoreError, WriteLog};
 use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 
-/// How long a `Running` agent may have no running container before it is set `Stopped`.
-const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 /// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -62,6 +60,8 @@ pub struct Settings {
     pub orphan_grace: crate::core::model::Duration,
     /// The blast-radius guard: more orphan removals due in one pass than this, and none is made.
     pub max_orphan_removals: usize,
+    /// How long a `Running` agent may have no running container before it is set `Stopped`.
+    pub agent_running_grace: crate::core::model::Duration,
     pub history_retention: crate::core::model::Duration,
     pub resync_interval: Duration,
     pub concurrency: usize,
@@ -482,7 +482,7 @@ impl<E: Engine> Controller<E> {
             orphan_grace: settings.orphan_grace,
             history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
-            agent_running_grace: crate::core::model::Duration(AGENT_RUNNING_GRACE),
+            agent_running_grace: settings.agent_running_grace,
             max_orphan_removals: settings.max_orphan_removals,
         }
     }

@@ -43,6 +43,7 @@ pub fn settings(c: &Config) -> Settings {
         },
         orphan_grace: c.orphan_grace_period,
         max_orphan_removals: c.max_orphan_removals_per_pass,
+        agent_running_grace: c.agent_running_grace,
         history_retention: c.history_retention,
         resync_interval: c.resync_interval.std(),
         concurrency: c.concurrency,
