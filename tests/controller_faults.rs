@@ -173,7 +173,7 @@ fn controller_with(
     let store = Store::open(&dir.path().join("store")).unwrap();
     let settings = Settings {
         rules: Rules::default(),
-        orphan_grace: reaper::core::model::Duration::from_secs(1),
+        orphan_grace: reaper::core::model::Duration::from_secs(0),
         max_orphan_removals: 50,
         agent_running_grace: reaper::core::model::Duration::from_secs(10),
         history_retention: reaper::core::model::Duration::from_secs(3600),

@@ -415,9 +415,12 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
+    /// Objects seen for the first time are noted as seen at `now`, the instant the pass plans
+    /// for, so that a grace of zero means "this pass".
     async fn observe(
         &self,
         scope: &Scope,
+        now: Timestamp,
     ) -> Result<(Vec<Session>, Vec<Agent>, Actual), PassError> {
         let store = self.store();
         let generation = store.generation();
@@ -441,6 +444,7 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
+        let first_seen = self.first_seen(&objects, now).await?;
         let candidates = plan::paths_to_probe(
             &sessions,
             &agents,
@@ -472,7 +476,43 @@ impl<E: Engine> Controller<E> {
         })
         .await
         .map_err(|e| PassError::Paths(e.to_string()))??;
-        Ok((sessions, agents, Actual { objects, paths }))
+        Ok((
+            sessions,
+            agents,
+            Actual {
+                objects,
+                paths,
+                first_seen,
+            },
+        ))
+    }
+
+    /// When reaper first saw each listed object: what the store kept, plus `now` for the new
+    /// ones, which are written to the store (durable with its next flush). Sightings of
+    /// objects no longer listed are forgotten: should one come back, its grace starts again,
+    /// which only ever delays a removal.
+    async fn first_seen(
+        &self,
+        objects: &[DockerObject],
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, Timestamp>, StoreError> {
+        let store = self.store();
+        let mut known = store.sightings()?;
+        let listed: BTreeSet<String> = objects.iter().map(DockerObject::sighting_key).collect();
+        let new: BTreeMap<String, Timestamp> = listed
+            .iter()
+            .filter(|k| !known.contains_key(*k))
+            .map(|k| (k.clone(), now))
+            .collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        self.note_store(store.note_sightings(new.clone(), gone).await)?;
+        known.retain(|k, _| listed.contains(k));
+        known.extend(new);
+        Ok(known)
     }
 
     fn plan_config(&self) -> PlanConfig {
@@ -489,12 +529,13 @@ impl<E: Engine> Controller<E> {
 
     /// Plans without acting: what `reaper orphans` and the cleanup preview show.
     pub async fn preview(&self, scope: &Scope) -> Result<Plan, PassError> {
-        let (sessions, agents, actual) = self.observe(scope).await?;
+        let now = Timestamp::now();
+        let (sessions, agents, actual) = self.observe(scope, now).await?;
         Ok(plan::plan(
             &sessions,
             &agents,
             &actual,
-            Timestamp::now(),
+            now,
             &self.plan_config(),
             scope,
         ))
@@ -502,7 +543,7 @@ impl<E: Engine> Controller<E> {
 
     /// The Docker objects an owner claims right now, for `reaper describe`.
     pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, PassError> {
-        let (sessions, agents, actual) = self.observe(&Scope::Normal).await?;
+        let (sessions, agents, actual) = self.observe(&Scope::Normal, Timestamp::now()).await?;
         let rules = self.settings().rules;
         let matchers = Matchers::new(&sessions, &agents, &rules);
         Ok(actual
@@ -653,7 +694,7 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(Plan, Vec<(Target, Ticket)>), PassError> {
         self.write_unrecorded(false).await;
-        let (sessions, agents, actual) = self.observe(scope).await?;
+        let (sessions, agents, actual) = self.observe(scope, now).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
         self.record_gauges(&plan, &sessions, &agents);
         if *scope == Scope::Normal {

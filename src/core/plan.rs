@@ -270,7 +270,12 @@ pub fn plan(
         if matches!(scope, Scope::ManualOwner(_)) {
             continue;
         }
-        let removable_at = obj.created.map(|c| c.plus(cfg.orphan_grace));
+        // The grace counts from when the object appeared to reaper, if later than its creation
+        // (a pulled or cached image tagged a moment ago). Unknown creation: never by itself.
+        let seen = actual.first_seen.get(&obj.sighting_key()).copied();
+        let removable_at = obj
+            .created
+            .map(|c| seen.map_or(c, |s| c.max(s)).plus(cfg.orphan_grace));
         let ripe = removable_at.is_some_and(|at| now >= at);
         if *scope == Scope::ManualAll || ripe {
             let reason = if *scope == Scope::ManualAll {
@@ -501,6 +506,7 @@ mod tests {
             &Actual {
                 objects,
                 paths: Default::default(),
+                first_seen: Default::default(),
             },
             now,
             &cfg(),
@@ -610,6 +616,7 @@ mod tests {
             &Actual {
                 objects: objs,
                 paths: Default::default(),
+                first_seen: Default::default(),
             },
             at(1010),
             &c,
@@ -640,6 +647,54 @@ mod tests {
     }
 
     #[test]
+    fn an_orphans_grace_counts_from_when_reaper_first_saw_it_if_later() {
+        // Built long ago (a cached layer, a pulled image), tagged `anvyl-agent-x` just now.
+        let old_image = image("anvyl-agent-x:latest").created(Some(at(-86_400)));
+        let old_volume = volume("v")
+            .label("reaper.session", "ghost")
+            .created(Some(at(-86_400)));
+        // A clock that went backwards: a creation after the sighting still counts.
+        let skewed = container("c")
+            .label("reaper.session", "ghost")
+            .created(Some(at(100)));
+        let first_seen = BTreeMap::from([
+            (old_image.sighting_key(), at(0)),
+            (old_volume.sighting_key(), at(-86_400)),
+            (skewed.sighting_key(), at(50)),
+        ]);
+        let actual = Actual {
+            objects: vec![old_image.clone(), old_volume, skewed],
+            paths: Default::default(),
+            first_seen,
+        };
+        let p = plan(&[], &[], &actual, at(299), &cfg(), &Scope::Normal);
+        assert_eq!(removed(&p), ["v"], "only the volume seen a day ago is ripe");
+        let waiting: BTreeMap<&str, Option<Timestamp>> = p
+            .waiting
+            .iter()
+            .map(|w| (w.object.name.as_str(), w.removable_at))
+            .collect();
+        assert_eq!(waiting["anvyl-agent-x:latest"], Some(at(300)));
+        assert_eq!(waiting["c"], Some(at(400)));
+        assert_eq!(p.next_wake, Some(at(300)));
+        let p = plan(&[], &[], &actual, at(300), &cfg(), &Scope::Normal);
+        assert_eq!(removed(&p), ["v", "anvyl-agent-x:latest"]);
+    }
+
+    #[test]
+    fn a_tag_moved_to_another_image_is_a_new_sighting() {
+        let a = image("anvyl-agent-x:latest");
+        let mut b = a.clone();
+        b.id = "sha256:other".into();
+        assert_ne!(a.sighting_key(), b.sighting_key());
+        assert_ne!(
+            a.sighting_key(),
+            image("anvyl-agent-x:v2").sighting_key(),
+            "each reference of one image has its own"
+        );
+    }
+
+    #[test]
     fn a_failed_agent_loses_containers_images_and_build_dir_then_stops() {
         let a = agent("bob")
             .phase(AgentPhase::Failed)
@@ -653,6 +708,7 @@ mod tests {
         let actual = Actual {
             objects: objs,
             paths: [RelPath::new("bob").unwrap()].into(),
+            first_seen: Default::default(),
         };
         let p2 = plan(
             &[],
@@ -783,6 +839,7 @@ mod tests {
                 RelPath::new("own").unwrap(),
             ]
             .into(),
+            first_seen: Default::default(),
         };
         let p = plan(&[dead, live], &[], &actual, at(1), &cfg(), &Scope::Normal);
         assert_eq!(removed(&p), ["own"]);
@@ -794,6 +851,7 @@ mod tests {
         let actual = Actual {
             objects: vec![],
             paths: [RelPath::new("reused").unwrap()].into(),
+            first_seen: Default::default(),
         };
         let p = plan(
             std::slice::from_ref(&cleaned),
@@ -819,6 +877,7 @@ mod tests {
         let actual = Actual {
             objects: objs,
             paths: Default::default(),
+            first_seen: Default::default(),
         };
         let all = plan(
             std::slice::from_ref(&live),
@@ -868,6 +927,7 @@ mod tests {
             let actual = Actual {
                 objects,
                 paths: Default::default(),
+                first_seen: Default::default(),
             };
             plan(&[], &[], &actual, late, &c, scope)
         };
@@ -903,6 +963,7 @@ mod tests {
         let actual = Actual {
             objects,
             paths: Default::default(),
+            first_seen: Default::default(),
         };
         let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
         assert_eq!(removed(&p), ["o0", "o1"]);
@@ -928,6 +989,7 @@ mod tests {
         let actual = Actual {
             objects,
             paths: Default::default(),
+            first_seen: Default::default(),
         };
         let p = plan(
             &[ended, expired, deleted],
@@ -956,6 +1018,7 @@ mod tests {
         let actual = Actual {
             objects: orphans(1),
             paths: Default::default(),
+            first_seen: Default::default(),
         };
         let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
         assert!(p.removals.is_empty());
@@ -1139,6 +1202,7 @@ mod tests {
                 now in 0..3000i64,
                 manual in 0..3u8,
                 cap in 0..6usize,
+                sightings in prop::collection::vec(prop::option::of(0..3000i64), 12),
             ) {
                 let mut sessions = sessions;
                 sessions.dedup_by(|a, b| a.metadata.name == b.metadata.name);
@@ -1152,7 +1216,12 @@ mod tests {
                     _ => Scope::ManualOwner(OwnerRef { kind: OwnerKind::Session, name: Name::new("s1").unwrap() }),
                 };
                 let now = at(now);
-                let actual = Actual { objects, paths: Default::default() };
+                let first_seen: BTreeMap<String, Timestamp> = objects
+                    .iter()
+                    .zip(&sightings)
+                    .filter_map(|(o, s)| Some((o.sighting_key(), at((*s)?))))
+                    .collect();
+                let actual = Actual { objects, paths: Default::default(), first_seen: first_seen.clone() };
                 let p = plan(&sessions, &agents, &actual, now, &c, &scope);
                 let orphan_removals = p.removals.iter().filter(|r| r.reason == CleanupReason::Orphan).count();
                 prop_assert!(orphan_removals <= c.max_orphan_removals, "the guard let {orphan_removals} orphans through");
@@ -1172,7 +1241,9 @@ mod tests {
                         prop_assert!(!owners.iter().any(live), "removed an object with a live owner: {obj:?}");
                     }
                     if r.reason == CleanupReason::Orphan {
+                        let seen = first_seen.get(&obj.sighting_key()).copied();
                         prop_assert!(obj.created.is_some_and(|c| now >= c.plus(c_grace())), "orphan removed inside its grace: {obj:?}");
+                        prop_assert!(seen.is_none_or(|s| now >= s.plus(c_grace())), "orphan removed inside its grace from first sight: {obj:?}");
                     }
                 }
             }
@@ -1211,7 +1282,7 @@ mod tests {
                 // What the probe finds, the planner removes only on behalf of owners that lose it.
                 let c = PlanConfig { rules: Rules { instance: String::new(), ..Rules::default() }, ..cfg() };
                 let on_disk = owners.iter().flat_map(|(_, paths, _)| paths.iter().cloned()).collect();
-                let actual = Actual { objects: vec![], paths: on_disk };
+                let actual = Actual { objects: vec![], paths: on_disk, first_seen: Default::default() };
                 let p = plan(&sessions, &agents, &actual, now, &c, &scope);
                 for r in &p.removals {
                     let Target::Path { path } = &r.target else { continue };

@@ -149,6 +149,12 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         let code = run_once(&ctl).await;
         stop.cancel();
         let _ = worker.await;
+        // What only a flush makes durable (first sightings), so the next run counts from them.
+        if ctl.store().health().is_ok() {
+            if let Err(e) = ctl.store().flush().await {
+                error!(error = %e, "Final store flush failed.");
+            }
+        }
         return Ok(code);
     }
     // Before any socket answers: from here on a stop signal means a drain, not death.
