@@ -607,6 +607,8 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         let hint = EventHint {
             object: orphan(&format!("new-{i}")),
             time_secs: Timestamp::now().millis() / 1000,
+            labelled: true,
+            gone: false,
         };
         tx.send(hint).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -620,6 +622,119 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         (1..=10).contains(&passes),
         "{passes} passes for 200 events in about 1.5 s"
     );
+}
+
+/// Network and volume events carry no labels: a new one is looked at, a gone one checked
+/// against the last listing, and only those of ours start a pass (and so update the counts).
+#[tokio::test]
+async fn network_and_volume_events_of_ours_start_a_pass_and_others_do_not() {
+    let engine = Arc::new(FakeEngine::default());
+    let (tx, _) = tokio::sync::broadcast::channel(64);
+    *engine.events.lock().unwrap() = Some(tx.clone());
+    let (ctl, _dir) = controller(engine.clone());
+    // Orphans stay (and are counted) rather than being removed at once.
+    let mut settings = ctl.settings();
+    settings.orphan_grace = reaper::core::model::Duration::from_secs(3600);
+    ctl.reload(settings);
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    let ev = tokio::spawn(ctl.clone().watch_events(stop.clone()));
+    let settle = || tokio::time::sleep(Duration::from_millis(700));
+    settle().await;
+
+    let object = |kind, id: &str, labels: &[(&str, &str)]| DockerObject {
+        kind,
+        id: id.into(),
+        name: id.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        created: Some(Timestamp::now()),
+        running: false,
+        other_refs: Vec::new(),
+    };
+    let event = |kind, id: &str, gone| EventHint {
+        object: object(kind, id, &[]),
+        time_secs: Timestamp::now().millis() / 1000,
+        labelled: false,
+        gone,
+    };
+    let passes = || engine.lists.load(Ordering::SeqCst);
+    let orphans = |kind| ctl.health().orphans.get(&kind).copied().unwrap_or(0);
+    let ghost = [("reaper.session", "ghost")];
+    let (network, volume) = (ResourceKind::Network, ResourceKind::Volume);
+
+    // Not ours: looked at, no pass.
+    engine.objects.lock().unwrap().extend([
+        object(network, "n-theirs", &[("team", "x")]),
+        object(volume, "v-theirs", &[]),
+    ]);
+    let before = passes();
+    tx.send(event(network, "n-theirs", false)).unwrap();
+    tx.send(event(volume, "v-theirs", false)).unwrap();
+    settle().await;
+    assert_eq!(
+        passes(),
+        before,
+        "an event of someone else's started a pass"
+    );
+    assert!(
+        engine.inspects.load(Ordering::SeqCst) >= 2,
+        "new objects are looked at"
+    );
+
+    // Ours: a pass, which counts them.
+    engine.objects.lock().unwrap().extend([
+        object(network, "n-ours", &ghost),
+        object(volume, "v-ours", &ghost),
+    ]);
+    tx.send(event(network, "n-ours", false)).unwrap();
+    within("a pass for a network of ours", async {
+        while orphans(network) != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tx.send(event(volume, "v-ours", false)).unwrap();
+    within("a pass for a volume of ours", async {
+        while orphans(volume) != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Ours goes: the last listing knew it, so a pass counts it gone.
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .retain(|o| o.id != "n-ours" && o.id != "v-ours");
+    tx.send(event(network, "n-ours", true)).unwrap();
+    tx.send(event(volume, "v-ours", true)).unwrap();
+    within("a pass for objects of ours gone", async {
+        while orphans(network) + orphans(volume) != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    settle().await;
+
+    // Someone else's goes: no pass.
+    let before = passes();
+    engine.objects.lock().unwrap().clear();
+    tx.send(event(network, "n-theirs", true)).unwrap();
+    tx.send(event(volume, "v-theirs", true)).unwrap();
+    settle().await;
+    assert_eq!(
+        passes(),
+        before,
+        "a removal of someone else's started a pass"
+    );
+
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+    within("the event follower", ev).await.unwrap();
 }
 
 /// Marks a session ended, as `reaper session end` does; the store's change stream wakes the

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::core::model::{
 };
 use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
-use crate::docker::{DockerError, Engine, Selectors};
+use crate::docker::{DockerError, Engine, EventHint, Selectors};
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::store::{Store, StoreError, WriteLog};
@@ -117,6 +118,9 @@ pub struct Controller<E: Engine> {
     timeouts_while_pinging: std::sync::atomic::AtomicU32,
     /// The store failed a write since the loop last looked (see `run`).
     store_failed: AtomicBool,
+    /// The networks and volumes of ours in the last listing, by kind and ID: their destroy
+    /// events carry no labels to tell.
+    listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
 }
 
 /// The desired state at one store generation, reduced to what the re-check before a delete
@@ -161,6 +165,7 @@ impl<E: Engine> Controller<E> {
             look_again: AtomicBool::new(false),
             timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
             store_failed: AtomicBool::new(false),
+            listed_ours: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -357,8 +362,8 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    /// Follows the Docker event stream; events about our containers trigger a pass. Reconnects
-    /// with backoff and resumes shortly before the last event seen.
+    /// Follows the Docker event stream; events about our containers, networks and volumes
+    /// trigger a pass. Reconnects with backoff and resumes shortly before the last event seen.
     pub async fn watch_events(self: Arc<Self>, shutdown: CancellationToken) {
         let mut since = Timestamp::now().millis() / 1000;
         let mut backoff = PASS_BACKOFF_MIN;
@@ -367,39 +372,43 @@ impl<E: Engine> Controller<E> {
             .checked_sub(EVENT_COALESCE)
             .unwrap_or_else(Instant::now);
         let mut held: Option<Instant> = None;
+        // Network and volume events name the object only: whether a new one is ours takes a
+        // look, off this loop (a network call may wait for container stops to finish).
+        let (looked, mut found_ours) = tokio::sync::mpsc::unbounded_channel::<()>();
         loop {
             let mut stream = Box::pin(self.engine.events(since.saturating_sub(1)));
             loop {
-                tokio::select! {
+                let ours = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
                         held = None;
                         last_nudge = Instant::now();
                         self.nudge();
+                        false
                     }
+                    Some(()) = found_ours.recv() => true,
                     item = stream.next() => match item {
                         Some(Ok(hint)) => {
                             backoff = PASS_BACKOFF_MIN;
                             since = since.max(hint.time_secs);
-                            let desired = lock(&self.desired).clone();
-                            let ours = desired.map(|d| {
-                                ownership::is_ours(&hint.object, &d.rules, &d.matchers)
-                            });
-                            if ours.unwrap_or(true) && held.is_none() {
-                                let due = last_nudge + EVENT_COALESCE;
-                                if Instant::now() >= due {
-                                    last_nudge = Instant::now();
-                                    self.nudge();
-                                } else {
-                                    held = Some(due);
-                                }
-                            }
+                            // A nudge already held back covers this event: its pass lists
+                            // after it.
+                            held.is_none() && self.event_is_ours(&hint, &looked)
                         }
                         Some(Err(e)) => {
                             debug!(error = %e, "Docker event stream broke.");
                             break;
                         }
                         None => break,
+                    }
+                };
+                if ours && held.is_none() {
+                    let due = last_nudge + EVENT_COALESCE;
+                    if Instant::now() >= due {
+                        last_nudge = Instant::now();
+                        self.nudge();
+                    } else {
+                        held = Some(due);
                     }
                 }
             }
@@ -412,6 +421,38 @@ impl<E: Engine> Controller<E> {
             // Events may have been missed while disconnected: resync.
             self.trigger();
         }
+    }
+
+    /// Whether an event is about an object of ours, by the same rules as a listing. A container
+    /// event carries its labels. A network or volume event does not: one that is gone was ours
+    /// if the last listing said so; a new one is inspected by a task that reports through
+    /// `looked` when it is ours (this returns false meanwhile). Unknown rules: assume ours.
+    fn event_is_ours(self: &Arc<Self>, hint: &EventHint, looked: &UnboundedSender<()>) -> bool {
+        let Some(desired) = lock(&self.desired).clone() else {
+            return true;
+        };
+        if hint.labelled {
+            return ownership::is_ours(&hint.object, &desired.rules, &desired.matchers);
+        }
+        if hint.gone {
+            return lock(&self.listed_ours).contains(&(hint.object.kind, hint.object.id.clone()));
+        }
+        let (ctl, object, looked) = (self.clone(), hint.object.clone(), looked.clone());
+        tokio::spawn(async move {
+            let ours = match ctl.engine.inspect(&object).await {
+                Ok(Some(fresh)) => ownership::is_ours(&fresh, &desired.rules, &desired.matchers),
+                // Gone already: nothing to count.
+                Ok(None) => false,
+                Err(e) => {
+                    debug!(error = %e, kind = %object.kind, id = %object.id, "Could not look at a new object; a pass will.");
+                    true
+                }
+            };
+            if ours {
+                let _ = looked.send(());
+            }
+        });
+        false
     }
 
     /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
@@ -444,6 +485,12 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
+        *lock(&self.listed_ours) = objects
+            .iter()
+            .filter(|o| matches!(o.kind, ResourceKind::Network | ResourceKind::Volume))
+            .filter(|o| ownership::is_ours(o, rules, matchers))
+            .map(|o| (o.kind, o.id.clone()))
+            .collect();
         let first_seen = self.first_seen(&objects, now).await?;
         let candidates = plan::paths_to_probe(
             &sessions,
