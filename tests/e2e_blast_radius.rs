@@ -62,6 +62,19 @@ fn a_wiped_store_holds_sixty_orphans_until_the_operator_confirms() {
         metric(&r.metrics_addr(), "reaper_blast_radius_held"),
         Some(1.0)
     );
+    let listed = r.json(&["orphans", "-o", "json"]);
+    let held_rows = listed
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("held")))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        held_rows, 60,
+        "`reaper orphans` shows what is held: {listed:#}"
+    );
     let text = r.cli_ok(&["status"]);
     assert!(
         text.contains("BLAST RADIUS: 60 orphans") && text.contains("reaper cleanup --yes"),

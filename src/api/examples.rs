@@ -77,6 +77,10 @@ pub(crate) fn orphans() -> &'static str {
      "owner": null, "removableAt": "2024-05-02T10:00:00Z"},
     {"object": {"kind": "network", "id": "fedcba9876543210", "name": "n2"},
      "owner": {"kind": "agent", "name": "a1"}, "removableAt": null}
+  ],
+  "held": [
+    {"target": {"kind": "volume", "id": "data-1", "name": "data-1", "labels": {"app": "web"}},
+     "owner": {"kind": "session", "name": "s2"}, "reason": "orphan", "stopTimeout": "5s"}
   ]
 }"#
 }

@@ -220,11 +220,15 @@ pub struct ImportResponse {
     pub imported: usize,
 }
 
-/// `GET /v1/orphans`: what a pass would remove now and why, and orphans still in their grace.
+/// `GET /v1/orphans`: what a pass would remove now and why, orphans still in their grace, and
+/// orphans the blast-radius guard holds back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preview {
     pub removals: Vec<Removal>,
     pub waiting: Vec<Waiting>,
+    /// More orphan removals were due than `maxOrphanRemovalsPerPass`: none of them is made.
+    #[serde(default)]
+    pub held: Vec<Removal>,
 }
 
 /// `POST /v1/cleanup`: what was planned, what went, and what failed (to be retried).
