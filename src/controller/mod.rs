@@ -535,7 +535,8 @@ impl<E: Engine> Controller<E> {
     }
 
     /// When reaper first saw each listed object: what the store kept, plus `now` for the new
-    /// ones, which are written to the store (durable with its next flush). Sightings of
+    /// ones, which are written to the store (durable with its next flush). An unreadable
+    /// store fails the pass, as for records; a failed write does not. Sightings of
     /// objects no longer listed are forgotten: should one come back, its grace starts again,
     /// which only ever delays a removal.
     async fn first_seen(
@@ -556,7 +557,11 @@ impl<E: Engine> Controller<E> {
             .filter(|k| !listed.contains(*k))
             .cloned()
             .collect();
-        self.note_store(store.note_sightings(new.clone(), gone).await)?;
+        // A sighting that cannot be kept only makes a grace start later (the next pass sees
+        // the object "first" again): no reason to stop this pass's other removals.
+        if let Err(e) = self.note_store(store.note_sightings(new.clone(), gone).await) {
+            warn!(error = %e, "Could not keep first sightings; the grace of new objects starts again next pass.");
+        }
         known.retain(|k, _| listed.contains(k));
         known.extend(new);
         Ok(known)
