@@ -263,6 +263,32 @@ async fn a_mass_of_orphans_is_held_until_confirmed_or_the_cap_is_raised() {
     assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
 }
 
+/// A wrong adoption rule (`sessionLabelKeys: [app]`) makes every `app=…` object an orphan; the
+/// guard holds them, and fixing the rule (a reload) ends the hold with nothing removed.
+#[tokio::test]
+async fn fixing_a_wrong_adoption_rule_ends_the_hold_and_removes_nothing() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().extend((0..55).map(|i| {
+        let mut o = orphan(&format!("web{i:02}"));
+        o.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        o
+    }));
+    let (ctl, _dir) = controller(engine.clone());
+    let mut settings = ctl.settings();
+    settings.rules.session_label_keys = vec!["app".into()];
+    ctl.reload(settings.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(ctl.health().blast_radius_held.map(|h| h.orphans), Some(55));
+
+    settings.rules.session_label_keys = vec!["session_id".into()];
+    ctl.reload(settings);
+    let (plan, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(plan.held.is_empty() && report.removed.is_empty());
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn a_manual_cleanup_confirms_what_the_guard_holds() {
     let engine = Arc::new(FakeEngine::default());
