@@ -54,6 +54,7 @@ pub struct Metrics {
     safe_mode: IntGauge,
     manifest_errors: IntGauge,
     docker_wedged: IntGauge,
+    blast_radius_held: IntGauge,
     engine_info: IntGaugeVec,
 }
 
@@ -245,6 +246,13 @@ impl Metrics {
                 "1 when Docker answers /_ping but its listings time out again and again (the libnetwork exit deadlock); reaper sends no removals then.",
             )?,
         )?;
+        let blast_radius_held = register(
+            r,
+            IntGauge::new(
+                "reaper_blast_radius_held",
+                "1 when the last pass would have removed more orphans than maxOrphanRemovalsPerPass and removed none of them; reaper cleanup --yes, a higher cap or a fixed rule ends it.",
+            )?,
+        )?;
         let engine_info = register(
             r,
             IntGaugeVec::new(
@@ -295,6 +303,7 @@ impl Metrics {
             safe_mode,
             manifest_errors,
             docker_wedged,
+            blast_radius_held,
             engine_info,
         };
         metrics.initialise_label_sets();
@@ -465,6 +474,11 @@ impl Metrics {
         self.docker_wedged.set(i64::from(on));
     }
 
+    /// The blast-radius guard holds orphan removals back (or no longer does).
+    pub fn set_blast_radius_held(&self, on: bool) {
+        self.blast_radius_held.set(i64::from(on));
+    }
+
     /// The engine (re)connected: one `reaper_engine_info` series, for what holds now.
     pub fn set_engine(&self, flavour: Flavour, serial: SerialExits) {
         self.engine_info.reset();
@@ -574,6 +588,7 @@ mod tests {
         m.set_safe_mode(true);
         m.set_manifest_errors(2);
         m.set_docker_wedged(true);
+        m.set_blast_radius_held(true);
         m.set_engine(
             Flavour::Docker,
             SerialExits::decide(crate::core::model::SerialExitsSetting::On, None),
@@ -606,6 +621,7 @@ mod tests {
         "reaper_manifest_errors",
         "reaper_removal_queue_depth",
         "reaper_docker_wedged",
+        "reaper_blast_radius_held",
     ];
 
     #[test]

@@ -173,7 +173,9 @@ fn controller_with(
     let store = Store::open(&dir.path().join("store")).unwrap();
     let settings = Settings {
         rules: Rules::default(),
-        orphan_grace: reaper::core::model::Duration::from_secs(1),
+        orphan_grace: reaper::core::model::Duration::from_secs(0),
+        max_orphan_removals: 50,
+        agent_running_grace: reaper::core::model::Duration::from_secs(10),
         history_retention: reaper::core::model::Duration::from_secs(3600),
         resync_interval: Duration::from_secs(30),
         concurrency: 4,
@@ -217,6 +219,94 @@ async fn a_failed_listing_deletes_nothing_and_enters_safe_mode() {
     );
     assert!(!ctl.health().safe_mode);
     assert_eq!(metric(&ctl, "reaper_safe_mode "), 0.0);
+}
+
+/// Sixty ripe orphans at once, as after a lost store: the guard holds every one of them until
+/// the operator confirms (`reaper cleanup`, a manual pass) or raises the cap.
+#[tokio::test]
+async fn a_mass_of_orphans_is_held_until_confirmed_or_the_cap_is_raised() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .extend((0..60).map(|i| orphan(&format!("o{i:02}"))));
+    let (ctl, _dir) = controller(engine.clone());
+
+    for _ in 0..3 {
+        let (plan, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+        assert!(report.removed.is_empty() && plan.removals.is_empty());
+        assert_eq!(plan.held.len(), 60);
+    }
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+    let held = ctl
+        .health()
+        .blast_radius_held
+        .expect("the hold is in the status");
+    assert_eq!((held.orphans, held.limit), (60, 50));
+    assert_eq!(held.examples.len(), 5);
+    assert!(held.examples[0].starts_with("container c-o00"), "{held:?}");
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 1.0);
+    assert_eq!(
+        metric(&ctl, "reaper_orphans{resource=\"container\"}"),
+        60.0,
+        "held orphans are still counted"
+    );
+
+    // Raising the cap (a SIGHUP reload) ends the hold: the next pass removes them all.
+    let mut settings = ctl.settings();
+    settings.max_orphan_removals = 60;
+    ctl.reload(settings);
+    let (_, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(report.removed.len(), 60);
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
+}
+
+/// A wrong adoption rule (`sessionLabelKeys: [app]`) makes every `app=…` object an orphan; the
+/// guard holds them, and fixing the rule (a reload) ends the hold with nothing removed.
+#[tokio::test]
+async fn fixing_a_wrong_adoption_rule_ends_the_hold_and_removes_nothing() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().extend((0..55).map(|i| {
+        let mut o = orphan(&format!("web{i:02}"));
+        o.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        o
+    }));
+    let (ctl, _dir) = controller(engine.clone());
+    let mut settings = ctl.settings();
+    settings.rules.session_label_keys = vec!["app".into()];
+    ctl.reload(settings.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(ctl.health().blast_radius_held.map(|h| h.orphans), Some(55));
+
+    settings.rules.session_label_keys = vec!["session_id".into()];
+    ctl.reload(settings);
+    let (plan, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(plan.held.is_empty() && report.removed.is_empty());
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
+    assert_eq!(engine.removes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_manual_cleanup_confirms_what_the_guard_holds() {
+    let engine = Arc::new(FakeEngine::default());
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .extend((0..51).map(|i| orphan(&format!("o{i:02}"))));
+    let (ctl, _dir) = controller(engine.clone());
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(ctl.health().blast_radius_held.is_some());
+
+    let (_, report) = ctl.pass(&Scope::ManualAll, false).await.unwrap();
+    assert_eq!(report.removed.len(), 51);
+    // The manual pass itself says nothing about the hold; the next normal one ends it.
+    ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert!(ctl.health().blast_radius_held.is_none());
+    assert_eq!(metric(&ctl, "reaper_blast_radius_held "), 0.0);
 }
 
 #[tokio::test]
@@ -543,6 +633,8 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         let hint = EventHint {
             object: orphan(&format!("new-{i}")),
             time_secs: Timestamp::now().millis() / 1000,
+            labelled: true,
+            gone: false,
         };
         tx.send(hint).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -556,6 +648,119 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
         (1..=10).contains(&passes),
         "{passes} passes for 200 events in about 1.5 s"
     );
+}
+
+/// Network and volume events carry no labels: a new one is looked at, a gone one checked
+/// against the last listing, and only those of ours start a pass (and so update the counts).
+#[tokio::test]
+async fn network_and_volume_events_of_ours_start_a_pass_and_others_do_not() {
+    let engine = Arc::new(FakeEngine::default());
+    let (tx, _) = tokio::sync::broadcast::channel(64);
+    *engine.events.lock().unwrap() = Some(tx.clone());
+    let (ctl, _dir) = controller(engine.clone());
+    // Orphans stay (and are counted) rather than being removed at once.
+    let mut settings = ctl.settings();
+    settings.orphan_grace = reaper::core::model::Duration::from_secs(3600);
+    ctl.reload(settings);
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(ctl.clone().run(stop.clone()));
+    let ev = tokio::spawn(ctl.clone().watch_events(stop.clone()));
+    let settle = || tokio::time::sleep(Duration::from_millis(700));
+    settle().await;
+
+    let object = |kind, id: &str, labels: &[(&str, &str)]| DockerObject {
+        kind,
+        id: id.into(),
+        name: id.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        created: Some(Timestamp::now()),
+        running: false,
+        other_refs: Vec::new(),
+    };
+    let event = |kind, id: &str, gone| EventHint {
+        object: object(kind, id, &[]),
+        time_secs: Timestamp::now().millis() / 1000,
+        labelled: false,
+        gone,
+    };
+    let passes = || engine.lists.load(Ordering::SeqCst);
+    let orphans = |kind| ctl.health().orphans.get(&kind).copied().unwrap_or(0);
+    let ghost = [("reaper.session", "ghost")];
+    let (network, volume) = (ResourceKind::Network, ResourceKind::Volume);
+
+    // Not ours: looked at, no pass.
+    engine.objects.lock().unwrap().extend([
+        object(network, "n-theirs", &[("team", "x")]),
+        object(volume, "v-theirs", &[]),
+    ]);
+    let before = passes();
+    tx.send(event(network, "n-theirs", false)).unwrap();
+    tx.send(event(volume, "v-theirs", false)).unwrap();
+    settle().await;
+    assert_eq!(
+        passes(),
+        before,
+        "an event of someone else's started a pass"
+    );
+    assert!(
+        engine.inspects.load(Ordering::SeqCst) >= 2,
+        "new objects are looked at"
+    );
+
+    // Ours: a pass, which counts them.
+    engine.objects.lock().unwrap().extend([
+        object(network, "n-ours", &ghost),
+        object(volume, "v-ours", &ghost),
+    ]);
+    tx.send(event(network, "n-ours", false)).unwrap();
+    within("a pass for a network of ours", async {
+        while orphans(network) != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tx.send(event(volume, "v-ours", false)).unwrap();
+    within("a pass for a volume of ours", async {
+        while orphans(volume) != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Ours goes: the last listing knew it, so a pass counts it gone.
+    engine
+        .objects
+        .lock()
+        .unwrap()
+        .retain(|o| o.id != "n-ours" && o.id != "v-ours");
+    tx.send(event(network, "n-ours", true)).unwrap();
+    tx.send(event(volume, "v-ours", true)).unwrap();
+    within("a pass for objects of ours gone", async {
+        while orphans(network) + orphans(volume) != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    settle().await;
+
+    // Someone else's goes: no pass.
+    let before = passes();
+    engine.objects.lock().unwrap().clear();
+    tx.send(event(network, "n-theirs", true)).unwrap();
+    tx.send(event(volume, "v-theirs", true)).unwrap();
+    settle().await;
+    assert_eq!(
+        passes(),
+        before,
+        "a removal of someone else's started a pass"
+    );
+
+    stop.cancel();
+    within("the loop", lp).await.unwrap();
+    within("the event follower", ev).await.unwrap();
 }
 
 /// Marks a session ended, as `reaper session end` does; the store's change stream wakes the

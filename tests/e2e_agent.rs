@@ -150,3 +150,25 @@ fn a_running_agent_whose_container_dies_is_set_stopped_and_its_leftovers_removed
     );
     bystanders.assert_all_alive();
 }
+
+#[test]
+fn agent_running_grace_sets_how_long_a_running_agent_may_have_no_container() {
+    let bystanders = Bystanders::create("agentgrace");
+    let r = Reaper::start(&["--agent-running-grace", "3s", "--resync-interval", "1s"]);
+    r.apply("apiVersion: reaper/v1\nkind: Agent\nmetadata: {name: e2e-agent-g}\nspec: {}\n");
+    let reported = Instant::now();
+    r.cli_ok(&["agent", "report", "e2e-agent-g", "running"]);
+    assert_holds_for(
+        "a running agent without a container stays Running within agentRunningGrace",
+        Duration::from_millis(2500),
+        || r.phase("agents", "e2e-agent-g") == "Running",
+    );
+    // Well before the 10 s default: the key, not the old constant, decides.
+    r.wait_until(
+        "the agent reads Stopped once agentRunningGrace has passed",
+        Duration::from_secs(4),
+        || r.phase("agents", "e2e-agent-g") == "Stopped",
+    );
+    assert!(reported.elapsed() >= Duration::from_millis(2900));
+    bystanders.assert_all_alive();
+}

@@ -39,25 +39,46 @@ fn once_runs_a_single_pass_and_exits_zero_when_all_removals_succeed() {
         ),
         (Kind::Network, network("e2e-once-s-net", &label)),
         (Kind::Volume, volume("e2e-once-s-vol", &label)),
-        (
-            Kind::Container,
-            Container::new("e2e-once-ghost")
-                .label("reaper.session", "e2e-once-ghost")
-                .create(),
-        ),
     ];
-    // Past the ttl and the orphan grace period.
+    // An orphan created while reaper was down: its grace counts from when reaper first sees it.
+    let ghost = vec![(
+        Kind::Container,
+        Container::new("e2e-once-ghost")
+            .label("reaper.session", "e2e-once-ghost")
+            .created()
+            .create(),
+    )];
+    // Past the ttl.
     let ready = (applied + Duration::from_millis(2500))
         .max(std::time::Instant::now() + Duration::from_millis(1500));
     std::thread::sleep(ready.saturating_duration_since(std::time::Instant::now()));
 
-    r.set_extra(&["--once", "--orphan-grace-period", "1s"]);
+    r.set_extra(&["--once", "--orphan-grace-period", "3s"]);
     r.spawn();
     r.assert_exits_cleanly(Duration::from_secs(60));
     assert!(
         all_gone(&objs),
         "serve --once left objects behind: {:?}\n{}",
         present(&objs),
+        r.log_tail()
+    );
+    assert!(
+        all_exist(&ghost),
+        "an orphan first seen by this run was removed before its grace\n{}",
+        r.log_tail()
+    );
+
+    // The next run counts the grace from the sighting the first one stored, not from its own
+    // start: the orphan goes now.
+    std::thread::sleep(Duration::from_millis(3200));
+    r.spawn();
+    let status = r
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("serve --once did not exit within 60s\n{}", r.log_tail()));
+    assert!(status.success(), "serve --once exited with {status}");
+    assert!(
+        all_gone(&ghost),
+        "the second --once kept an orphan first seen over 3 s before: the sighting was lost\n{}",
         r.log_tail()
     );
 

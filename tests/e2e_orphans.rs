@@ -146,3 +146,46 @@ fn objects_of_a_registered_live_session_are_not_orphans() {
     );
     bystanders.assert_all_alive();
 }
+
+/// An image built or pulled long ago and tagged `anvyl-agent-…` a moment ago is a new orphan:
+/// its grace counts from when the tag appeared, not from the image's creation (issue 13).
+#[test]
+fn a_freshly_tagged_old_image_gets_its_whole_grace_from_the_tag() {
+    const TAG_GRACE: Duration = Duration::from_secs(4);
+    let reference = "anvyl-agent-e2e-orph-tag:latest";
+    let _scope = Scope::new(&["anvyl-agent-e2e-orph-tag"]);
+    let bystanders = Bystanders::create("orphtag");
+    let _reaper = Reaper::start(&["--orphan-grace-period", "4s", "--resync-interval", "1s"]);
+
+    // The test image was imported when the suite started: make sure it is well past the grace.
+    let created = docker_ok(&["image", "inspect", "-f", "{{.Created}}", TEST_IMAGE]);
+    let created = reaper::core::model::Timestamp::parse_rfc3339(created.trim())
+        .unwrap_or_else(|| panic!("creation time of {TEST_IMAGE}: {created:?}"));
+    let age = reaper::core::model::Timestamp::now().since(created);
+    std::thread::sleep((TAG_GRACE * 2).saturating_sub(age));
+
+    let tagged = Instant::now();
+    docker_ok(&["tag", TEST_IMAGE, reference]);
+    let obj = vec![(Kind::Image, reference.to_string())];
+    // Counted from the image's creation it would be untagged by the next pass (within ~1 s).
+    assert_holds_for(
+        "a freshly tagged old image stays within its grace",
+        TAG_GRACE - Duration::from_millis(1200),
+        || all_exist(&obj),
+    );
+    wait_until(
+        "the tag is removed once its grace has passed",
+        TAG_GRACE + Duration::from_secs(8),
+        || all_gone(&obj),
+    );
+    let after = tagged.elapsed();
+    assert!(
+        after >= TAG_GRACE - Duration::from_millis(1200),
+        "untagged {after:?} after the tag appeared"
+    );
+    assert!(
+        exists(Kind::Image, TEST_IMAGE),
+        "only the reference goes, never the image's other tags"
+    );
+    bystanders.assert_all_alive();
+}

@@ -11,6 +11,7 @@
 //! so that it sorts, and runs, before the suite's timed case: sharing two cores with the
 //! damaged-files case would slow that one down.)
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -45,6 +46,7 @@ macro_rules! conformance {
                 everything_survives_a_reopen,
                 child_writer_then_abort,
                 export_then_import_restores_records_with_their_status,
+                sightings_keep_the_first_time_survive_a_reopen_and_move_no_change_stream,
                 store_meets_the_api_performance_targets,
             );
 
@@ -600,6 +602,77 @@ mod suite {
                 .source
                 .as_deref(),
             Some(FILE_A)
+        );
+    }
+
+    pub async fn sightings_keep_the_first_time_survive_a_reopen_and_move_no_change_stream<
+        B: RecordStore,
+    >(
+        open: Open<B>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let t2 = Timestamp(T1.0 + 60_000);
+        {
+            let store = store_at(open, dir.path());
+            assert!(store.sightings().unwrap().is_empty());
+            apply_ok(&store, sessions("s", 1), API_SOURCE, T0).await;
+            let exported = store.export().unwrap();
+            let mut rx = store.subscribe();
+            rx.borrow_and_update();
+            let generation = store.generation();
+
+            let seen = |pairs: &[(&str, Timestamp)]| -> BTreeMap<String, Timestamp> {
+                pairs.iter().map(|(k, t)| (k.to_string(), *t)).collect()
+            };
+            store
+                .note_sightings(
+                    seen(&[("container/a", T0), ("image/x:1@sha256:1", T0)]),
+                    vec![],
+                )
+                .await
+                .unwrap();
+            // A later sighting of a known key keeps the first; forgetting an unknown key is fine.
+            store
+                .note_sightings(
+                    seen(&[("container/a", T1), ("volume/v", T1)]),
+                    vec!["image/x:1@sha256:1".into(), "network/never-seen".into()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                store.sightings().unwrap(),
+                seen(&[("container/a", T0), ("volume/v", T1)])
+            );
+            // Nothing to do is no write at all.
+            store.note_sightings(BTreeMap::new(), vec![]).await.unwrap();
+
+            assert!(
+                !rx.has_changed().unwrap(),
+                "sightings are not records: they must not wake the loop"
+            );
+            assert_eq!(store.generation(), generation);
+            assert_eq!(
+                store.export().unwrap(),
+                exported,
+                "sightings are not exported"
+            );
+            store
+                .note_sightings(seen(&[("image/x:1@sha256:1", t2)]), vec![])
+                .await
+                .unwrap();
+            // Sightings are durable with the next flush.
+            store.flush().await.unwrap();
+        }
+        // A restart does not reset them.
+        let store = store_at(open, dir.path());
+        let after: Vec<(String, Timestamp)> = store.sightings().unwrap().into_iter().collect();
+        assert_eq!(
+            after,
+            [
+                ("container/a".to_string(), T0),
+                ("image/x:1@sha256:1".to_string(), t2),
+                ("volume/v".to_string(), T1),
+            ]
         );
     }
 

@@ -77,6 +77,10 @@ pub(crate) fn orphans() -> &'static str {
      "owner": null, "removableAt": "2024-05-02T10:00:00Z"},
     {"object": {"kind": "network", "id": "fedcba9876543210", "name": "n2"},
      "owner": {"kind": "agent", "name": "a1"}, "removableAt": null}
+  ],
+  "held": [
+    {"target": {"kind": "volume", "id": "data-1", "name": "data-1", "labels": {"app": "web"}},
+     "owner": {"kind": "session", "name": "s2"}, "reason": "orphan", "stopTimeout": "5s"}
   ]
 }"#
 }
@@ -91,7 +95,9 @@ pub(crate) fn status_up() -> &'static str {
     "dockerWedged": false, "storeError": null, "safeMode": false, "dryRun": true,
     "lastPass": "2024-05-01T10:00:00.123Z", "lastSuccess": "2024-05-01T10:00:00.123Z", "lastError": null,
     "owned": {"container": 2, "network": 1, "volume": 0, "image": 3, "path": 1},
-    "orphans": {"container": 0, "volume": 4}},
+    "orphans": {"container": 0, "volume": 4},
+    "blastRadiusHeld": {"orphans": 60, "limit": 50, "since": "2024-05-01T09:59:00Z",
+      "examples": ["container web-1 (0123456789ab)", "volume data-1"]}},
   "sessions": {"active": 1, "cleaned": 0, "ended": 2, "expired": 0},
   "agents": {"failed": 0, "running": 1, "starting": 0, "stopped": 3},
   "manifestErrors": [{"file": "/m/a.yaml", "error": "a.yaml: document 1, line 3: unknown field"}]
@@ -105,7 +111,7 @@ pub(crate) fn status_down() -> &'static str {
     "engine": null, "serialExits": null, "serialExitsExplained": null,
     "dockerWedged": false, "storeError": "corrupt", "safeMode": true, "dryRun": false,
     "lastPass": "2024-05-01T10:00:00Z", "lastSuccess": null, "lastError": "the store cannot be read: corrupt",
-    "owned": {}, "orphans": {}},
+    "owned": {}, "orphans": {}, "blastRadiusHeld": null},
   "sessions": null,
   "agents": null,
   "manifestErrors": []
@@ -121,7 +127,7 @@ pub(crate) fn status_wedged() -> &'static str {
     "serialExitsExplained": "on: at most one container stop at a time",
     "dockerWedged": true, "storeError": null, "safeMode": false, "dryRun": false,
     "lastPass": null, "lastSuccess": null, "lastError": null,
-    "owned": {}, "orphans": {}},
+    "owned": {}, "orphans": {}, "blastRadiusHeld": null},
   "sessions": {"active": 0, "cleaned": 0, "ended": 0, "expired": 0},
   "agents": {"failed": 0, "running": 0, "starting": 0, "stopped": 0},
   "manifestErrors": []

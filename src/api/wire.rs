@@ -251,6 +251,25 @@ pub struct Health {
     pub last_error: Option<String>,
     pub owned: BTreeMap<ResourceKind, i64>,
     pub orphans: BTreeMap<ResourceKind, i64>,
+    /// The blast-radius guard holds: the last pass would have removed more orphans than
+    /// `maxOrphanRemovalsPerPass`, and removed none of them. `null` when not held.
+    #[serde(default)]
+    pub blast_radius_held: Option<BlastRadiusHold>,
+}
+
+/// Orphan removals the blast-radius guard holds back until the operator confirms
+/// (`reaper cleanup --yes`), raises the cap, or fixes the rule that made them orphans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlastRadiusHold {
+    /// Orphans the pass would have removed.
+    pub orphans: usize,
+    /// `maxOrphanRemovalsPerPass` at the time.
+    pub limit: usize,
+    /// A few of them, as `kind name`.
+    pub examples: Vec<String>,
+    /// When the hold began.
+    pub since: Timestamp,
 }
 
 /// A file of the watched manifest directory that could not be applied, and why.
@@ -273,11 +292,15 @@ pub struct ImportResponse {
     pub imported: usize,
 }
 
-/// `GET /v1/orphans`: what a pass would remove now and why, and orphans still in their grace.
+/// `GET /v1/orphans`: what a pass would remove now and why, orphans still in their grace, and
+/// orphans the blast-radius guard holds back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preview {
     pub removals: Vec<Removal>,
     pub waiting: Vec<Waiting>,
+    /// More orphan removals were due than `maxOrphanRemovalsPerPass`: none of them is made.
+    #[serde(default)]
+    pub held: Vec<Removal>,
 }
 
 /// `POST /v1/cleanup`: what was planned, what went, and what failed (to be retried).

@@ -364,7 +364,18 @@ pub fn orphans(p: &Preview, o: Output) -> String {
             None => "keep (age unknown)".into(),
         },
     });
-    let flat: Vec<OrphanRow> = remove.chain(wait).collect();
+    let held = p.held.iter().map(|r| {
+        let (kind, id, name) = target_fields(&r.target);
+        OrphanRow {
+            kind,
+            id: id.into(),
+            name: name.into(),
+            owner: owner(r.owner.as_ref()),
+            reason: r.reason,
+            action: "held (blast radius: confirm with `reaper cleanup --yes`)".into(),
+        }
+    });
+    let flat: Vec<OrphanRow> = remove.chain(wait).chain(held).collect();
     if let Some(out) = structured(&flat, o) {
         return out;
     }
@@ -423,6 +434,18 @@ pub fn status(v: &Status, o: Output) -> String {
             "off"
         }
     ));
+    if let Some(held) = &h.blast_radius_held {
+        out.push_str(&format!(
+            "held:       BLAST RADIUS: {} orphans due for removal, more than \
+             maxOrphanRemovalsPerPass ({}), so none is removed (since {}); e.g. {}. Check \
+             `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix \
+             the rule\n",
+            held.orphans,
+            held.limit,
+            held.since,
+            held.examples.join(", ")
+        ));
+    }
     if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
@@ -588,7 +611,8 @@ mod tests {
              container   c1         0123456789ab   session/s1   session_ended   remove\n\
              path        s1/build   s1/build       -            orphan          remove\n\
              volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
-             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n"
+             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
+             volume      data-1     data-1         session/s2   orphan          held (blast radius: confirm with `reaper cleanup --yes`)\n"
         );
         let flat = r#"[
             {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
@@ -598,7 +622,9 @@ mod tests {
             {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
              "owner": "-", "reason": "orphan"},
             {"action": "keep (age unknown)", "id": "fedcba9876543210", "kind": "network", "name": "n2",
-             "owner": "agent/a1", "reason": "orphan"}
+             "owner": "agent/a1", "reason": "orphan"},
+            {"action": "held (blast radius: confirm with `reaper cleanup --yes`)", "id": "data-1",
+             "kind": "volume", "name": "data-1", "owner": "session/s2", "reason": "orphan"}
         ]"#;
         for o in [Output::Json, Output::Yaml] {
             assert_eq!(orphans(&preview, o), as_received(flat, o));
@@ -632,6 +658,7 @@ mod tests {
              exits:      off: container stops run at full concurrency\n\
              store:      ok\n\
              safe mode:  off\n\
+             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2024-05-01T09:59:00Z); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
              dry run:    on (nothing is removed)\n\
              last pass:  2024-05-01T10:00:00.123Z\n\
              last ok:    2024-05-01T10:00:00.123Z\n\

@@ -34,6 +34,8 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// More parallel removals buy nothing and have deadlocked dockerd (moby/libnetwork#2649).
 pub const MAX_CONCURRENCY: usize = 64;
 pub const DEFAULT_ORPHAN_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MAX_ORPHAN_REMOVALS_PER_PASS: usize = 50;
+pub const DEFAULT_AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +87,15 @@ config_keys! {
         /// than this.
         #[arg(long, value_name = "DURATION")]
         pub orphan_grace_period: Option<Duration>,
+        /// The blast-radius guard: a pass that would remove more orphans than this removes none
+        /// of them and holds until `reaper cleanup --yes`, a higher cap, or a fixed rule (records
+        /// that ended, expired or were deleted are not capped).
+        #[arg(long, value_name = "N")]
+        pub max_orphan_removals_per_pass: Option<usize>,
+        /// How long an agent reported `Running` may have no running container before it is set
+        /// `Stopped`.
+        #[arg(long, value_name = "DURATION")]
+        pub agent_running_grace: Option<Duration>,
         /// A full resync runs this often, even if no event arrives (events are only hints).
         #[arg(long, value_name = "DURATION")]
         pub resync_interval: Option<Duration>,
@@ -184,6 +195,8 @@ impl ConfigFile {
             }),
             paths_root: data_dir.map(|d| d.join("paths")),
             orphan_grace_period: Some(DEFAULT_ORPHAN_GRACE_PERIOD),
+            max_orphan_removals_per_pass: Some(DEFAULT_MAX_ORPHAN_REMOVALS_PER_PASS),
+            agent_running_grace: Some(DEFAULT_AGENT_RUNNING_GRACE),
             resync_interval: Some(DEFAULT_RESYNC_INTERVAL),
             history_retention: Some(DEFAULT_HISTORY_RETENTION),
             concurrency: Some(DEFAULT_CONCURRENCY),
@@ -220,6 +233,10 @@ pub struct Config {
     pub paths_root: PathBuf,
     pub manifests: Option<PathBuf>,
     pub orphan_grace_period: Duration,
+    /// The blast-radius guard: more orphan removals due in one pass than this, and none is made.
+    pub max_orphan_removals_per_pass: usize,
+    /// How long a `Running` agent may have no running container before it is set `Stopped`.
+    pub agent_running_grace: Duration,
     pub resync_interval: Duration,
     pub history_retention: Duration,
     pub concurrency: usize,
@@ -258,6 +275,8 @@ impl Config {
             paths_root: c.paths_root?,
             manifests: c.manifests,
             orphan_grace_period: c.orphan_grace_period?,
+            max_orphan_removals_per_pass: c.max_orphan_removals_per_pass?,
+            agent_running_grace: c.agent_running_grace?,
             resync_interval: c.resync_interval?,
             history_retention: c.history_retention?,
             concurrency: c.concurrency?,

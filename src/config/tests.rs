@@ -149,6 +149,8 @@ fn defaults_for_root() {
     assert_eq!(c.agent_name_prefix, "anvyl-agent-");
     assert_eq!(c.manifests, None);
     assert_eq!(c.orphan_grace_period, Duration::from_secs(300));
+    assert_eq!(c.max_orphan_removals_per_pass, 50);
+    assert_eq!(c.agent_running_grace, Duration::from_secs(10));
     assert_eq!(c.resync_interval, Duration::from_secs(30));
     assert_eq!(c.history_retention, Duration::from_secs(86_400));
     assert_eq!(c.concurrency, 8);
@@ -307,6 +309,17 @@ fn wrong_types_and_bad_values_name_line_and_field() {
     for (text, line, field) in [
         ("concurrency: many\n", 3, "concurrency"),
         ("concurrency: -1\n", 3, "concurrency"),
+        (
+            "maxOrphanRemovalsPerPass: -1\n",
+            3,
+            "maxOrphanRemovalsPerPass",
+        ),
+        (
+            "maxOrphanRemovalsPerPass: lots\n",
+            3,
+            "maxOrphanRemovalsPerPass",
+        ),
+        ("agentRunningGrace: soon\n", 3, "agentRunningGrace"),
         ("dryRun: perhaps\n", 3, "dryRun"),
         ("metricsListen: localhost\n", 3, "metricsListen"),
         ("logFormat: xml\n", 3, "logFormat"),

@@ -17,12 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::wire::Health;
+use crate::api::wire::{BlastRadiusHold, Health};
 use crate::core::inventory::{short_id, Actual, DockerObject};
 use crate::core::liveness::LiveOwners;
 use crate::core::model::{
@@ -32,15 +33,13 @@ use crate::core::model::{
 };
 use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
-use crate::docker::{DockerError, Engine, Selectors};
+use crate::docker::{DockerError, Engine, EventHint, Selectors};
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::store::{Store, StoreError, WriteLog};
 use crate::Error;
 use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
 
-/// How long a `Running` agent may have no running container before it is set `Stopped`.
-const AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 /// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -50,6 +49,8 @@ const EVENT_COALESCE: Duration = Duration::from_millis(250);
 /// While the removal queue is backlogged, a triggered pass waits at most this long for more
 /// triggers to gather.
 const BACKLOG_COALESCE: Duration = Duration::from_millis(250);
+/// The blast-radius hold names this many of the orphans it holds, in the log and the status.
+const HOLD_EXAMPLES: usize = 5;
 /// This many passes in a row whose listings timed out while `/_ping` answered mean the engine
 /// is wedged (the libnetwork exit deadlock), not slow.
 const WEDGED_AFTER: u32 = 3;
@@ -59,6 +60,10 @@ const WEDGED_AFTER: u32 = 3;
 pub struct Settings {
     pub rules: Rules,
     pub orphan_grace: crate::core::model::Duration,
+    /// The blast-radius guard: more orphan removals due in one pass than this, and none is made.
+    pub max_orphan_removals: usize,
+    /// How long a `Running` agent may have no running container before it is set `Stopped`.
+    pub agent_running_grace: crate::core::model::Duration,
     pub history_retention: crate::core::model::Duration,
     pub resync_interval: Duration,
     pub concurrency: usize,
@@ -104,6 +109,9 @@ pub struct Controller<E: Engine> {
     timeouts_while_pinging: std::sync::atomic::AtomicU32,
     /// The store failed a write since the loop last looked (see `run`).
     store_failed: AtomicBool,
+    /// The networks and volumes of ours in the last listing, by kind and ID: their destroy
+    /// events carry no labels to tell.
+    listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
 }
 
 /// The desired state at one store generation, reduced to what the re-check before a delete
@@ -148,6 +156,7 @@ impl<E: Engine> Controller<E> {
             look_again: AtomicBool::new(false),
             timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
             store_failed: AtomicBool::new(false),
+            listed_ours: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -345,8 +354,8 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    /// Follows the Docker event stream; events about our containers trigger a pass. Reconnects
-    /// with backoff and resumes shortly before the last event seen.
+    /// Follows the Docker event stream; events about our containers, networks and volumes
+    /// trigger a pass. Reconnects with backoff and resumes shortly before the last event seen.
     pub async fn watch_events(self: Arc<Self>, shutdown: CancellationToken) {
         let mut since = Timestamp::now().millis() / 1000;
         let mut backoff = PASS_BACKOFF_MIN;
@@ -355,39 +364,43 @@ impl<E: Engine> Controller<E> {
             .checked_sub(EVENT_COALESCE)
             .unwrap_or_else(Instant::now);
         let mut held: Option<Instant> = None;
+        // Network and volume events name the object only: whether a new one is ours takes a
+        // look, off this loop (a network call may wait for container stops to finish).
+        let (looked, mut found_ours) = tokio::sync::mpsc::unbounded_channel::<()>();
         loop {
             let mut stream = Box::pin(self.engine.events(since.saturating_sub(1)));
             loop {
-                tokio::select! {
+                let ours = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
                         held = None;
                         last_nudge = Instant::now();
                         self.nudge();
+                        false
                     }
+                    Some(()) = found_ours.recv() => true,
                     item = stream.next() => match item {
                         Some(Ok(hint)) => {
                             backoff = PASS_BACKOFF_MIN;
                             since = since.max(hint.time_secs);
-                            let desired = lock(&self.desired).clone();
-                            let ours = desired.map(|d| {
-                                ownership::is_ours(&hint.object, &d.rules, &d.matchers)
-                            });
-                            if ours.unwrap_or(true) && held.is_none() {
-                                let due = last_nudge + EVENT_COALESCE;
-                                if Instant::now() >= due {
-                                    last_nudge = Instant::now();
-                                    self.nudge();
-                                } else {
-                                    held = Some(due);
-                                }
-                            }
+                            // A nudge already held back covers this event: its pass lists
+                            // after it.
+                            held.is_none() && self.event_is_ours(&hint, &looked)
                         }
                         Some(Err(e)) => {
                             debug!(error = %e, "Docker event stream broke.");
                             break;
                         }
                         None => break,
+                    }
+                };
+                if ours && held.is_none() {
+                    let due = last_nudge + EVENT_COALESCE;
+                    if Instant::now() >= due {
+                        last_nudge = Instant::now();
+                        self.nudge();
+                    } else {
+                        held = Some(due);
                     }
                 }
             }
@@ -402,8 +415,46 @@ impl<E: Engine> Controller<E> {
         }
     }
 
+    /// Whether an event is about an object of ours, by the same rules as a listing. A container
+    /// event carries its labels. A network or volume event does not: one that is gone was ours
+    /// if the last listing said so; a new one is inspected by a task that reports through
+    /// `looked` when it is ours (this returns false meanwhile). Unknown rules: assume ours.
+    fn event_is_ours(self: &Arc<Self>, hint: &EventHint, looked: &UnboundedSender<()>) -> bool {
+        let Some(desired) = lock(&self.desired).clone() else {
+            return true;
+        };
+        if hint.labelled {
+            return ownership::is_ours(&hint.object, &desired.rules, &desired.matchers);
+        }
+        if hint.gone {
+            return lock(&self.listed_ours).contains(&(hint.object.kind, hint.object.id.clone()));
+        }
+        let (ctl, object, looked) = (self.clone(), hint.object.clone(), looked.clone());
+        tokio::spawn(async move {
+            let ours = match ctl.engine.inspect(&object).await {
+                Ok(Some(fresh)) => ownership::is_ours(&fresh, &desired.rules, &desired.matchers),
+                // Gone already: nothing to count.
+                Ok(None) => false,
+                Err(e) => {
+                    debug!(error = %e, kind = %object.kind, id = %object.id, "Could not look at a new object; a pass will.");
+                    true
+                }
+            };
+            if ours {
+                let _ = looked.send(());
+            }
+        });
+        false
+    }
+
     /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
-    async fn observe(&self, scope: &Scope) -> Result<(Vec<Session>, Vec<Agent>, Actual), Error> {
+    /// Objects seen for the first time are noted as seen at `now`, the instant the pass plans
+    /// for, so that a grace of zero means "this pass".
+    async fn observe(
+        &self,
+        scope: &Scope,
+        now: Timestamp,
+    ) -> Result<(Vec<Session>, Vec<Agent>, Actual), Error> {
         let store = self.store();
         let generation = store.generation();
         let sessions = store.sessions()?;
@@ -426,6 +477,13 @@ impl<E: Engine> Controller<E> {
                 .chain(matchers.name_prefixes().map(String::from)),
         );
         let objects = self.engine.list(&selectors).await?;
+        *lock(&self.listed_ours) = objects
+            .iter()
+            .filter(|o| matches!(o.kind, ResourceKind::Network | ResourceKind::Volume))
+            .filter(|o| ownership::is_ours(o, rules, matchers))
+            .map(|o| (o.kind, o.id.clone()))
+            .collect();
+        let first_seen = self.first_seen(&objects, now).await?;
         let candidates = plan::paths_to_probe(
             &sessions,
             &agents,
@@ -457,7 +515,48 @@ impl<E: Engine> Controller<E> {
         })
         .await
         .map_err(|e| Error::Paths(e.to_string()))??;
-        Ok((sessions, agents, Actual { objects, paths }))
+        Ok((
+            sessions,
+            agents,
+            Actual {
+                objects,
+                paths,
+                first_seen,
+            },
+        ))
+    }
+
+    /// When reaper first saw each listed object: what the store kept, plus `now` for the new
+    /// ones, which are written to the store (durable with its next flush). An unreadable
+    /// store fails the pass, as for records; a failed write does not. Sightings of
+    /// objects no longer listed are forgotten: should one come back, its grace starts again,
+    /// which only ever delays a removal.
+    async fn first_seen(
+        &self,
+        objects: &[DockerObject],
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, Timestamp>, StoreError> {
+        let store = self.store();
+        let mut known = store.sightings()?;
+        let listed: BTreeSet<String> = objects.iter().map(DockerObject::sighting_key).collect();
+        let new: BTreeMap<String, Timestamp> = listed
+            .iter()
+            .filter(|k| !known.contains_key(*k))
+            .map(|k| (k.clone(), now))
+            .collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        // A sighting that cannot be kept only makes a grace start later (the next pass sees
+        // the object "first" again): no reason to stop this pass's other removals.
+        if let Err(e) = self.note_store(store.note_sightings(new.clone(), gone).await) {
+            warn!(error = %e, "Could not keep first sightings; the grace of new objects starts again next pass.");
+        }
+        known.retain(|k, _| listed.contains(k));
+        known.extend(new);
+        Ok(known)
     }
 
     fn plan_config(&self) -> PlanConfig {
@@ -467,18 +566,20 @@ impl<E: Engine> Controller<E> {
             orphan_grace: settings.orphan_grace,
             history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
-            agent_running_grace: crate::core::model::Duration(AGENT_RUNNING_GRACE),
+            agent_running_grace: settings.agent_running_grace,
+            max_orphan_removals: settings.max_orphan_removals,
         }
     }
 
     /// Plans without acting: what `reaper orphans` and the cleanup preview show.
     pub async fn preview(&self, scope: &Scope) -> Result<Plan, Error> {
-        let (sessions, agents, actual) = self.observe(scope).await?;
+        let now = Timestamp::now();
+        let (sessions, agents, actual) = self.observe(scope, now).await?;
         Ok(plan::plan(
             &sessions,
             &agents,
             &actual,
-            Timestamp::now(),
+            now,
             &self.plan_config(),
             scope,
         ))
@@ -486,7 +587,7 @@ impl<E: Engine> Controller<E> {
 
     /// The Docker objects an owner claims right now, for `reaper describe`.
     pub async fn owned_by(&self, owner: &OwnerRef) -> Result<Vec<DockerObject>, Error> {
-        let (sessions, agents, actual) = self.observe(&Scope::Normal).await?;
+        let (sessions, agents, actual) = self.observe(&Scope::Normal, Timestamp::now()).await?;
         let rules = self.settings().rules;
         let matchers = Matchers::new(&sessions, &agents, &rules);
         Ok(actual
@@ -633,9 +734,12 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(Plan, Vec<(Target, Ticket)>), Error> {
         self.write_unrecorded(false).await;
-        let (sessions, agents, actual) = self.observe(scope).await?;
+        let (sessions, agents, actual) = self.observe(scope, now).await?;
         let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
         self.record_gauges(&plan, &sessions, &agents);
+        if *scope == Scope::Normal {
+            self.note_hold(&plan.held, now);
+        }
 
         // Deadlines passed: persist (flushed) before anything is removed because of them.
         for t in &plan.transitions {
@@ -736,6 +840,46 @@ impl<E: Engine> Controller<E> {
         });
         *cache = Some(d.clone());
         d
+    }
+
+    /// Shows (gauge, status, log) whether the blast-radius guard holds orphan removals back.
+    /// Logged when the hold begins or its size changes, not on every pass.
+    fn note_hold(&self, held: &[Removal], now: Timestamp) {
+        let limit = self.settings().max_orphan_removals;
+        let before = self.health().blast_radius_held;
+        if held.is_empty() {
+            if before.is_some() {
+                info!("Blast-radius hold ended: orphan removals are within maxOrphanRemovalsPerPass again.");
+                self.metrics.set_blast_radius_held(false);
+                self.set_health(|h| h.blast_radius_held = None);
+            }
+            return;
+        }
+        let examples: Vec<String> = held
+            .iter()
+            .take(HOLD_EXAMPLES)
+            .map(|r| format!("{} {}", r.target.kind(), target_label(&r.target)))
+            .collect();
+        let hold = BlastRadiusHold {
+            orphans: held.len(),
+            limit,
+            examples,
+            since: before.as_ref().map_or(now, |b| b.since),
+        };
+        if before.as_ref().map(|b| (b.orphans, b.limit)) != Some((hold.orphans, limit)) {
+            warn!(
+                orphans = hold.orphans,
+                max_orphan_removals_per_pass = limit,
+                examples = %hold.examples.join(", "),
+                "Blast-radius guard: this pass would remove {} orphans, more than \
+                 maxOrphanRemovalsPerPass ({limit}), so it removes none of them. A wrong adoption \
+                 rule or a lost store looks like this. Check `reaper orphans`; then confirm with \
+                 `reaper cleanup --yes`, raise the cap, or fix the rule.",
+                hold.orphans
+            );
+        }
+        self.metrics.set_blast_radius_held(true);
+        self.set_health(|h| h.blast_radius_held = Some(hold));
     }
 
     fn record_gauges(&self, plan: &Plan, sessions: &[Session], agents: &[Agent]) {

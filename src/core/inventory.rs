@@ -2,7 +2,7 @@
 //! the planner can reason about. The Docker adapter fills it; nothing here does I/O.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::model::{Labels, RelPath, ResourceKind, Timestamp};
 
@@ -48,6 +48,17 @@ impl DockerObject {
         }
     }
 
+    /// What reaper keeps the time it first saw this object under: kind and ID, and for an
+    /// image reference the reference with the image it names, so that a tag that appears (or
+    /// moves to another image) is a new sighting even when the image is old.
+    pub fn sighting_key(&self) -> String {
+        if self.kind == ResourceKind::Image && !self.name.is_empty() {
+            format!("image/{}@{}", self.name, self.id)
+        } else {
+            format!("{}/{}", self.kind.as_str(), self.id)
+        }
+    }
+
     /// The image repository of a reference (`repo:tag` -> `repo`, keeping a registry port).
     pub fn repository(&self) -> Option<&str> {
         if self.kind != ResourceKind::Image || self.name.is_empty() {
@@ -84,6 +95,9 @@ pub struct Actual {
     pub objects: Vec<DockerObject>,
     /// The record paths (`spec.paths`, `buildDir`) that currently exist below the paths root.
     pub paths: BTreeSet<RelPath>,
+    /// When reaper first saw each object, by [`DockerObject::sighting_key`]. An orphan's
+    /// grace counts from the later of this and its creation.
+    pub first_seen: BTreeMap<String, Timestamp>,
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct PlanConfig {
     pub restarted_at: Timestamp,
     /// How long a `Running` agent may have no running container before it is set `Stopped`.
     pub agent_running_grace: Duration,
+    /// The blast-radius guard: a normal pass that would remove more orphans than this removes
+    /// none of them (a wrong adoption rule or a lost store, not a leak).
+    pub max_orphan_removals: usize,
 }
 
 /// Which pass this is: the normal reconcile, or an operator's `reaper cleanup`.
@@ -194,6 +197,9 @@ pub struct Plan {
     /// The next instant something changes by itself (a deadline, a grace period, a purge).
     pub next_wake: Option<Timestamp>,
     pub observed: Observed,
+    /// Orphan removals held back by the blast-radius guard: more were due in this pass than
+    /// `max_orphan_removals`, so none of them is in `removals`. Empty unless held.
+    pub held: Vec<Removal>,
 }
 
 pub fn plan(
@@ -271,7 +277,12 @@ pub fn plan(
         if matches!(scope, Scope::ManualOwner(_)) {
             continue;
         }
-        let removable_at = obj.created.map(|c| c.plus(cfg.orphan_grace));
+        // The grace counts from when the object appeared to reaper, if later than its creation
+        // (a pulled or cached image tagged a moment ago). Unknown creation: never by itself.
+        let seen = actual.first_seen.get(&obj.sighting_key()).copied();
+        let removable_at = obj
+            .created
+            .map(|c| seen.map_or(c, |s| c.max(s)).plus(cfg.orphan_grace));
         let ripe = removable_at.is_some_and(|at| now >= at);
         if *scope == Scope::ManualAll || ripe {
             let reason = if *scope == Scope::ManualAll {
@@ -328,6 +339,23 @@ pub fn plan(
             };
         }
     }
+    // The blast-radius guard. Only orphans count (an owner that ended, expired or was deleted
+    // loses its objects whatever their number), and only in a normal pass: `reaper cleanup`
+    // is the operator's confirmation.
+    if *scope == Scope::Normal {
+        let orphans = plan
+            .removals
+            .iter()
+            .filter(|r| r.reason == CleanupReason::Orphan)
+            .count();
+        if orphans > cfg.max_orphan_removals {
+            let (held, kept) = std::mem::take(&mut plan.removals)
+                .into_iter()
+                .partition(|r| r.reason == CleanupReason::Orphan);
+            plan.held = held;
+            plan.removals = kept;
+        }
+    }
     if *scope == Scope::Normal {
         plan.transitions = transitions(
             sessions,
@@ -340,9 +368,11 @@ pub fn plan(
             &mut wake,
         );
     }
-    plan.removals.sort_by(|a, b| {
+    let order = |a: &Removal, b: &Removal| {
         (a.target.kind(), target_name(&a.target)).cmp(&(b.target.kind(), target_name(&b.target)))
-    });
+    };
+    plan.removals.sort_by(order);
+    plan.held.sort_by(order);
     plan.next_wake = wake.0;
     plan
 }
@@ -474,6 +504,7 @@ mod tests {
             history_retention: D::from_secs(86_400),
             restarted_at: T0,
             agent_running_grace: D::from_secs(10),
+            max_orphan_removals: 50,
         }
     }
 
@@ -493,6 +524,7 @@ mod tests {
             &Actual {
                 objects,
                 paths: Default::default(),
+                first_seen: Default::default(),
             },
             now,
             &cfg(),
@@ -602,6 +634,7 @@ mod tests {
             &Actual {
                 objects: objs,
                 paths: Default::default(),
+                first_seen: Default::default(),
             },
             at(1010),
             &c,
@@ -632,6 +665,54 @@ mod tests {
     }
 
     #[test]
+    fn an_orphans_grace_counts_from_when_reaper_first_saw_it_if_later() {
+        // Built long ago (a cached layer, a pulled image), tagged `anvyl-agent-x` just now.
+        let old_image = image("anvyl-agent-x:latest").created(Some(at(-86_400)));
+        let old_volume = volume("v")
+            .label("reaper.session", "ghost")
+            .created(Some(at(-86_400)));
+        // A clock that went backwards: a creation after the sighting still counts.
+        let skewed = container("c")
+            .label("reaper.session", "ghost")
+            .created(Some(at(100)));
+        let first_seen = BTreeMap::from([
+            (old_image.sighting_key(), at(0)),
+            (old_volume.sighting_key(), at(-86_400)),
+            (skewed.sighting_key(), at(50)),
+        ]);
+        let actual = Actual {
+            objects: vec![old_image.clone(), old_volume, skewed],
+            paths: Default::default(),
+            first_seen,
+        };
+        let p = plan(&[], &[], &actual, at(299), &cfg(), &Scope::Normal);
+        assert_eq!(removed(&p), ["v"], "only the volume seen a day ago is ripe");
+        let waiting: BTreeMap<&str, Option<Timestamp>> = p
+            .waiting
+            .iter()
+            .map(|w| (w.object.name.as_str(), w.removable_at))
+            .collect();
+        assert_eq!(waiting["anvyl-agent-x:latest"], Some(at(300)));
+        assert_eq!(waiting["c"], Some(at(400)));
+        assert_eq!(p.next_wake, Some(at(300)));
+        let p = plan(&[], &[], &actual, at(300), &cfg(), &Scope::Normal);
+        assert_eq!(removed(&p), ["v", "anvyl-agent-x:latest"]);
+    }
+
+    #[test]
+    fn a_tag_moved_to_another_image_is_a_new_sighting() {
+        let a = image("anvyl-agent-x:latest");
+        let mut b = a.clone();
+        b.id = "sha256:other".into();
+        assert_ne!(a.sighting_key(), b.sighting_key());
+        assert_ne!(
+            a.sighting_key(),
+            image("anvyl-agent-x:v2").sighting_key(),
+            "each reference of one image has its own"
+        );
+    }
+
+    #[test]
     fn a_failed_agent_loses_containers_images_and_build_dir_then_stops() {
         let a = agent("bob")
             .phase(AgentPhase::Failed)
@@ -645,6 +726,7 @@ mod tests {
         let actual = Actual {
             objects: objs,
             paths: [RelPath::new("bob").unwrap()].into(),
+            first_seen: Default::default(),
         };
         let p2 = plan(
             &[],
@@ -775,6 +857,7 @@ mod tests {
                 RelPath::new("own").unwrap(),
             ]
             .into(),
+            first_seen: Default::default(),
         };
         let p = plan(&[dead, live], &[], &actual, at(1), &cfg(), &Scope::Normal);
         assert_eq!(removed(&p), ["own"]);
@@ -786,6 +869,7 @@ mod tests {
         let actual = Actual {
             objects: vec![],
             paths: [RelPath::new("reused").unwrap()].into(),
+            first_seen: Default::default(),
         };
         let p = plan(
             std::slice::from_ref(&cleaned),
@@ -893,6 +977,7 @@ mod tests {
         let actual = Actual {
             objects: objs,
             paths: Default::default(),
+            first_seen: Default::default(),
         };
         let all = plan(
             std::slice::from_ref(&live),
@@ -922,6 +1007,122 @@ mod tests {
         );
         assert_eq!(removed(&one), ["a"]);
         assert!(one.transitions.is_empty());
+    }
+
+    /// `n` ripe orphans of a lost session, named `o0`, `o1`, …
+    fn orphans(n: usize) -> Vec<DockerObject> {
+        (0..n)
+            .map(|i| container(&format!("o{i}")).label("reaper.session", "lost"))
+            .collect()
+    }
+
+    #[test]
+    fn the_blast_radius_guard_holds_every_orphan_above_the_cap() {
+        let late = at(10_000);
+        let c = PlanConfig {
+            max_orphan_removals: 3,
+            ..cfg()
+        };
+        let plan_of = |objects: Vec<DockerObject>, scope: &Scope| {
+            let actual = Actual {
+                objects,
+                paths: Default::default(),
+                first_seen: Default::default(),
+            };
+            plan(&[], &[], &actual, late, &c, scope)
+        };
+        // At the cap: all go.
+        let p = plan_of(orphans(3), &Scope::Normal);
+        assert_eq!(removed(&p), ["o0", "o1", "o2"]);
+        assert!(p.held.is_empty());
+        // One more: none goes, all are held, and still counted as orphans.
+        let p = plan_of(orphans(4), &Scope::Normal);
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert_eq!(p.held.len(), 4);
+        assert!(p.held.iter().all(|r| r.reason == CleanupReason::Orphan));
+        assert_eq!(p.observed.orphans[&ResourceKind::Container], 4);
+        // `reaper cleanup` (the operator's confirmation) is not capped.
+        let p = plan_of(orphans(4), &Scope::ManualAll);
+        assert_eq!(p.removals.len(), 4);
+        assert!(p.held.is_empty());
+    }
+
+    #[test]
+    fn the_blast_radius_guard_counts_only_ripe_orphans() {
+        let c = PlanConfig {
+            max_orphan_removals: 3,
+            ..cfg()
+        };
+        // Ten orphans, of which only two are past their grace: nothing to hold.
+        let mut objects = orphans(2);
+        objects.extend((0..8).map(|i| {
+            container(&format!("young{i}"))
+                .label("reaper.session", "lost")
+                .created(Some(at(9_900)))
+        }));
+        let actual = Actual {
+            objects,
+            paths: Default::default(),
+            first_seen: Default::default(),
+        };
+        let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
+        assert_eq!(removed(&p), ["o0", "o1"]);
+        assert!(p.held.is_empty());
+        assert_eq!(p.waiting.len(), 8);
+    }
+
+    #[test]
+    fn ended_expired_and_deleted_owners_are_not_capped_nor_held_with_orphans() {
+        let c = PlanConfig {
+            max_orphan_removals: 2,
+            ..cfg()
+        };
+        let ended = session("ended").ended().build();
+        let expired = session("expired").ttl(D::from_secs(1)).build();
+        let deleted = session("deleted").deleting().build();
+        let mut objects = orphans(5);
+        for owner in ["ended", "expired", "deleted"] {
+            objects.extend(
+                (0..4).map(|i| container(&format!("{owner}{i}")).label("reaper.session", owner)),
+            );
+        }
+        let actual = Actual {
+            objects,
+            paths: Default::default(),
+            first_seen: Default::default(),
+        };
+        let p = plan(
+            &[ended, expired, deleted],
+            &[],
+            &actual,
+            at(10_000),
+            &c,
+            &Scope::Normal,
+        );
+        assert_eq!(p.removals.len(), 12, "{:?}", removed(&p));
+        assert!(p.removals.iter().all(|r| r.reason != CleanupReason::Orphan));
+        assert_eq!(p.held.len(), 5);
+        // The owners' cleanup proceeds: the expiry is planned as usual.
+        assert!(p
+            .transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Expire { .. })));
+    }
+
+    #[test]
+    fn a_cap_of_zero_holds_every_orphan_removal() {
+        let c = PlanConfig {
+            max_orphan_removals: 0,
+            ..cfg()
+        };
+        let actual = Actual {
+            objects: orphans(1),
+            paths: Default::default(),
+            first_seen: Default::default(),
+        };
+        let p = plan(&[], &[], &actual, at(10_000), &c, &Scope::Normal);
+        assert!(p.removals.is_empty());
+        assert_eq!(p.held.len(), 1);
     }
 
     mod properties {
@@ -1100,21 +1301,31 @@ mod tests {
                 objects in prop::collection::vec(arb_object(), 0..12),
                 now in 0..3000i64,
                 manual in 0..3u8,
+                cap in 0..6usize,
+                sightings in prop::collection::vec(prop::option::of(0..3000i64), 12),
             ) {
                 let mut sessions = sessions;
                 sessions.dedup_by(|a, b| a.metadata.name == b.metadata.name);
                 let mut agents = agents;
                 agents.dedup_by(|a, b| a.metadata.name == b.metadata.name);
                 let rules = Rules { instance: String::new(), ..Rules::default() };
-                let c = PlanConfig { rules: rules.clone(), ..cfg() };
+                let c = PlanConfig { rules: rules.clone(), max_orphan_removals: cap, ..cfg() };
                 let scope = match manual {
                     0 => Scope::Normal,
                     1 => Scope::ManualAll,
                     _ => Scope::ManualOwner(OwnerRef { kind: OwnerKind::Session, name: Name::new("s1").unwrap() }),
                 };
                 let now = at(now);
-                let actual = Actual { objects, paths: Default::default() };
+                let first_seen: BTreeMap<String, Timestamp> = objects
+                    .iter()
+                    .zip(&sightings)
+                    .filter_map(|(o, s)| Some((o.sighting_key(), at((*s)?))))
+                    .collect();
+                let actual = Actual { objects, paths: Default::default(), first_seen: first_seen.clone() };
                 let p = plan(&sessions, &agents, &actual, now, &c, &scope);
+                let orphan_removals = p.removals.iter().filter(|r| r.reason == CleanupReason::Orphan).count();
+                prop_assert!(orphan_removals <= c.max_orphan_removals, "the guard let {orphan_removals} orphans through");
+                prop_assert!(p.held.is_empty() || (scope == Scope::Normal && orphan_removals == 0 && p.held.len() > c.max_orphan_removals));
                 let matchers = Matchers::new(&sessions, &agents, &rules);
                 let live = |o: &OwnerRef| {
                     sessions.iter().any(|s| s.metadata.name == o.name && o.kind == OwnerKind::Session && s.is_live(now, T0))
@@ -1135,7 +1346,9 @@ mod tests {
                         prop_assert!(!owners.iter().any(live), "removed an object with a live owner: {obj:?}");
                     }
                     if r.reason == CleanupReason::Orphan {
+                        let seen = first_seen.get(&obj.sighting_key()).copied();
                         prop_assert!(obj.created.is_some_and(|c| now >= c.plus(c_grace())), "orphan removed inside its grace: {obj:?}");
+                        prop_assert!(seen.is_none_or(|s| now >= s.plus(c_grace())), "orphan removed inside its grace from first sight: {obj:?}");
                     }
                 }
             }
@@ -1174,7 +1387,7 @@ mod tests {
                 // What the probe finds, the planner removes only on behalf of owners that lose it.
                 let c = PlanConfig { rules: Rules { instance: String::new(), ..Rules::default() }, ..cfg() };
                 let on_disk = owners.iter().flat_map(|(_, paths, _)| paths.iter().cloned()).collect();
-                let actual = Actual { objects: vec![], paths: on_disk };
+                let actual = Actual { objects: vec![], paths: on_disk, first_seen: Default::default() };
                 let p = plan(&sessions, &agents, &actual, now, &c, &scope);
                 for r in &p.removals {
                     let Target::Path { path } = &r.target else { continue };

@@ -42,6 +42,7 @@ impl<E: Engine> Daemon for Controller<E> {
             Ok(Preview {
                 removals: plan.removals,
                 waiting: plan.waiting,
+                held: plan.held,
             })
         }
         .boxed()

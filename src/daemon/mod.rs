@@ -42,6 +42,8 @@ pub fn settings(c: &Config) -> Settings {
             agent_name_prefix: c.agent_name_prefix.clone(),
         },
         orphan_grace: c.orphan_grace_period,
+        max_orphan_removals: c.max_orphan_removals_per_pass,
+        agent_running_grace: c.agent_running_grace,
         history_retention: c.history_retention,
         resync_interval: c.resync_interval.std(),
         concurrency: c.concurrency,
@@ -147,6 +149,12 @@ pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, St
         let code = run_once(&ctl).await;
         stop.cancel();
         let _ = worker.await;
+        // What only a flush makes durable (first sightings), so the next run counts from them.
+        if ctl.store().health().is_ok() {
+            if let Err(e) = ctl.store().flush().await {
+                error!(error = %e, "Final store flush failed.");
+            }
+        }
         return Ok(code);
     }
     // Before any socket answers: from here on a stop signal means a drain, not death.

@@ -372,8 +372,12 @@ impl Engine for Docker {
     ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static {
         // Only the type is filtered server-side: the engines spell actions differently (see
         // `event_hint`), and Podman 4.3's `event=die` filter matches nothing.
-        let filters: HashMap<&str, Vec<String>> =
-            HashMap::from([("type", vec!["container".to_string()])]);
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "type",
+            ["container", "network", "volume"]
+                .map(String::from)
+                .to_vec(),
+        )]);
         let opts = EventsOptionsBuilder::default()
             .since(&since_secs.to_string())
             .filters(&filters)
@@ -409,16 +413,52 @@ fn engine_info(v: bollard::models::SystemVersion) -> EngineInfo {
 /// Docker's `die` and `destroy` are Podman's `die` (`died` in its filters) and `remove`.
 const CONTAINER_ACTIONS: [&str; 6] = ["create", "start", "die", "died", "destroy", "remove"];
 
+/// Network and volume actions that change what reaper counts, in both engines' spellings.
+const NETWORK_VOLUME_ACTIONS: [&str; 3] = ["create", "destroy", "remove"];
+
+/// Actions after which the object is gone.
+const GONE_ACTIONS: [&str; 3] = ["destroy", "remove", "delete"];
+
 /// Event attributes that are not the container's labels: Docker's and Podman's
 /// (`containerExitCode`, `podId`).
 const NOT_LABELS: [&str; 5] = ["name", "image", "exitCode", "containerExitCode", "podId"];
 
 /// The hint in one engine event, or `None` for an event that cannot change a decision (another
-/// type, or an action such as `kill`, `exec_start` or Podman's `cleanup`).
+/// type, or an action such as `kill`, `exec_start`, Podman's `cleanup`, or a network's
+/// `connect`).
 fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
     use bollard::models::EventMessageTypeEnum as T;
-    if m.typ != Some(T::CONTAINER) || !CONTAINER_ACTIONS.contains(&m.action.as_deref()?) {
-        return None;
+    let action = m.action.as_deref()?;
+    let gone = GONE_ACTIONS.contains(&action);
+    let kind = match m.typ? {
+        T::CONTAINER if CONTAINER_ACTIONS.contains(&action) => ResourceKind::Container,
+        T::NETWORK if NETWORK_VOLUME_ACTIONS.contains(&action) => ResourceKind::Network,
+        T::VOLUME if NETWORK_VOLUME_ACTIONS.contains(&action) => ResourceKind::Volume,
+        _ => return None,
+    };
+    let time_secs = m.time.unwrap_or(0);
+    if kind != ResourceKind::Container {
+        // Network and volume events carry the ID (a volume's is its name) and no labels.
+        let actor = m.actor?;
+        let id = actor.id.filter(|id| !id.is_empty())?;
+        let name = actor
+            .attributes
+            .and_then(|mut a| a.remove("name"))
+            .unwrap_or_else(|| id.clone());
+        return Some(EventHint {
+            object: DockerObject {
+                kind,
+                id,
+                name,
+                labels: Labels::new(),
+                created: None,
+                running: false,
+                other_refs: Vec::new(),
+            },
+            time_secs,
+            labelled: false,
+            gone,
+        });
     }
     let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
     let name = attrs.remove("name").unwrap_or_default();
@@ -436,7 +476,9 @@ fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
             running: false,
             other_refs: Vec::new(),
         },
-        time_secs: m.time.unwrap_or(0),
+        time_secs,
+        labelled: true,
+        gone,
     })
 }
 
@@ -583,6 +625,37 @@ mod tests {
     const PODMAN_DIE: &str = r#"{"status":"die","id":"72b3a1f300b4","from":"docker.io/reaper-test/busybox:1","Type":"container","Action":"die","Actor":{"ID":"72b3a1f300b4","Attributes":{"containerExitCode":"137","exitCode":"137","image":"docker.io/reaper-test/busybox:1","name":"anvyl-agent-t1","podId":"","session_id":"9"}},"scope":"local","time":1795777144,"timeNano":1795777144529458178}"#;
     const PODMAN_CLEANUP: &str = r#"{"status":"cleanup","id":"72b3a1f300b4","from":"docker.io/reaper-test/busybox:1","Type":"container","Action":"cleanup","Actor":{"ID":"72b3a1f300b4","Attributes":{"containerExitCode":"0","image":"docker.io/reaper-test/busybox:1","name":"anvyl-agent-t1","podId":"","session_id":"9"}},"scope":"local","time":1795777144,"timeNano":1795777144590821730}"#;
 
+    const DOCKER_NETWORK_CREATE: &str = r#"{"Type":"network","Action":"create","Actor":{"ID":"33ff56ae9bed41e9454d7b04b83fa6ead8d0b8bef2db66a234bf0306279f603b","Attributes":{"name":"wn1","type":"bridge"}},"scope":"local","time":1795791560,"timeNano":1795791560338155326}"#;
+    const DOCKER_VOLUME_CREATE: &str = r#"{"Type":"volume","Action":"create","Actor":{"ID":"wv1","Attributes":{"driver":"local"}},"scope":"local","time":1795791560,"timeNano":1795791560376287926}"#;
+
+    #[test]
+    fn network_and_volume_events_name_the_object_without_labels() {
+        for (action, gone) in [("create", false), ("destroy", true), ("remove", true)] {
+            let n = hint(&with_action(DOCKER_NETWORK_CREATE, "create", action))
+                .unwrap_or_else(|| panic!("a network's {action} is a hint"));
+            assert_eq!(n.object.kind, ResourceKind::Network);
+            assert_eq!(
+                n.object.id,
+                "33ff56ae9bed41e9454d7b04b83fa6ead8d0b8bef2db66a234bf0306279f603b"
+            );
+            assert_eq!(n.object.name, "wn1");
+            assert!(n.object.labels.is_empty(), "`type` is not a label");
+            assert_eq!((n.labelled, n.gone), (false, gone), "{action}");
+            let v = hint(&with_action(DOCKER_VOLUME_CREATE, "create", action))
+                .unwrap_or_else(|| panic!("a volume's {action} is a hint"));
+            assert_eq!(v.object.kind, ResourceKind::Volume);
+            assert_eq!(
+                (v.object.id.as_str(), v.object.name.as_str()),
+                ("wv1", "wv1")
+            );
+            assert!(v.object.labels.is_empty(), "`driver` is not a label");
+            assert_eq!((v.labelled, v.gone), (false, gone), "{action}");
+            assert_eq!(v.time_secs, 1795791560);
+        }
+        let no_id = DOCKER_VOLUME_CREATE.replace(r#""ID":"wv1","#, "");
+        assert!(hint(&no_id).is_none());
+    }
+
     /// `line` with its action (and status) replaced.
     fn with_action(line: &str, from: &str, to: &str) -> String {
         line.replace(&format!("\"{from}\""), &format!("\"{to}\""))
@@ -594,6 +667,8 @@ mod tests {
             let h = hint(&with_action(DOCKER_DIE, "die", action))
                 .unwrap_or_else(|| panic!("Docker's {action} is a hint"));
             assert_eq!(h.object.kind, ResourceKind::Container);
+            assert!(h.labelled);
+            assert_eq!(h.gone, action == "destroy");
             assert_eq!(h.object.name, "ev1");
             assert_eq!(
                 h.object.labels,
@@ -637,8 +712,17 @@ mod tests {
                 "{action}"
             );
         }
+        // A network has no `die`; `connect` and `disconnect` change nothing reaper counts.
         let network = DOCKER_DIE.replace(r#""Type":"container""#, r#""Type":"network""#);
         assert!(hint(&network).is_none());
+        for action in ["connect", "disconnect"] {
+            assert!(hint(&with_action(DOCKER_NETWORK_CREATE, "create", action)).is_none());
+        }
+        for action in ["mount", "unmount"] {
+            assert!(hint(&with_action(DOCKER_VOLUME_CREATE, "create", action)).is_none());
+        }
+        let image = DOCKER_DIE.replace(r#""Type":"container""#, r#""Type":"image""#);
+        assert!(hint(&with_action(&image, "die", "delete")).is_none());
         let untyped = DOCKER_DIE.replace(r#""Type":"container","#, "");
         assert!(hint(&untyped).is_none());
         let no_action = DOCKER_DIE.replace(r#""Action":"die","#, "");

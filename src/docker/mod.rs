@@ -79,11 +79,17 @@ impl Selectors {
     }
 }
 
-/// A hint from the event stream: a container of this name and labels changed.
+/// A hint from the event stream: an object of this kind, ID and name (and, for a container,
+/// these labels) changed.
 #[derive(Clone, Debug)]
 pub struct EventHint {
     pub object: DockerObject,
     pub time_secs: i64,
+    /// The event carried the object's labels. Container events do; network and volume events
+    /// name the object only, so whether it is ours takes a look (or the last listing).
+    pub labelled: bool,
+    /// The object is gone (destroyed, removed).
+    pub gone: bool,
 }
 
 /// The engine operations reaper uses. The controller is generic over it so tests can inject

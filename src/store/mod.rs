@@ -16,6 +16,10 @@
 //! - The change stream ([`RecordStore::subscribe`]) moves after every committed change (and
 //!   whenever what was read before may no longer hold), never for a write that changed nothing.
 //!   It is how the controller learns of changes: writers never poke it.
+//! - First sightings of Docker objects ([`RecordStore::sightings`]) are kept beside the
+//!   records, so that an orphan's grace period survives a restart. They are not records: no
+//!   revisions, not exported, durable only with the next flush, and writing them never moves
+//!   the change stream. The first time written for a key is kept until the key is forgotten.
 //! - Reads answer from what the backend holds locally (sled's pages; a remote backend would
 //!   read a watch-fed cache, as kube's reflector does) and never wait; writes are async
 //!   because they wait for the disk, or a quorum.
@@ -26,12 +30,13 @@
 mod records;
 pub mod sled;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
 use tokio::sync::watch;
 
-use crate::core::model::{OwnerKind, OwnerRef, Record};
+use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
 
 pub use self::sled::SledStore;
 pub use records::{
@@ -132,6 +137,21 @@ pub trait RecordStore: Send + Sync + 'static {
 
     /// `Ok` when the store can be read now; otherwise why not (the reason for safe mode).
     fn health(&self) -> Result<(), StoreError>;
+
+    /// When reaper first saw each Docker object it keeps a time for, by sighting key
+    /// (`DockerObject::sighting_key`). One undecodable entry fails the whole read.
+    fn sightings(&self) -> Result<BTreeMap<String, Timestamp>, StoreError>;
+
+    /// Adds first sightings and forgets others, all or nothing. A key already there keeps its
+    /// time (the first sighting wins); forgetting a key that is not there is no error. Never
+    /// moves the change stream: sightings are not records. Durable with the next flush (any
+    /// record write, or [`RecordStore::flush`]), not before it returns: one is written in
+    /// every pass that sees a new object, and one lost in a crash only starts a grace later.
+    fn note_sightings(
+        &self,
+        seen: BTreeMap<String, Timestamp>,
+        forget: Vec<String>,
+    ) -> StoreFuture<'_, ()>;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

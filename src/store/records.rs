@@ -4,7 +4,7 @@
 //! written once on top of any [`RecordStore`]. Each reads, decides, and commits at the
 //! revisions it read; when someone wrote in between, it reads again and decides again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -161,6 +161,20 @@ impl Store {
     /// Makes every write so far durable. (Every mutating call already does this.)
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.backend.flush().await
+    }
+
+    /// See [`RecordStore::sightings`].
+    pub fn sightings(&self) -> Result<BTreeMap<String, Timestamp>, StoreError> {
+        self.backend.sightings()
+    }
+
+    /// See [`RecordStore::note_sightings`].
+    pub async fn note_sightings(
+        &self,
+        seen: BTreeMap<String, Timestamp>,
+        forget: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.backend.note_sightings(seen, forget).await
     }
 
     /// All sessions, sorted by name. One undecodable record fails the whole read.

@@ -23,8 +23,11 @@
 //! followed by the record's JSON; the default tree holds the schema version and the last
 //! revision given out. A marker file next to the sled files records that the store was
 //! initialised, so sled files truncated back to "empty" are detected as corruption instead of
-//! silently starting a blank store. Schema 1 kept the bare record; `open` migrates it.
+//! silently starting a blank store. Schema 1 kept the bare record; `open` migrates it. The
+//! `sightings` tree maps a Docker object's sighting key to the instant reaper first saw it
+//! (milliseconds, 8 bytes big-endian); a reaper that does not know the tree ignores it.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -36,7 +39,7 @@ use ::sled::transaction::{
 use tokio::sync::watch;
 
 use super::{reject_duplicates, RecordStore, Revision, StoreError, StoreFuture, Versioned, Write};
-use crate::core::model::{OwnerKind, Record};
+use crate::core::model::{OwnerKind, Record, Timestamp};
 
 /// Version of the on-disk encoding; bump it (and migrate in `open`) when the format changes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -46,6 +49,7 @@ const SCHEMA_KEY: &[u8] = b"reaper.schema";
 const REVISION_KEY: &[u8] = b"reaper.revision";
 const REVISION_BYTES: usize = 8;
 const RECORDS_TREE: &[u8] = b"records";
+const SIGHTINGS_TREE: &[u8] = b"sightings";
 /// Written once the store is initialised; its presence with a schema-less sled store means the
 /// sled files were damaged or replaced.
 const MARKER_FILE: &str = "reaper-store";
@@ -81,6 +85,7 @@ enum State {
 struct Handles {
     db: ::sled::Db,
     records: ::sled::Tree,
+    sightings: ::sled::Tree,
     /// Writes committed to this instance so far, and how many of them a flush has covered.
     committed: AtomicU64,
     durable: AtomicU64,
@@ -322,6 +327,66 @@ impl RecordStore for SledStore {
     fn health(&self) -> Result<(), StoreError> {
         self.handles().map(drop)
     }
+
+    fn sightings(&self) -> Result<BTreeMap<String, Timestamp>, StoreError> {
+        let h = self.handles()?;
+        h.sightings
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.storage_error(&h, e, "read sightings"))?;
+                decode_sighting(&k, &v)
+            })
+            .collect()
+    }
+
+    fn note_sightings(
+        &self,
+        seen: BTreeMap<String, Timestamp>,
+        forget: Vec<String>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if seen.is_empty() && forget.is_empty() {
+                return Ok(());
+            }
+            let h = self.handles()?;
+            {
+                let _gate = self.write_gate.lock().await;
+                h.sightings
+                    .transaction(|t| {
+                        for (k, at) in &seen {
+                            if t.get(k.as_bytes())?.is_none() {
+                                t.insert(k.as_bytes(), &at.millis().to_be_bytes()[..])?;
+                            }
+                        }
+                        for k in &forget {
+                            t.remove(k.as_bytes())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(|e| self.tx_error(&h, e, "write sightings"))?;
+                // Counted, so that the next flush (any record write's) covers it.
+                h.note_commit(true);
+            };
+            Ok(())
+        })
+    }
+}
+
+/// One entry of the sightings tree: a UTF-8 key and 8 big-endian bytes of milliseconds.
+fn decode_sighting(k: &[u8], v: &[u8]) -> Result<(String, Timestamp), StoreError> {
+    let key = std::str::from_utf8(k).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "a sighting key is not UTF-8: {:?}",
+            String::from_utf8_lossy(k)
+        ))
+    })?;
+    let millis: [u8; 8] = v.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "the sighting of {key} is {} bytes, not 8; {RESTORE_HINT}",
+            v.len()
+        ))
+    })?;
+    Ok((key.to_string(), Timestamp(i64::from_be_bytes(millis))))
 }
 
 impl Handles {
@@ -336,6 +401,9 @@ impl Handles {
         let records = db
             .open_tree(RECORDS_TREE)
             .map_err(|e| sled_error(dir, "open the records tree", e))?;
+        let sightings = db
+            .open_tree(SIGHTINGS_TREE)
+            .map_err(|e| sled_error(dir, "open the sightings tree", e))?;
 
         match db
             .get(SCHEMA_KEY)
@@ -386,6 +454,7 @@ impl Handles {
         let handles = Handles {
             db,
             records,
+            sightings,
             committed: AtomicU64::new(0),
             durable: AtomicU64::new(0),
         };
@@ -672,6 +741,23 @@ mod tests {
         let sled = SledStore::open(dir).unwrap();
         let raw = sled.raw_records();
         (Store::new(sled), raw)
+    }
+
+    #[test]
+    fn an_undecodable_sighting_fails_the_read_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let raw = sled.handles().unwrap().sightings.clone();
+        raw.insert(b"container/a", 7i64.to_be_bytes().as_slice())
+            .unwrap();
+        assert_eq!(
+            sled.sightings().unwrap().into_iter().collect::<Vec<_>>(),
+            [("container/a".to_string(), Timestamp(7))]
+        );
+        raw.insert(b"container/b", b"short".as_slice()).unwrap();
+        let err = sled.sightings().unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        assert!(err.to_string().contains("container/b"), "{err}");
     }
 
     #[tokio::test]
