@@ -204,51 +204,71 @@ class SessionTest(ReaperTestCase):
         self.assertEqual(s.record["status"].get("endReason"), "failed")
         self.assert_cleaned_up(s.name, containers, "failed")
 
-    def test_a_child_killed_with_kill_9_lets_the_heartbeat_lapse(self) -> None:
-        name = unique("py-kill9")
-        child_code = textwrap.dedent(
-            """
-            import json, sys, time
-            import docker, reaper_client
-            engine = docker.from_env(timeout=60)
-            with reaper_client.session(sys.argv[1], ttl="1h", heartbeat="2s") as s:
-                c = engine.containers.run(sys.argv[2], ["sleep", "3600"], name=sys.argv[3],
-                                          labels=s.labels, init=True, network_mode="none",
-                                          detach=True)
-                print(json.dumps({"name": s.name, "container": c.id}), flush=True)
-                time.sleep(3600)
-            """
-        )
+    CHILD = textwrap.dedent(
+        """
+        import json, signal, sys, time
+        import docker, reaper_client
+        if sys.argv[4] == "exit-on-sigterm":
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        engine = docker.from_env(timeout=60)
+        with reaper_client.session(sys.argv[1], ttl="1h", heartbeat="2s") as s:
+            c = engine.containers.run(sys.argv[2], ["sleep", "3600"], name=sys.argv[3],
+                                      labels=s.labels, init=True, network_mode="none",
+                                      detach=True)
+            print(json.dumps({"name": s.name, "container": c.id}), flush=True)
+            time.sleep(3600)
+        """
+    )
+
+    def start_child(self, name: str, mode: str) -> "tuple[subprocess.Popen[str], str]":
+        """A child process that holds session `name` with a 2 s heartbeat and one container;
+        returns it and the container's ID once the container runs."""
         child = subprocess.Popen(
-            [sys.executable, "-c", child_code, name, ENGINE.image, unique("pyc-kill9")],
+            [sys.executable, "-c", self.CHILD, name, ENGINE.image, unique("pyc-child"), mode],
             stdout=subprocess.PIPE,
             text=True,
         )
-        try:
-            line: List[str] = []
-            reader = threading.Thread(target=lambda: line.append(child.stdout.readline()))
-            reader.start()
-            reader.join(60)
-            self.assertTrue(line and line[0].strip(), f"the child said nothing (exit {child.poll()})")
-            hello = json.loads(line[0])
-            self.assertEqual(hello["name"], name)
-            cid = hello["container"]
-            # Three heartbeat periods: the child's heartbeat thread keeps the session alive.
-            first = CLIENT.get_session(name)["status"].get("lastHeartbeat")
-            time.sleep(6)
-            record = CLIENT.get_session(name)
-            self.assertEqual(record["status"]["phase"], "Active", record)
-            self.assertNotEqual(record["status"].get("lastHeartbeat"), first, "no heartbeat came")
-            self.assertTrue(ENGINE.running(cid))
-            os.kill(child.pid, signal.SIGKILL)
-            self.assertEqual(child.wait(10), -signal.SIGKILL)
-        finally:
+
+        def reap() -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+        self.addCleanup(reap)
+        line: List[str] = []
+        reader = threading.Thread(target=lambda: line.append(child.stdout.readline()))
+        reader.start()
+        reader.join(60)
+        self.assertTrue(line and line[0].strip(), f"the child said nothing (exit {child.poll()})")
+        hello = json.loads(line[0])
+        self.assertEqual(hello["name"], name)
+        return child, hello["container"]
+
+    def test_a_child_killed_with_kill_9_lets_the_heartbeat_lapse(self) -> None:
+        name = unique("py-kill9")
+        child, cid = self.start_child(name, "default")
+        # Three heartbeat periods: the child's heartbeat thread keeps the session alive.
+        first = CLIENT.get_session(name)["status"].get("lastHeartbeat")
+        time.sleep(6)
+        record = CLIENT.get_session(name)
+        self.assertEqual(record["status"]["phase"], "Active", record)
+        self.assertNotEqual(record["status"].get("lastHeartbeat"), first, "no heartbeat came")
+        self.assertTrue(ENGINE.running(cid))
+        os.kill(child.pid, signal.SIGKILL)
+        self.assertEqual(child.wait(10), -signal.SIGKILL)
         killed = time.monotonic()
         self.assert_cleaned_up(name, [cid], "heartbeatLost")
         print(f"kill -9: objects gone and session Cleaned {time.monotonic() - killed:.1f} s after the kill")
+
+    def test_sigterm_turned_into_an_exit_ends_the_session_as_failed_at_once(self) -> None:
+        """README's advice for SIGTERM."""
+        name = unique("py-term")
+        child, cid = self.start_child(name, "exit-on-sigterm")
+        os.kill(child.pid, signal.SIGTERM)
+        self.assertEqual(child.wait(30), 143)
+        # Ended by the child, not by the heartbeat lapsing.
+        self.assertEqual(CLIENT.get_session(name)["status"].get("endReason"), "failed")
+        self.assert_cleaned_up(name, [cid], "failed")
 
     def test_a_taken_name_is_refused_before_anything_is_changed(self) -> None:
         name = unique("py-taken")
