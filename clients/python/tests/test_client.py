@@ -233,6 +233,7 @@ class SessionTest(ReaperTestCase):
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            child.stdout.close()
 
         self.addCleanup(reap)
         line: List[str] = []

@@ -280,10 +280,13 @@ class Client:
         name: Optional[str] = None,
         *,
         dry_run: bool = False,
+        timeout: Optional[float] = None,
     ) -> CleanupResponse:
         """Immediate cleanup of one owner (``kind`` ``"session"`` or ``"agent"`` and its
         ``name``) or, with neither, of everything removable, orphans without their grace period.
-        A session cleaned up this way is ended (reason ``manual``)."""
+        A session cleaned up this way is ended (reason ``manual``). The reply waits for the
+        removals, so by default it may take 600 s, as the CLI's (or the client's timeout if
+        longer); ``timeout`` sets another bound."""
         if (kind is None) != (name is None):
             raise ValueError("give both kind and name, or neither")
         owner = None
@@ -293,7 +296,12 @@ class Client:
             owner = {"kind": kind, "name": name}
         return cast(
             CleanupResponse,
-            self.request("POST", "/v1/cleanup", {"owner": owner, "dryRun": bool(dry_run)}),
+            self.request(
+                "POST",
+                "/v1/cleanup",
+                {"owner": owner, "dryRun": bool(dry_run)},
+                timeout=max(self.timeout, 600.0) if timeout is None else timeout,
+            ),
         )
 
 

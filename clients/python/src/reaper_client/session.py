@@ -111,7 +111,11 @@ class Session:
         for warning in reply.get("warnings", []):
             log.warning("reaper: %s", warning)
         self._started = True
-        self.record = self.client.get_session(self.name)
+        try:
+            self.record = self.client.get_session(self.name)
+        except ReaperError as e:
+            # Registered all the same: the heartbeat thread reads the record again.
+            log.warning("reaper: cannot read session %s after registering it: %s", self.name, e)
         if self._heartbeat is not None:
             self._thread = threading.Thread(
                 target=self._beat,
