@@ -178,7 +178,7 @@ class Session:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> bool:
+    ) -> None:
         failed = exc_type is not None and not (
             isinstance(exc, SystemExit) and exc.code in (0, None)
         )
@@ -189,7 +189,6 @@ class Session:
                 raise
             # Never hide the workflow's own exception; the heartbeat lapses or the ttl passes.
             log.error("reaper: could not end session %s as failed: %s", self.name, e)
-        return False
 
 
 def session(
