@@ -144,6 +144,7 @@ class FakeDaemon:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.requests: List[Tuple[str, str]] = []
+        self.bodies: List[bytes] = []
         self.path = os.path.join(tempfile.mkdtemp(), "fake.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
@@ -178,6 +179,7 @@ class FakeDaemon:
             while len(body) < length:
                 body += conn.recv(65536)
             self.requests.append((method, path))
+            self.bodies.append(body)
             answer = self.handler(method, path, body)
             if answer is None:
                 time.sleep(5)
@@ -304,6 +306,36 @@ class HeartbeatThreadTest(unittest.TestCase):
                 pass
         ends = [r for r in fake.requests if r[1].endswith("/end")]
         self.assertEqual(len(ends), 2)
+
+    def test_which_exits_end_the_session_as_failed(self) -> None:
+        applied: List[str] = []
+
+        def handler(method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+            if method == "GET":
+                return (200, record("e")) if applied else error(404, "session e not found")
+            if path == "/v1/apply":
+                applied.append(path)
+                return 200, b'{"results": [{"kind": "session", "name": "e", "action": "created"}], "warnings": []}'
+            applied.clear()
+            return 200, record("e", "Ended")
+
+        fake = FakeDaemon(handler)
+        self.addCleanup(fake.close)
+        client = Client(socket=fake.path)
+        cases = [(None, False), (SystemExit(0), False), (SystemExit(None), False),
+                 (SystemExit(143), True), (SystemExit("message"), True),
+                 (KeyboardInterrupt(), True), (ValueError("x"), True)]
+        for raised, failed in cases:
+            try:
+                with reaper_client.session("e", heartbeat=None, client=client):
+                    if raised is not None:
+                        raise raised
+            except BaseException as e:
+                self.assertIs(e, raised, "the block's own exception propagates")
+            ends = [json.loads(b) for (m, p), b in zip(fake.requests, fake.bodies)
+                    if p.endswith("/end")]
+            self.assertEqual(ends[-1], {"failed": failed}, repr(raised))
+        self.assertEqual(len(ends), len(cases))
 
 
 if __name__ == "__main__":

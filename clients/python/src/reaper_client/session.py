@@ -70,7 +70,6 @@ class Session:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._started = False
-        self._ended = False
 
     def __repr__(self) -> str:
         return f"Session({self.name!r})"
@@ -166,7 +165,6 @@ class Session:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.client.timeout)
-        self._ended = True
         self.record = self.client.end_session(self.name, failed=failed)
         return self.record
 
@@ -211,7 +209,8 @@ def session(
 
     Entering registers the session (Active) and renews its heartbeat from a daemon thread every
     third of ``heartbeat``; leaving ends it, or ends it as failed when an exception escapes the
-    block (the exception still propagates). If the process dies (``kill -9``), the heartbeat
+    block (the exception still propagates; ``sys.exit(0)`` counts as success, any other exit
+    status, ``KeyboardInterrupt`` included, as failure). If the process dies (``kill -9``), the heartbeat
     lapses and the daemon cleans up; ``ttl`` bounds the session in any case. ``None`` leaves
     either out.
 
