@@ -71,6 +71,7 @@ fn python_client_suite_against_a_real_daemon() {
             .env("REAPER_TEST_IMAGE", TEST_IMAGE)
             .env("REAPER_TEST_API_URL", format!("http://{addr}"))
             .env("REAPER_TEST_API_TOKEN", TOKEN)
+            .env("REAPER_TEST_INSTANCE", INSTANCE)
             .env(
                 "REAPER_TEST_EXAMPLE",
                 repo().join("clients/python/examples/workflow.py"),

@@ -3,8 +3,9 @@
 Run by tests/python_client.rs (``./scripts/test --test python_client``), which starts the daemon
 and passes, in the environment: REAPER_SOCKET (the daemon's socket), DOCKER_HOST (the private
 engine), REAPER_TEST_IMAGE (the busybox test image), REAPER_TEST_API_URL and
-REAPER_TEST_API_TOKEN (the daemon's TCP listener and its token), REAPER_TEST_EXAMPLE (the README
-example). A missing variable fails every test: these tests never skip.
+REAPER_TEST_API_TOKEN (the daemon's TCP listener and its token), REAPER_TEST_INSTANCE (the
+daemon's instance), REAPER_TEST_EXAMPLE (the README example). A missing variable fails every
+test: these tests never skip.
 """
 
 from __future__ import annotations
@@ -270,6 +271,23 @@ class SessionTest(ReaperTestCase):
         # Ended by the child, not by the heartbeat lapsing.
         self.assertEqual(CLIENT.get_session(name)["status"].get("endReason"), "failed")
         self.assert_cleaned_up(name, [cid], "failed")
+
+    def test_instance_label_scopes_objects_to_this_daemon(self) -> None:
+        instance = env("REAPER_TEST_INSTANCE")
+        with reaper_client.session(unique("py-inst"), heartbeat="30s", instance=instance) as s:
+            self.assertEqual(s.labels, {"reaper.session": s.name, "reaper.instance": instance})
+            mine = ENGINE.run(unique("pyc-inst"), s.labels)
+            # The same session name, for another reaper instance: never ours.
+            theirs = ENGINE.run(unique("pyby-inst"), {**s.labels, "reaper.instance": "someone-else"})
+        self.addCleanup(ENGINE.remove_quietly, theirs)
+        wait_until("this instance's container is gone", lambda: not ENGINE.exists(mine),
+                   CLEANUP_BOUND)
+        wait_until(f"session {s.name} is Cleaned",
+                   lambda: CLIENT.get_session(s.name)["status"]["phase"] == "Cleaned",
+                   CLEANUP_BOUND)
+        self.assertTrue(ENGINE.running(theirs), "another instance's container was touched")
+        self.assertEqual(CLIENT.get_session(s.name)["status"]["removed"]["containers"], 1)
+        self.assert_bystanders_alive()
 
     def test_a_taken_name_is_refused_before_anything_is_changed(self) -> None:
         name = unique("py-taken")
