@@ -9,8 +9,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -106,6 +107,89 @@ fn python_client_suite_against_a_real_daemon() {
     assert!(ran >= 20, "only {ran} Python tests ran:\n{text}");
     bystanders.assert_all_alive();
     assert!(!r.log().contains("panicked"), "{}", r.log_tail());
+}
+
+/// A workflow holding a session while the daemon restarts: its heartbeat thread rides out the
+/// refused connections and renews again afterwards, so the session outlives several heartbeat
+/// periods after the restart (heartbeat timeouts count from the daemon's start); ending the
+/// workflow then cleans up as usual.
+#[test]
+fn a_python_session_survives_a_daemon_restart() {
+    const CHILD: &str = "\
+import signal, sys, time
+import docker, reaper_client
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+engine = docker.from_env(timeout=60)
+with reaper_client.session(sys.argv[1], ttl='1h', heartbeat='3s') as s:
+    c = engine.containers.run(sys.argv[2], ['sleep', '3600'], name=sys.argv[3], labels=s.labels,
+                              init=True, network_mode='none', detach=True)
+    print(c.id, flush=True)
+    while True:
+        time.sleep(1)
+";
+    let python = python();
+    let _scope = Scope::new(&["pyr-"]);
+    let bystanders = Bystanders::create("pyrestart");
+    let mut r = Reaper::start(&[]);
+    let name = unique("pyr-session");
+    let mut child = Command::new(&python)
+        .args(["-c", CHILD, &name, TEST_IMAGE, &unique("pyr-executor")])
+        .env("REAPER_SOCKET", r.socket())
+        .env("DOCKER_HOST", docker_host())
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let id = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if id.is_empty() {
+        let _ = child.kill();
+        panic!(
+            "the Python child did not start its session\n{}",
+            r.log_tail()
+        );
+    }
+
+    r.restart();
+    // Three heartbeat periods after the restart: only renewed heartbeats keep it Active.
+    std::thread::sleep(Duration::from_secs(9));
+    let phase = r.phase("sessions", &name);
+    let running = is_running(&id);
+    if phase != "Active" || !running {
+        let _ = child.kill();
+        panic!(
+            "after the restart the session is {phase:?} and its container running={running}\n{}",
+            r.log_tail()
+        );
+    }
+
+    // SIGTERM: the child's handler exits 0, which ends the session as succeeded.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait for the child");
+    assert_eq!(status.code(), Some(0), "the child's exit");
+    gone_times(
+        &[(Kind::Container, id)],
+        std::time::Instant::now(),
+        Duration::from_secs(60),
+    );
+    r.wait_until("the session is Cleaned", Duration::from_secs(60), || {
+        r.phase("sessions", &name) == "Cleaned"
+    });
+    assert_eq!(r.session(&name)["status"]["endReason"], "succeeded");
+    bystanders.assert_all_alive();
 }
 
 /// README's "Python client" example is `clients/python/examples/workflow.py`, verbatim (the
