@@ -47,7 +47,8 @@ ensure_packages() {
     have_catatonit || missing+=(catatonit)
     have_static_busybox || missing+=(busybox-static)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-    # The schemathesis run (tests/api_abuse.rs) makes a venv; Debian splits venv support out.
+    # The schemathesis run (tests/api_abuse.rs) and the Python client's tests
+    # (tests/python_client.rs) make venvs; Debian splits venv support out.
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
     [ ${#missing[@]} -eq 0 ] && return 0
     # Deduplicate (docker.io may be listed twice).

@@ -1,0 +1,316 @@
+"""The API's records and replies as ``TypedDict``s, following ``docs/openapi.yaml``.
+
+Replies are the decoded JSON (plain dicts): these types describe them for type checkers and
+readers. A ``TypedDict`` named after a schema has that schema's properties; ``total=False``
+bases hold the optional ones. ``SCHEMAS`` maps each schema (or inline object, by its path in the
+document) to its type; the repository's tests check both against ``docs/openapi.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional, TypedDict
+
+__all__ = [
+    "Labels",
+    "ErrorBody",
+    "ObjectMeta",
+    "ObjectCounts",
+    "Condition",
+    "SessionMatch",
+    "SessionCleanup",
+    "SessionSpec",
+    "SessionStatus",
+    "SessionRecord",
+    "AgentMatch",
+    "AgentSpec",
+    "AgentStatus",
+    "AgentRecord",
+    "OwnerRef",
+    "DockerObject",
+    "Removal",
+    "Waiting",
+    "EngineInfo",
+    "SerialExits",
+    "Health",
+    "ManifestError",
+    "Status",
+    "ApplyResult",
+    "ApplyResponse",
+    "OrphansResponse",
+    "CleanupFailure",
+    "CleanupResponse",
+    "SessionPhase",
+    "EndReason",
+    "AgentPhase",
+    "OwnerKind",
+    "ResourceKind",
+    "CleanupReason",
+    "SCHEMAS",
+]
+
+Labels = Dict[str, str]
+SessionPhase = Literal["Active", "Ended", "Expired", "Cleaned"]
+EndReason = Literal["succeeded", "failed", "ttlExpired", "heartbeatLost", "manual"]
+AgentPhase = Literal["Starting", "Running", "Failed", "Stopped"]
+OwnerKind = Literal["session", "agent"]
+ResourceKind = Literal["container", "network", "volume", "image", "path"]
+CleanupReason = Literal[
+    "session_ended",
+    "session_expired",
+    "heartbeat_lost",
+    "session_deleted",
+    "agent_failed",
+    "agent_stopped",
+    "agent_deleted",
+    "orphan",
+    "manual",
+]
+
+
+class _ErrorBodyOptional(TypedDict, total=False):
+    details: List[str]
+
+
+class ErrorBody(_ErrorBodyOptional):
+    """Every error reply."""
+
+    error: str
+
+
+class _ObjectMetaOptional(TypedDict, total=False):
+    labels: Labels
+
+
+class ObjectMeta(_ObjectMetaOptional):
+    name: str
+
+
+class ObjectCounts(TypedDict):
+    containers: int
+    networks: int
+    volumes: int
+    images: int
+    paths: int
+
+
+class Condition(TypedDict):
+    type: str
+    message: str
+    since: str
+
+
+class SessionMatch(TypedDict):
+    labels: Labels
+
+
+class SessionCleanup(TypedDict):
+    containers: bool
+    networks: bool
+    volumes: bool
+    images: bool
+    stopTimeout: str
+
+
+class _SessionSpecOptional(TypedDict, total=False):
+    ttl: str
+    heartbeatTimeout: str
+    paths: List[str]
+
+
+class SessionSpec(_SessionSpecOptional):
+    match: SessionMatch
+    cleanup: SessionCleanup
+
+
+class _SessionStatusOptional(TypedDict, total=False):
+    lastHeartbeat: str
+    endedAt: str
+    endReason: EndReason
+    cleanedAt: str
+    deletingSince: str
+    conditions: List[Condition]
+    source: str
+
+
+class SessionStatus(_SessionStatusOptional):
+    phase: SessionPhase
+    createdAt: str
+    removed: ObjectCounts
+
+
+class SessionRecord(TypedDict):
+    """A session as stored; it can be re-applied as is (its status is ignored)."""
+
+    apiVersion: Literal["reaper/v1"]
+    kind: Literal["Session"]
+    metadata: ObjectMeta
+    spec: SessionSpec
+    status: SessionStatus
+
+
+class AgentMatch(TypedDict, total=False):
+    namePrefix: str
+
+
+class _AgentSpecOptional(TypedDict, total=False):
+    buildDir: str
+
+
+class AgentSpec(_AgentSpecOptional):
+    match: AgentMatch
+
+
+class _AgentStatusOptional(TypedDict, total=False):
+    deletingSince: str
+    conditions: List[Condition]
+    source: str
+
+
+class AgentStatus(_AgentStatusOptional):
+    phase: AgentPhase
+    createdAt: str
+    phaseSince: str
+    removed: ObjectCounts
+
+
+class AgentRecord(TypedDict):
+    """An agent as stored; it can be re-applied as is (its status is ignored)."""
+
+    apiVersion: Literal["reaper/v1"]
+    kind: Literal["Agent"]
+    metadata: ObjectMeta
+    spec: AgentSpec
+    status: AgentStatus
+
+
+class OwnerRef(TypedDict):
+    kind: OwnerKind
+    name: str
+
+
+class _DockerObjectOptional(TypedDict, total=False):
+    labels: Labels
+    created: str
+    running: bool
+    other_refs: List[str]
+
+
+class DockerObject(_DockerObjectOptional):
+    """One Docker object as listed (images once per reference); a build directory as a removal
+    target is ``{"kind": "path", "id": PATH, "name": PATH}``."""
+
+    kind: ResourceKind
+    id: str
+    name: str
+
+
+class Removal(TypedDict):
+    target: DockerObject
+    owner: Optional[OwnerRef]
+    reason: CleanupReason
+    stopTimeout: str
+
+
+class Waiting(TypedDict):
+    object: DockerObject
+    owner: Optional[OwnerRef]
+    removableAt: Optional[str]
+
+
+class EngineInfo(TypedDict):
+    flavour: Literal["docker", "podman"]
+    version: str
+    apiVersion: str
+
+
+SerialExits = TypedDict("SerialExits", {"on": bool, "reason": str})
+
+
+class Health(TypedDict):
+    dockerUp: bool
+    dockerVersion: Optional[str]
+    dockerError: Optional[str]
+    engine: Optional[EngineInfo]
+    serialExits: Optional[SerialExits]
+    serialExitsExplained: Optional[str]
+    dockerWedged: bool
+    storeError: Optional[str]
+    safeMode: bool
+    dryRun: bool
+    lastPass: Optional[str]
+    lastSuccess: Optional[str]
+    lastError: Optional[str]
+    owned: Dict[str, int]
+    orphans: Dict[str, int]
+
+
+class ManifestError(TypedDict):
+    file: str
+    error: str
+
+
+class Status(TypedDict):
+    version: str
+    health: Health
+    sessions: Optional[Dict[str, int]]
+    agents: Optional[Dict[str, int]]
+    manifestErrors: List[ManifestError]
+
+
+class ApplyResult(TypedDict):
+    kind: OwnerKind
+    name: str
+    action: Literal["created", "configured", "unchanged"]
+
+
+class ApplyResponse(TypedDict):
+    results: List[ApplyResult]
+    warnings: List[str]
+
+
+class OrphansResponse(TypedDict):
+    removals: List[Removal]
+    waiting: List[Waiting]
+
+
+class CleanupFailure(TypedDict):
+    target: DockerObject
+    error: str
+
+
+class CleanupResponse(TypedDict):
+    planned: List[Removal]
+    removed: List[DockerObject]
+    failed: List[CleanupFailure]
+
+
+#: Each type and where its object is in docs/openapi.yaml (a schema under
+#: components/schemas, or a path to an inline object below one).
+SCHEMAS: Dict[str, type] = {
+    "Error": ErrorBody,
+    "ObjectMeta": ObjectMeta,
+    "ObjectCounts": ObjectCounts,
+    "Condition": Condition,
+    "SessionRecord": SessionRecord,
+    "SessionSpec": SessionSpec,
+    "SessionSpec.match": SessionMatch,
+    "SessionSpec.cleanup": SessionCleanup,
+    "SessionStatus": SessionStatus,
+    "AgentRecord": AgentRecord,
+    "AgentSpec": AgentSpec,
+    "AgentSpec.match": AgentMatch,
+    "AgentStatus": AgentStatus,
+    "OwnerRef": OwnerRef,
+    "DockerObject": DockerObject,
+    "Removal": Removal,
+    "Waiting": Waiting,
+    "Health": Health,
+    "Health.engine": EngineInfo,
+    "Health.serialExits": SerialExits,
+    "Status": Status,
+    "Status.manifestErrors[]": ManifestError,
+    "ApplyResponse": ApplyResponse,
+    "ApplyResponse.results[]": ApplyResult,
+    "CleanupResponse": CleanupResponse,
+    "CleanupResponse.failed[]": CleanupFailure,
+}
