@@ -908,6 +908,7 @@ mod tests {
         let actual = Actual {
             objects: objs,
             paths: [RelPath::new("my-agent").unwrap()].into(),
+            ..Actual::default()
         };
         let target = OwnerRef {
             kind: OwnerKind::Agent,
