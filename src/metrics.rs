@@ -747,7 +747,7 @@ mod tests {
         );
         assert_eq!(
             label_values(&all, "reaper_sessions", "phase"),
-            set(["active", "ended", "expired", "cleaned"])
+            set(["active", "ending", "ended", "expired", "cleaned"])
         );
         assert_eq!(
             label_values(&all, "reaper_agents", "phase"),

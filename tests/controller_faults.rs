@@ -176,6 +176,7 @@ fn controller_with(
         orphan_grace: reaper::core::model::Duration::from_secs(0),
         max_orphan_removals: 50,
         agent_running_grace: reaper::core::model::Duration::from_secs(10),
+        cleanup_delays: Default::default(),
         history_retention: reaper::core::model::Duration::from_secs(3600),
         resync_interval: Duration::from_secs(30),
         concurrency: 4,
@@ -468,7 +469,8 @@ async fn an_owner_revived_while_its_removal_is_queued_keeps_its_objects() {
         async move {
             store
                 .update_agent("bot", |a| {
-                    a.report(phase, Timestamp::now()).unwrap();
+                    a.report(phase, Timestamp::now(), Default::default())
+                        .unwrap();
                     Ok(())
                 })
                 .await
@@ -768,7 +770,7 @@ async fn network_and_volume_events_of_ours_start_a_pass_and_others_do_not() {
 async fn end_session(ctl: &Controller<FakeEngine>, name: &str) {
     ctl.store()
         .update_session(name, |s| {
-            s.end(EndReason::Succeeded, Timestamp::now());
+            s.end(EndReason::Succeeded, Timestamp::now(), Default::default());
             Ok(())
         })
         .await

@@ -273,6 +273,8 @@ fn session_start_registers_a_session_without_yaml() {
         "2h",
         "--heartbeat",
         "60s",
+        "--cleanup-delay",
+        "30m",
         "--label",
         "team=tdd",
     ]);
@@ -282,6 +284,7 @@ fn session_start_registers_a_session_without_yaml() {
     assert_eq!(s["spec"]["ttl"], "2h", "{s:#}");
     assert_eq!(s["spec"]["heartbeatTimeout"], "1m", "{s:#}");
     assert_eq!(s["metadata"]["labels"]["team"], "tdd", "{s:#}");
+    assert_eq!(s["spec"]["cleanup"]["delay"], "30m", "{s:#}");
     let again = r.cli(&["session", "start", "e2e-ss"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(
@@ -362,5 +365,34 @@ fn the_readme_examples_work_as_printed() {
     let r = Reaper::start(&[]);
     run_readme_example(&r, "run", "e2e-run-readme-run");
     run_readme_example(&r, "cli", "e2e-run-readme-cli");
+    bystanders.assert_all_alive();
+}
+
+#[test]
+fn cleanup_delay_keeps_what_the_command_left_stopped_for_a_look() {
+    let _scope = Scope::new(&["e2e-run-"]);
+    let bystanders = Bystanders::create("run-delay");
+    let r = Reaper::start(&[]);
+    let script = format!("{}; exit 1", docker_run("e2e-run-delay-c"));
+    let out = r.cli(&[
+        "run",
+        "--session",
+        "e2e-run-delay",
+        "--cleanup-delay",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(r.phase("session", "e2e-run-delay"), "Ending");
+    wait_until("the container is stopped", Duration::from_secs(15), || {
+        !is_running("e2e-run-delay-c")
+    });
+    let objs = vec![(Kind::Container, "e2e-run-delay-c".to_string())];
+    assert!(all_exist(&objs), "removed despite the cleanup delay");
+    r.cli_ok(&["cleanup", "session", "e2e-run-delay", "--yes"]);
+    wait_cleaned(&r, "e2e-run-delay", "e2e-run-delay-c");
     bystanders.assert_all_alive();
 }

@@ -164,7 +164,7 @@ mod suite {
 
         // A status in the input is the user's guess; the daemon owns status.
         let mut s = session("run-1");
-        s.end(EndReason::Succeeded, T0);
+        s.end(EndReason::Succeeded, T0, Default::default());
         s.mark_cleaned(T0);
         let out = apply_ok(
             &store,
@@ -323,7 +323,8 @@ mod suite {
         apply_ok(&store, one_agent("bot"), API_SOURCE, T0).await;
         let err = store
             .update_agent("bot", |a| {
-                a.report(AgentPhase::Running, T1).unwrap();
+                a.report(AgentPhase::Running, T1, Default::default())
+                    .unwrap();
                 Err(StoreError::Invalid("refused after mutating".into()))
             })
             .await
@@ -346,7 +347,8 @@ mod suite {
 
         let updated = store
             .update_agent("bot", |a| {
-                a.report(AgentPhase::Failed, T1).unwrap();
+                a.report(AgentPhase::Failed, T1, Default::default())
+                    .unwrap();
                 Ok(())
             })
             .await
@@ -402,7 +404,7 @@ mod suite {
         let Record::Session(mut mine) = read.record.clone() else {
             panic!("a session was asked for");
         };
-        mine.end(EndReason::Succeeded, T1);
+        mine.end(EndReason::Succeeded, T1, Default::default());
         let stale = |err: StoreError| matches!(err, StoreError::Stale { kind: OwnerKind::Session, ref name } if name == "a");
         let put = Write::Put {
             record: Record::Session(mine.clone()),
@@ -551,7 +553,7 @@ mod suite {
         );
 
         update_ok(&store, "w-00000", |s| {
-            s.end(EndReason::Succeeded, T1);
+            s.end(EndReason::Succeeded, T1, Default::default());
         })
         .await;
         assert!(rx.has_changed().unwrap(), "update must notify");
@@ -577,7 +579,7 @@ mod suite {
             apply_ok(&store, sessions("keep", 20), API_SOURCE, T0).await;
             apply_ok(&store, one_agent("bot"), FILE_A, T0).await;
             update_ok(&store, "keep-00003", |s| {
-                s.end(EndReason::Succeeded, T1);
+                s.end(EndReason::Succeeded, T1, Default::default());
             })
             .await;
             store
@@ -685,7 +687,7 @@ mod suite {
         let store = store_at(open, Path::new(&dir));
         apply_ok(&store, sessions("durable", 50), API_SOURCE, T0).await;
         update_ok(&store, "durable-00007", |s| {
-            s.end(EndReason::Succeeded, T1);
+            s.end(EndReason::Succeeded, T1, Default::default());
         })
         .await;
         std::process::abort();
@@ -732,7 +734,8 @@ mod suite {
         )
         .await;
         src.update_agent("bot", |a| {
-            a.report(AgentPhase::Failed, T1).unwrap();
+            a.report(AgentPhase::Failed, T1, Default::default())
+                .unwrap();
             Ok(())
         })
         .await
@@ -779,7 +782,7 @@ mod suite {
 
         // Import replaces existing records verbatim, and survives a reopen.
         let mut ended = session("s-00000");
-        ended.end(EndReason::Succeeded, T1);
+        ended.end(EndReason::Succeeded, T1, Default::default());
         ended.mark_cleaned(T1);
         assert_eq!(
             dst.import(vec![Record::Session(ended.clone())])

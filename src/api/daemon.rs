@@ -45,4 +45,6 @@ pub trait Daemon: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<CleanupResponse, Unavailable>>;
     /// Every metric, brought up to date.
     fn scrape(&self) -> Scrape;
+    /// The config's `cleanupDelay` and `cleanupDelayOnFailure`, for records that set neither.
+    fn cleanup_delays(&self) -> crate::core::model::CleanupDelays;
 }

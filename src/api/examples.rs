@@ -15,10 +15,11 @@ pub(crate) fn sessions() -> String {
   {{"apiVersion": "reaper/v1", "kind": "Session",
     "metadata": {{"name": "s1", "labels": {{"team": "tdd", "b": "2"}}}},
     "spec": {{"ttl": "2h", "heartbeatTimeout": "1m", "match": {{"labels": {{"session_id": "42"}}}},
-      "cleanup": {{"containers": true, "networks": true, "volumes": true, "images": false, "stopTimeout": "5s"}},
+      "cleanup": {{"containers": true, "networks": true, "volumes": true, "images": false, "stopTimeout": "5s",
+        "delay": "0s", "delayOnFailure": "30m"}},
       "paths": ["s1", "s1-cache"]}},
     "status": {{"phase": "Ended", "createdAt": "{c1}", "lastHeartbeat": "{c1}", "endedAt": "{c1}",
-      "endReason": "ttlExpired", "cleanedAt": "{c1}", "deletingSince": "{c1}",
+      "endReason": "ttlExpired", "cleanupAfter": "{c1}", "cleanedAt": "{c1}", "deletingSince": "{c1}",
       "removed": {{"containers": 2, "networks": 1, "volumes": 0, "images": 3, "paths": 1}},
       "conditions": [{{"type": "RemovalFailing", "message": "container c1: busy (5 attempts)", "since": "2024-05-01T10:00:00.123Z"}}],
       "source": "api"}}}},
@@ -39,8 +40,10 @@ pub(crate) fn agents() -> String {
         r#"[
   {{"apiVersion": "reaper/v1", "kind": "Agent",
     "metadata": {{"name": "a1", "labels": {{"team": "x"}}}},
-    "spec": {{"match": {{"namePrefix": "anvyl-agent-a1"}}, "buildDir": "a1/build"}},
-    "status": {{"phase": "Failed", "createdAt": "{c1}", "phaseSince": "{c1}", "deletingSince": "{c1}",
+    "spec": {{"match": {{"namePrefix": "anvyl-agent-a1"}}, "buildDir": "a1/build",
+      "cleanup": {{"delay": "0s", "delayOnFailure": "1h"}}}},
+    "status": {{"phase": "Failed", "createdAt": "{c1}", "phaseSince": "{c1}", "cleanupAfter": "{c1}",
+      "deletingSince": "{c1}",
       "removed": {{"containers": 1, "networks": 0, "volumes": 0, "images": 1, "paths": 1}},
       "conditions": [{{"type": "RemovalFailing", "message": "image img:1: in use (5 attempts)", "since": "2024-05-01T10:00:00Z"}}],
       "source": "/etc/reaper/manifests/agents.yaml"}}}},
@@ -69,6 +72,10 @@ pub(crate) fn orphans() -> &'static str {
   "removals": [
     {"target": {"kind": "container", "id": "0123456789abcdef0123", "name": "c1", "labels": {"reaper.session": "s1"}},
      "owner": {"kind": "session", "name": "s1"}, "reason": "session_ended", "stopTimeout": "5s"},
+    {"target": {"kind": "container", "id": "89abcdef0123", "name": "c2", "labels": {"reaper.session": "s3"},
+      "running": true},
+     "owner": {"kind": "session", "name": "s3"}, "reason": "session_ended", "stopTimeout": "5s",
+     "stopOnly": true},
     {"target": {"kind": "path", "id": "s1/build", "name": "s1/build"},
      "owner": null, "reason": "orphan", "stopTimeout": "0s"}
   ],
@@ -98,7 +105,7 @@ pub(crate) fn status_up() -> &'static str {
     "orphans": {"container": 0, "volume": 4},
     "blastRadiusHeld": {"orphans": 60, "limit": 50, "since": "2024-05-01T09:59:00Z",
       "examples": ["container web-1 (0123456789ab)", "volume data-1"]}},
-  "sessions": {"active": 1, "cleaned": 0, "ended": 2, "expired": 0},
+  "sessions": {"active": 1, "cleaned": 0, "ending": 0, "ended": 2, "expired": 0},
   "agents": {"failed": 0, "running": 1, "starting": 0, "stopped": 3},
   "manifestErrors": [{"file": "/m/a.yaml", "error": "a.yaml: document 1, line 3: unknown field"}]
 }"#

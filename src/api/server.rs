@@ -452,10 +452,12 @@ async fn end(ctl: &dyn Daemon, name: &str, failed: bool) -> Reply {
     } else {
         EndReason::Succeeded
     };
+    let delays = ctl.cleanup_delays();
     let s = ctl
         .store()?
         .update_session(name, |s| {
-            s.end(reason, now);
+            let delay = delays.for_session(s, reason);
+            s.end(reason, now, delay);
             Ok(())
         })
         .await?;
@@ -473,9 +475,13 @@ async fn heartbeat(ctl: &dyn Daemon, name: &str) -> Reply {
 
 async fn report(ctl: &dyn Daemon, name: &str, phase: AgentPhase) -> Reply {
     let now = Timestamp::now();
+    let delays = ctl.cleanup_delays();
     let a = ctl
         .store()?
-        .update_agent(name, |a| a.report(phase, now).map(drop).map_err(refused))
+        .update_agent(name, |a| {
+            let delay = delays.for_failed_agent(a);
+            a.report(phase, now, delay).map(drop).map_err(refused)
+        })
         .await?;
     ok(RecordView::from(Record::Agent(a)))
 }
@@ -523,12 +529,18 @@ async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
         });
     }
     let now = Timestamp::now();
-    // A session cleaned up by hand is over: end it, so nothing it starts later survives.
+    // A session cleaned up by hand is over: end it, so nothing it starts later survives. A
+    // cleanup delay, its own or one still running, is skipped: the operator asked for now.
     if let Some(o) = req.owner.as_ref().filter(|o| o.kind == OwnerKind::Session) {
         let ended = ctl
             .store()?
             .update_session(o.name.as_str(), |s| {
-                s.end(EndReason::Manual, now);
+                s.end(
+                    EndReason::Manual,
+                    now,
+                    crate::core::model::Duration::from_secs(0),
+                );
+                s.skip_delay(now);
                 Ok(())
             })
             .await;

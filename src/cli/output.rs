@@ -95,7 +95,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// "3m", "2h" since an instant.
 fn age(t: Timestamp) -> String {
-    let secs = Timestamp::now().since(t).as_secs();
+    short(Timestamp::now().since(t))
+}
+
+/// "in 4m": the time left until an instant.
+fn time_left(t: Timestamp) -> String {
+    format!("in {}", short(t.since(Timestamp::now())))
+}
+
+/// A duration in its largest whole unit, as kubectl prints ages.
+fn short(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
     match secs {
         0..=119 => format!("{secs}s"),
         120..=7199 => format!("{}m", secs / 60),
@@ -185,7 +195,7 @@ fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
     if agents {
         let mut header = vec!["NAME", "PHASE", "SINCE", "REMOVED"];
         if wide {
-            header.extend(["PREFIX", "BUILD-DIR", "SOURCE", "LABELS"]);
+            header.extend(["PREFIX", "BUILD-DIR", "CLEANUP-IN", "SOURCE", "LABELS"]);
         }
         let rows: Vec<Vec<String>> = items
             .iter()
@@ -198,7 +208,7 @@ fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
     }
     let mut header = vec!["NAME", "PHASE", "REASON", "AGE", "REMOVED"];
     if wide {
-        header.extend(["TTL", "HEARTBEAT", "SOURCE", "LABELS"]);
+        header.extend(["TTL", "HEARTBEAT", "CLEANUP-IN", "SOURCE", "LABELS"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -230,6 +240,7 @@ fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            or_dash(a.cleanup_delayed(Timestamp::now()).map(time_left)),
             a.status.source.clone().unwrap_or_default(),
             labels(&a.metadata.labels),
         ]);
@@ -255,6 +266,7 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
         r.extend([
             or_dash(s.spec.ttl.map(|d| d.to_string())),
             or_dash(s.spec.heartbeat_timeout.map(|d| d.to_string())),
+            or_dash(s.cleanup_delayed(Timestamp::now()).map(time_left)),
             s.status.source.clone().unwrap_or_default(),
             labels(&s.metadata.labels),
         ]);
@@ -350,7 +362,10 @@ pub fn orphans(p: &Preview, o: Output) -> String {
             name: name.into(),
             owner: owner(r.owner.as_ref()),
             reason: r.reason,
-            action: "remove".into(),
+            action: match r.stop_only {
+                true => "stop (cleanup delayed)".into(),
+                false => "remove".into(),
+            },
         }
     });
     let wait = p.waiting.iter().map(|w| OrphanRow {
@@ -523,9 +538,9 @@ mod tests {
         );
         assert_eq!(
             records(&sessions, false, Output::Wide),
-            "NAME   PHASE              REASON       AGE   REMOVED   TTL   HEARTBEAT   SOURCE   LABELS\n\
-             s1     Ended (deleting)   ttlExpired   10m   7         2h    1m          api      b=2,team=tdd\n\
-             s2     Active             -            3h    0         -     -                    <none>\n"
+            "NAME   PHASE              REASON       AGE   REMOVED   TTL   HEARTBEAT   CLEANUP-IN   SOURCE   LABELS\n\
+             s1     Ended (deleting)   ttlExpired   10m   7         2h    1m          -            api      b=2,team=tdd\n\
+             s2     Active             -            3h    0         -     -           -                     <none>\n"
         );
         assert_eq!(
             records(&agents, true, Output::Table),
@@ -535,9 +550,9 @@ mod tests {
         );
         assert_eq!(
             records(&agents, true, Output::Wide),
-            "NAME   PHASE     SINCE   REMOVED   PREFIX           BUILD-DIR   SOURCE                              LABELS\n\
-             a1     Failed    3d      3         anvyl-agent-a1   a1/build    /etc/reaper/manifests/agents.yaml   team=x\n\
-             a2     Running   5m      0         <default>                                                        <none>\n"
+            "NAME   PHASE     SINCE   REMOVED   PREFIX           BUILD-DIR   CLEANUP-IN   SOURCE                              LABELS\n\
+             a1     Failed    3d      3         anvyl-agent-a1   a1/build    -            /etc/reaper/manifests/agents.yaml   team=x\n\
+             a2     Running   5m      0         <default>                    -                                                <none>\n"
         );
         let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
         assert_eq!(
@@ -609,6 +624,7 @@ mod tests {
             orphans(&preview, Output::Table),
             "KIND        NAME       ID             OWNER        REASON          ACTION\n\
              container   c1         0123456789ab   session/s1   session_ended   remove\n\
+             container   c2         89abcdef0123   session/s3   session_ended   stop (cleanup delayed)\n\
              path        s1/build   s1/build       -            orphan          remove\n\
              volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
              network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
@@ -617,6 +633,8 @@ mod tests {
         let flat = r#"[
             {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
              "owner": "session/s1", "reason": "session_ended"},
+            {"action": "stop (cleanup delayed)", "id": "89abcdef0123", "kind": "container", "name": "c2",
+             "owner": "session/s3", "reason": "session_ended"},
             {"action": "remove", "id": "s1/build", "kind": "path", "name": "s1/build",
              "owner": "-", "reason": "orphan"},
             {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
@@ -638,6 +656,7 @@ mod tests {
             removals(&preview.removals),
             "KIND        NAME       ID             OWNER        REASON\n\
              container   c1         0123456789ab   session/s1   session_ended\n\
+             container   c2         89abcdef0123   session/s3   session_ended\n\
              path        s1/build   s1/build       -            orphan\n"
         );
         // A cleanup of one owner says why each object is that owner's.
@@ -662,7 +681,7 @@ mod tests {
              dry run:    on (nothing is removed)\n\
              last pass:  2024-05-01T10:00:00.123Z\n\
              last ok:    2024-05-01T10:00:00.123Z\n\
-             sessions:   active=1 cleaned=0 ended=2 expired=0\n\
+             sessions:   active=1 cleaned=0 ended=2 ending=0 expired=0\n\
              agents:     failed=0 running=1 starting=0 stopped=3\n\
              owned:      container=2 image=3 network=1 path=1 volume=0\n\
              orphans:    container=0 volume=4\n\

@@ -15,6 +15,10 @@ pub struct SessionFlags {
     /// The session expires this long after it is registered, whatever else happens (e.g. 2h).
     #[arg(long, value_parser = positive_duration)]
     pub ttl: Option<Duration>,
+    /// Keep what the session left this long after it ends, to look at (its running containers
+    /// are stopped at once); default: the daemon's `cleanupDelay`.
+    #[arg(long, value_name = "DURATION")]
+    pub cleanup_delay: Option<Duration>,
     /// A label on the session record, KEY=VALUE (repeatable); shown by `reaper get`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     pub labels: Vec<(String, String)>,
@@ -76,11 +80,12 @@ pub async fn register(
         name: name.clone(),
         labels: flags.labels.iter().cloned().collect::<Labels>(),
     };
-    let spec = SessionSpec {
+    let mut spec = SessionSpec {
         ttl: flags.ttl,
         heartbeat_timeout: heartbeat,
         ..SessionSpec::default()
     };
+    spec.cleanup.delay = flags.cleanup_delay;
     let file =
         SessionManifest::file(&metadata, &spec, file_name).map_err(|e| Failure::new(1, e))?;
     let applied: ApplyResponse = c

@@ -96,6 +96,14 @@ config_keys! {
         /// `Stopped`.
         #[arg(long, value_name = "DURATION")]
         pub agent_running_grace: Option<Duration>,
+        /// How long what a session left is kept after it ends (its running containers are
+        /// stopped at once), unless its `spec.cleanup.delay` says otherwise.
+        #[arg(long, value_name = "DURATION")]
+        pub cleanup_delay: Option<Duration>,
+        /// The same for a session ended as failed and a failed agent, unless their
+        /// `spec.cleanup.delayOnFailure` says otherwise (default: cleanupDelay).
+        #[arg(long, value_name = "DURATION")]
+        pub cleanup_delay_on_failure: Option<Duration>,
         /// A full resync runs this often, even if no event arrives (events are only hints).
         #[arg(long, value_name = "DURATION")]
         pub resync_interval: Option<Duration>,
@@ -197,6 +205,7 @@ impl ConfigFile {
             orphan_grace_period: Some(DEFAULT_ORPHAN_GRACE_PERIOD),
             max_orphan_removals_per_pass: Some(DEFAULT_MAX_ORPHAN_REMOVALS_PER_PASS),
             agent_running_grace: Some(DEFAULT_AGENT_RUNNING_GRACE),
+            cleanup_delay: Some(Duration::from_secs(0)),
             resync_interval: Some(DEFAULT_RESYNC_INTERVAL),
             history_retention: Some(DEFAULT_HISTORY_RETENTION),
             concurrency: Some(DEFAULT_CONCURRENCY),
@@ -237,6 +246,9 @@ pub struct Config {
     pub max_orphan_removals_per_pass: usize,
     /// How long a `Running` agent may have no running container before it is set `Stopped`.
     pub agent_running_grace: Duration,
+    /// `cleanupDelay` and `cleanupDelayOnFailure`: the defaults of `spec.cleanup.delay*`.
+    pub cleanup_delay: Duration,
+    pub cleanup_delay_on_failure: Option<Duration>,
     pub resync_interval: Duration,
     pub history_retention: Duration,
     pub concurrency: usize,
@@ -277,6 +289,8 @@ impl Config {
             orphan_grace_period: c.orphan_grace_period?,
             max_orphan_removals_per_pass: c.max_orphan_removals_per_pass?,
             agent_running_grace: c.agent_running_grace?,
+            cleanup_delay: c.cleanup_delay?,
+            cleanup_delay_on_failure: c.cleanup_delay_on_failure,
             resync_interval: c.resync_interval?,
             history_retention: c.history_retention?,
             concurrency: c.concurrency?,

@@ -123,7 +123,14 @@ fn keys_without_a_default_are_the_optional_ones() {
     let defaults = ConfigFile::defaults(&root_env(), Some(Path::new("/d")));
     assert_eq!(
         unset_keys(&defaults),
-        ["apiVersion", "kind", "manifests", "apiToken", "apiListen"]
+        [
+            "apiVersion",
+            "kind",
+            "manifests",
+            "cleanupDelayOnFailure",
+            "apiToken",
+            "apiListen"
+        ]
     );
     // Without a data dir, what follows it has no default yet.
     let unknown = ConfigFile::defaults(&root_env(), None);

@@ -43,6 +43,8 @@ pub enum Outcome {
     Gone,
     /// Still backing off from an earlier failure, or dropped from the queue at shutdown.
     Deferred,
+    /// A container stopped and kept: its owner's cleanup is delayed (`Removal::stop_only`).
+    Stopped,
 }
 
 #[derive(Clone, Debug)]
@@ -381,6 +383,9 @@ async fn remove_docker<E: Engine>(
             Ok(()) | Err(DockerError::NotFound) => {}
             Err(e) => return Err(fail(e)),
         }
+    }
+    if r.stop_only {
+        return Ok(Outcome::Stopped);
     }
     engine
         .remove(&fresh)

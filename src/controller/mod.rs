@@ -64,6 +64,7 @@ pub struct Settings {
     pub max_orphan_removals: usize,
     /// How long a `Running` agent may have no running container before it is set `Stopped`.
     pub agent_running_grace: crate::core::model::Duration,
+    pub cleanup_delays: crate::core::model::CleanupDelays,
     pub history_retention: crate::core::model::Duration,
     pub resync_interval: Duration,
     pub concurrency: usize,
@@ -490,6 +491,7 @@ impl<E: Engine> Controller<E> {
             scope,
             Timestamp::now(),
             self.restarted_at,
+            settings.cleanup_delays,
         );
         let root = settings.paths_root.clone();
         let paths = tokio::task::spawn_blocking(move || {
@@ -567,6 +569,7 @@ impl<E: Engine> Controller<E> {
             history_retention: settings.history_retention,
             restarted_at: self.restarted_at,
             agent_running_grace: settings.agent_running_grace,
+            cleanup_delays: settings.cleanup_delays,
             max_orphan_removals: settings.max_orphan_removals,
         }
     }
@@ -609,7 +612,7 @@ impl<E: Engine> Controller<E> {
             match ticket.outcome().await {
                 Outcome::Removed => report.removed.push(target),
                 Outcome::Failed { message, .. } => report.failed.push((target, message)),
-                Outcome::Skipped(_) | Outcome::Gone => report.skipped += 1,
+                Outcome::Skipped(_) | Outcome::Gone | Outcome::Stopped => report.skipped += 1,
                 Outcome::Deferred => report.deferred += 1,
             }
         }
@@ -836,7 +839,13 @@ impl<E: Engine> Controller<E> {
             generation,
             matchers: Matchers::new(sessions, agents, &rules),
             rules,
-            live: LiveOwners::new(sessions, agents, now, self.restarted_at),
+            live: LiveOwners::new(
+                sessions,
+                agents,
+                now,
+                self.restarted_at,
+                self.settings().cleanup_delays,
+            ),
         });
         *cache = Some(d.clone());
         d
@@ -916,12 +925,14 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let restarted_at = self.restarted_at;
+        let delays = self.settings().cleanup_delays;
         // The store may call the update more than once; the last call is the one written.
         let expired = AtomicBool::new(false);
         let result = self
             .own
             .update_session(name, |s| {
-                expired.store(s.expire(at, reason, now, restarted_at), SeqCst);
+                let delay = delays.for_session(s, reason);
+                expired.store(s.expire(at, reason, now, restarted_at, delay), SeqCst);
                 Ok(())
             })
             .await;
@@ -978,6 +989,21 @@ impl<E: Engine> Controller<E> {
     async fn apply_transition(&self, t: &Transition, now: Timestamp) -> Result<(), StoreError> {
         match t {
             Transition::Expire { .. } => Ok(()),
+            Transition::DelayOver { name } => {
+                let r = self
+                    .own
+                    .update_session(name.as_str(), |s| {
+                        if s.end_delay(now) {
+                            info!(session = %name, "Cleanup delay over; its objects go now.");
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match self.note_store(r) {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
             Transition::SessionCleaned { name, ended_at } => {
                 let cleaned = AtomicBool::new(false);
                 let s = self
@@ -1072,10 +1098,14 @@ impl<E: Engine> Hooks for Controller<E> {
         let now = Timestamp::now();
         let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
         let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
-        let nobody_live = claims
-            .iter()
-            .all(|c| forced == Some(c) || !desired.live.is_live(c, now));
-        !claims.is_empty() && owner_ok && nobody_live
+        // A stop (cleanup delayed) may touch what a delayed owner keeps, never a live one's; a
+        // removal neither.
+        let keeps = |c: &OwnerRef| match r.stop_only {
+            true => desired.live.is_live(c, now),
+            false => desired.live.keeps(c, now),
+        };
+        let nobody_keeps = claims.iter().all(|c| forced == Some(c) || !keeps(c));
+        !claims.is_empty() && owner_ok && nobody_keeps
     }
 
     fn finished(&self, e: &Executed) {
@@ -1112,6 +1142,9 @@ impl<E: Engine> Hooks for Controller<E> {
                 info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
             }
             Outcome::Gone => debug!(kind = %kind, target = %target, "Already gone."),
+            Outcome::Stopped => {
+                info!(kind = %kind, target = %target, owner = %display_owner(owner), "Stopped; its removal waits for the cleanup delay.");
+            }
             Outcome::Deferred => {}
         }
         let Some(owner) = owner else { return };

@@ -95,7 +95,13 @@ impl SessionBuilder {
         self
     }
     pub fn ended(mut self) -> Self {
-        self.0.end(EndReason::Succeeded, T0);
+        self.0.end(EndReason::Succeeded, T0, Duration::ZERO);
+        self
+    }
+    /// Ended at T0 with a cleanup delay of `delay`: `Ending` until T0 + delay.
+    pub fn ending(mut self, delay: Duration) -> Self {
+        self.0.spec.cleanup.delay = Some(delay);
+        self.0.end(EndReason::Succeeded, T0, delay);
         self
     }
     pub fn cleaned(mut self, at: Timestamp) -> Self {
@@ -145,7 +151,7 @@ impl AgentBuilder {
     /// As reported at `T0`; call before `deleting`, which takes no more reports.
     pub fn phase(mut self, phase: AgentPhase) -> Self {
         self.0
-            .report(phase, T0)
+            .report(phase, T0, crate::core::model::Duration::ZERO)
             .expect("fixture agents take reports before they are deleted");
         self
     }

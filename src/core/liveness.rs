@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::model::{
-    Agent, AgentPhase, CleanupReason, CleanupSpec, Duration, EndReason, OwnerKind, OwnerRef,
-    RelPath, ResourceKind, Session, SessionPhase, Timestamp,
+    Agent, AgentPhase, CleanupDelays, CleanupReason, CleanupSpec, Duration, EndReason, OwnerKind,
+    OwnerRef, RelPath, ResourceKind, Session, SessionPhase, Timestamp,
 };
 
 /// How an owner stands at one instant.
@@ -17,6 +17,14 @@ pub enum Standing {
     Live {
         until: Option<Timestamp>,
         paths: Vec<RelPath>,
+    },
+    /// Over, but keeps what it left until `until` (`cleanup.delay`): nothing of it is removed,
+    /// its running containers are stopped (with `stop_timeout`), on behalf of `reason`.
+    Delayed {
+        until: Timestamp,
+        reason: CleanupReason,
+        paths: Vec<RelPath>,
+        stop_timeout: Duration,
     },
     /// Loses its objects of `kinds` and its `paths`, for `reason`.
     Dead {
@@ -32,10 +40,17 @@ impl Standing {
         matches!(self, Standing::Live { .. })
     }
 
+    /// Live, or over but within its cleanup delay: nothing it claims is removed.
+    pub fn keeps(&self) -> bool {
+        matches!(self, Standing::Live { .. } | Standing::Delayed { .. })
+    }
+
     /// The paths it keeps, or loses.
     pub fn paths(&self) -> &[RelPath] {
         match self {
-            Standing::Live { paths, .. } | Standing::Dead { paths, .. } => paths,
+            Standing::Live { paths, .. }
+            | Standing::Delayed { paths, .. }
+            | Standing::Dead { paths, .. } => paths,
         }
     }
 
@@ -53,12 +68,14 @@ impl Standings {
     /// `forced` is the owner of a manual cleanup: it loses everything, whatever its record says,
     /// and even when it has no record.
     /// `restarted_at` makes heartbeats count from the daemon's start.
+    /// `delays` are the daemon's defaults, for a session whose deadline passed in this pass.
     pub fn new(
         sessions: &[Session],
         agents: &[Agent],
         forced: Option<&OwnerRef>,
         now: Timestamp,
         restarted_at: Timestamp,
+        delays: CleanupDelays,
     ) -> Self {
         let mut out = BTreeMap::new();
         for s in sessions {
@@ -71,7 +88,7 @@ impl Standings {
                     s.spec.cleanup.stop_timeout,
                 )
             } else {
-                session_standing(s, now, restarted_at)
+                session_standing(s, now, restarted_at, delays)
             };
             out.insert(owner, st);
         }
@@ -85,7 +102,7 @@ impl Standings {
                     default_stop(),
                 )
             } else {
-                agent_standing(a)
+                agent_standing(a, now)
             };
             out.insert(owner, st);
         }
@@ -120,16 +137,25 @@ impl Standings {
     pub fn live(&self) -> impl Iterator<Item = (&OwnerRef, Option<Timestamp>)> {
         self.0.iter().filter_map(|(o, st)| match st {
             Standing::Live { until, .. } => Some((o, *until)),
-            Standing::Dead { .. } => None,
+            Standing::Delayed { .. } | Standing::Dead { .. } => None,
         })
     }
 
-    /// Paths a live owner declares: never removed, whoever else declares them.
+    /// Owners within a cleanup delay, with its end.
+    pub fn delayed(&self) -> impl Iterator<Item = (&OwnerRef, Timestamp)> {
+        self.0.iter().filter_map(|(o, st)| match st {
+            Standing::Delayed { until, .. } => Some((o, *until)),
+            Standing::Live { .. } | Standing::Dead { .. } => None,
+        })
+    }
+
+    /// Paths a live (or delayed) owner declares: never removed, whoever else declares them.
     pub fn live_paths(&self) -> BTreeSet<&RelPath> {
         self.paths_of(true).collect()
     }
 
-    /// The paths worth looking for on disk: those some owner loses and no live owner declares.
+    /// The paths worth looking for on disk: those some owner loses and no keeping owner
+    /// declares.
     pub fn paths_to_probe(&self) -> BTreeSet<RelPath> {
         let live = self.live_paths();
         self.paths_of(false)
@@ -138,10 +164,10 @@ impl Standings {
             .collect()
     }
 
-    fn paths_of(&self, live: bool) -> impl Iterator<Item = &RelPath> {
+    fn paths_of(&self, keeps: bool) -> impl Iterator<Item = &RelPath> {
         self.0
             .values()
-            .filter(move |st| st.is_live() == live)
+            .filter(move |st| st.keeps() == keeps)
             .flat_map(Standing::paths)
     }
 }
@@ -149,7 +175,10 @@ impl Standings {
 /// Live owners with the instant their liveness ends by itself: what the re-check before each
 /// delete goes by between passes, where time moves on but the records have not changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LiveOwners(BTreeMap<OwnerRef, Option<Timestamp>>);
+pub struct LiveOwners {
+    live: BTreeMap<OwnerRef, Option<Timestamp>>,
+    delayed: BTreeMap<OwnerRef, Timestamp>,
+}
 
 impl LiveOwners {
     pub fn new(
@@ -157,25 +186,40 @@ impl LiveOwners {
         agents: &[Agent],
         now: Timestamp,
         restarted_at: Timestamp,
+        delays: CleanupDelays,
     ) -> Self {
-        let standings = Standings::new(sessions, agents, None, now, restarted_at);
-        LiveOwners(
-            standings
+        let standings = Standings::new(sessions, agents, None, now, restarted_at, delays);
+        LiveOwners {
+            live: standings
                 .live()
                 .map(|(o, until)| (o.clone(), until))
                 .collect(),
-        )
+            delayed: standings
+                .delayed()
+                .map(|(o, until)| (o.clone(), until))
+                .collect(),
+        }
     }
 
     /// Still live at `now`: a deadline that passed since the records were read counts.
     pub fn is_live(&self, owner: &OwnerRef, now: Timestamp) -> bool {
-        self.0
+        self.live
             .get(owner)
             .is_some_and(|until| until.is_none_or(|at| now < at))
     }
+
+    /// Live, or within a cleanup delay: what it claims must not be removed (only stopped).
+    pub fn keeps(&self, owner: &OwnerRef, now: Timestamp) -> bool {
+        self.is_live(owner, now) || self.delayed.get(owner).is_some_and(|until| now < *until)
+    }
 }
 
-fn session_standing(s: &Session, now: Timestamp, restarted_at: Timestamp) -> Standing {
+fn session_standing(
+    s: &Session,
+    now: Timestamp,
+    restarted_at: Timestamp,
+    delays: CleanupDelays,
+) -> Standing {
     if s.is_live(now, restarted_at) {
         return Standing::Live {
             until: s.deadline(restarted_at).map(|d| d.0),
@@ -208,10 +252,25 @@ fn session_standing(s: &Session, now: Timestamp, restarted_at: Timestamp) -> Sta
         Some(EndReason::Manual) => CleanupReason::Manual,
         _ => CleanupReason::SessionEnded,
     };
+    // Within its cleanup delay: stored once it is Ending; for a deadline that passed in this
+    // pass (the record still says Active), what the expiry will store.
+    let until = match (s.status.phase, s.deadline(restarted_at)) {
+        (SessionPhase::Ending, _) => s.status.cleanup_after,
+        (SessionPhase::Active, Some((at, why))) => Some(at.plus(delays.for_session(s, why))),
+        _ => None,
+    };
+    if let Some(until) = until.filter(|t| now < *t) {
+        return Standing::Delayed {
+            until,
+            reason,
+            paths,
+            stop_timeout: stop,
+        };
+    }
     dead(reason, &selected_kinds(&s.spec.cleanup), paths, stop)
 }
 
-fn agent_standing(a: &Agent) -> Standing {
+fn agent_standing(a: &Agent, now: Timestamp) -> Standing {
     let build_dir: Vec<RelPath> = a.spec.build_dir.iter().cloned().collect();
     if a.status.deleting_since.is_some() {
         return dead(
@@ -226,12 +285,20 @@ fn agent_standing(a: &Agent) -> Standing {
             until: None,
             paths: build_dir,
         },
-        AgentPhase::Failed => dead(
-            CleanupReason::AgentFailed,
-            &[ResourceKind::Container, ResourceKind::Image],
-            build_dir,
-            default_stop(),
-        ),
+        AgentPhase::Failed => match a.cleanup_delayed(now) {
+            Some(until) => Standing::Delayed {
+                until,
+                reason: CleanupReason::AgentFailed,
+                paths: build_dir,
+                stop_timeout: default_stop(),
+            },
+            None => dead(
+                CleanupReason::AgentFailed,
+                &[ResourceKind::Container, ResourceKind::Image],
+                build_dir,
+                default_stop(),
+            ),
+        },
         AgentPhase::Stopped => dead(
             CleanupReason::AgentStopped,
             &[ResourceKind::Container],
@@ -296,11 +363,18 @@ mod tests {
     }
 
     fn probe(sessions: &[Session], agents: &[Agent], forced: Option<&OwnerRef>) -> Vec<String> {
-        Standings::new(sessions, agents, forced, at(1), T0)
-            .paths_to_probe()
-            .iter()
-            .map(|p| p.to_string())
-            .collect()
+        Standings::new(
+            sessions,
+            agents,
+            forced,
+            at(1),
+            T0,
+            crate::core::model::CleanupDelays::default(),
+        )
+        .paths_to_probe()
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
     }
 
     #[test]
@@ -374,7 +448,13 @@ mod tests {
             agent("running").phase(AgentPhase::Running).build(),
             agent("failed").phase(AgentPhase::Failed).build(),
         ];
-        let live = LiveOwners::new(&sessions, &agents, at(1), T0);
+        let live = LiveOwners::new(
+            &sessions,
+            &agents,
+            at(1),
+            T0,
+            crate::core::model::CleanupDelays::default(),
+        );
         let [ttl, open, ended] = sessions.each_ref().map(session_ref);
         let [running, failed] = agents.each_ref().map(agent_ref);
         assert!(live.is_live(&ttl, at(59)));

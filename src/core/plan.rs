@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::core::inventory::{Actual, DockerObject};
 use crate::core::liveness::{agent_ref, default_stop, session_ref, Standing, Standings};
 use crate::core::model::{
-    Agent, AgentPhase, CleanupReason, Duration, EndReason, Name, OwnerKind, OwnerRef, RelPath,
-    ResourceKind, Session, SessionPhase, Timestamp,
+    Agent, AgentPhase, CleanupDelays, CleanupReason, Duration, EndReason, Name, OwnerKind,
+    OwnerRef, RelPath, ResourceKind, Session, SessionPhase, Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules};
 
@@ -30,6 +30,8 @@ pub struct PlanConfig {
     pub restarted_at: Timestamp,
     /// How long a `Running` agent may have no running container before it is set `Stopped`.
     pub agent_running_grace: Duration,
+    /// The daemon's `cleanupDelay` and `cleanupDelayOnFailure`.
+    pub cleanup_delays: CleanupDelays,
     /// The blast-radius guard: a normal pass that would remove more orphans than this removes
     /// none of them (a wrong adoption rule or a lost store, not a leak).
     pub max_orphan_removals: usize,
@@ -69,8 +71,9 @@ pub fn paths_to_probe(
     scope: &Scope,
     now: Timestamp,
     restarted_at: Timestamp,
+    delays: CleanupDelays,
 ) -> BTreeSet<RelPath> {
-    Standings::new(sessions, agents, scope.forced(), now, restarted_at).paths_to_probe()
+    Standings::new(sessions, agents, scope.forced(), now, restarted_at, delays).paths_to_probe()
 }
 
 impl Serialize for Target {
@@ -125,6 +128,9 @@ pub struct Removal {
     /// or the record field that declares a path). Empty in other passes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub because: Vec<String>,
+    /// Stop the running container, and remove nothing: its owner's cleanup is delayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_only: bool,
 }
 
 /// An orphan still inside its grace period: reported by `reaper orphans`, not removed yet.
@@ -147,6 +153,8 @@ pub enum Transition {
         reason: EndReason,
         at: Timestamp,
     },
+    /// An `Ending` session's cleanup delay passed: on to `Ended` or `Expired`, and cleanup.
+    DelayOver { name: Name },
     /// A session that ended has nothing left: phase Cleaned.
     SessionCleaned { name: Name, ended_at: Timestamp },
     /// A Failed agent's objects are gone, or a Running agent has no running container.
@@ -169,9 +177,9 @@ impl Transition {
             name: name.clone(),
         };
         match self {
-            Transition::Expire { name, .. } | Transition::SessionCleaned { name, .. } => {
-                session(name)
-            }
+            Transition::Expire { name, .. }
+            | Transition::DelayOver { name }
+            | Transition::SessionCleaned { name, .. } => session(name),
             Transition::AgentStopped { name, .. } => OwnerRef {
                 kind: OwnerKind::Agent,
                 name: name.clone(),
@@ -217,9 +225,19 @@ pub fn plan(
     }
     let matchers = Matchers::new(sessions, agents, &cfg.rules);
     let mut wake = Wake(None);
-    let standing = Standings::new(sessions, agents, scope.forced(), now, cfg.restarted_at);
+    let standing = Standings::new(
+        sessions,
+        agents,
+        scope.forced(),
+        now,
+        cfg.restarted_at,
+        cfg.cleanup_delays,
+    );
     for (_, until) in standing.live() {
         wake.at(until);
+    }
+    for (_, until) in standing.delayed() {
+        wake.at(Some(until));
     }
 
     // Owners with something still to remove, and agents with a running container.
@@ -245,6 +263,30 @@ pub fn plan(
             *plan.observed.owned.entry(obj.kind).or_default() += 1;
             continue;
         }
+        // An owner within its cleanup delay keeps everything it claims; its running containers
+        // are stopped, to free CPU and memory while what it left stays to be looked at.
+        let delayed = states.iter().find_map(|(c, s)| match s {
+            Some(Standing::Delayed {
+                reason,
+                stop_timeout,
+                ..
+            }) => Some((*c, *reason, *stop_timeout)),
+            _ => None,
+        });
+        if let Some((owner, reason, stop_timeout)) = delayed {
+            *plan.observed.owned.entry(obj.kind).or_default() += 1;
+            if obj.kind == ResourceKind::Container && obj.running {
+                plan.removals.push(Removal {
+                    target: Target::Docker(obj.clone()),
+                    owner: Some(owner.clone()),
+                    reason,
+                    stop_timeout,
+                    because: Vec::new(),
+                    stop_only: true,
+                });
+            }
+            continue;
+        }
         let removing: Vec<(&OwnerRef, &Standing)> = states
             .iter()
             .filter_map(|(c, s)| s.filter(|s| s.removes(obj.kind)).map(|s| (*c, s)))
@@ -265,6 +307,7 @@ pub fn plan(
                 reason: *reason,
                 stop_timeout: *stop_timeout,
                 because: Vec::new(),
+                stop_only: false,
             });
             continue;
         }
@@ -296,6 +339,7 @@ pub fn plan(
                 reason,
                 stop_timeout: default_stop(),
                 because: Vec::new(),
+                stop_only: false,
             });
         } else {
             wake.at(removable_at);
@@ -322,6 +366,7 @@ pub fn plan(
                     reason: *reason,
                     stop_timeout: default_stop(),
                     because: Vec::new(),
+                    stop_only: false,
                 });
             }
         }
@@ -412,6 +457,10 @@ fn transitions(
             continue;
         }
         match s.status.phase {
+            SessionPhase::Ending => match s.status.cleanup_after {
+                Some(until) if now < until => wake.at(Some(until)),
+                _ => out.push(Transition::DelayOver { name }),
+            },
             SessionPhase::Cleaned => {
                 let purge_at = s
                     .status
@@ -427,13 +476,15 @@ fn transitions(
                     wake.at(Some(purge_at));
                 }
             }
-            _ if standing.is_live(&owner) => {}
+            _ if standing.get(&owner).is_some_and(Standing::keeps) => {}
             _ if !busy => {
+                // Cleanup latency counts from when its objects could go: after any delay.
                 let ended_at = s
                     .status
                     .ended_at
                     .or(s.deadline(cfg.restarted_at).map(|d| d.0))
-                    .unwrap_or(now);
+                    .unwrap_or(now)
+                    .max(s.status.cleanup_after.unwrap_or_default());
                 out.push(Transition::SessionCleaned { name, ended_at });
             }
             _ => {}
@@ -452,10 +503,12 @@ fn transitions(
             continue;
         }
         match a.status.phase {
-            AgentPhase::Failed if !busy => out.push(Transition::AgentStopped {
-                name: a.metadata.name.clone(),
-                failed_since: Some(a.status.phase_since),
-            }),
+            AgentPhase::Failed if !busy && a.cleanup_delayed(now).is_none() => {
+                out.push(Transition::AgentStopped {
+                    name: a.metadata.name.clone(),
+                    failed_since: Some(a.status.phase_since),
+                })
+            }
             AgentPhase::Running if !has_running.contains(&owner) => {
                 let at = a.status.phase_since.plus(cfg.agent_running_grace);
                 if now >= at {
@@ -504,6 +557,7 @@ mod tests {
             history_retention: D::from_secs(86_400),
             restarted_at: T0,
             agent_running_grace: D::from_secs(10),
+            cleanup_delays: CleanupDelays::default(),
             max_orphan_removals: 50,
         }
     }
@@ -540,6 +594,110 @@ mod tests {
                 Target::Path { path } => path.to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn an_ending_session_has_its_running_containers_stopped_and_nothing_removed() {
+        let s = session("s").ending(D::from_secs(60)).build();
+        let objs = vec![
+            container("run").label("reaper.session", "s").running(),
+            container("idle").label("reaper.session", "s"),
+            network("n").label("reaper.session", "s"),
+            image("img:1").label("reaper.session", "s"),
+        ];
+        let p = run(std::slice::from_ref(&s), &[], objs.clone(), at(30));
+        assert_eq!(removed(&p), ["run"]);
+        assert!(p.removals[0].stop_only, "only stopped: {:?}", p.removals[0]);
+        assert_eq!(p.transitions, [], "not cleaned while its delay runs");
+        assert_eq!(p.next_wake, Some(at(60)), "the delay's end wakes the loop");
+        assert_eq!(p.observed.owned[&ResourceKind::Container], 2);
+
+        // Once the delay is over: on to cleanup, in the same pass.
+        let p = run(&[s], &[], objs, at(60));
+        assert_eq!(removed(&p), ["idle", "run", "n", "img:1"]);
+        assert!(p.removals.iter().all(|r| !r.stop_only));
+        assert_eq!(
+            p.transitions,
+            [Transition::DelayOver {
+                name: Name::new("s").unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_session_whose_deadline_passes_in_this_pass_starts_its_delay_at_once() {
+        let mut s = session("s").ttl(D::from_secs(60)).build();
+        s.spec.cleanup.delay = Some(D::from_secs(30));
+        let objs = vec![container("run").label("reaper.session", "s").running()];
+        let p = run(&[s.clone()], &[], objs.clone(), at(61));
+        assert!(p.removals.iter().all(|r| r.stop_only), "{:?}", p.removals);
+        assert!(matches!(p.transitions[..], [Transition::Expire { .. }]));
+        // The daemon's default delay applies to a spec without one.
+        s.spec.cleanup.delay = None;
+        let mut c = cfg();
+        c.cleanup_delays.delay = D::from_secs(30);
+        let actual = Actual {
+            objects: objs,
+            ..Actual::default()
+        };
+        let p = plan(&[s], &[], &actual, at(61), &c, &Scope::Normal);
+        assert!(p.removals.iter().all(|r| r.stop_only), "{:?}", p.removals);
+    }
+
+    #[test]
+    fn a_failed_agent_within_its_delay_is_not_stopped_and_keeps_its_objects() {
+        let mut a = agent("a").phase(AgentPhase::Running).build();
+        a.report(AgentPhase::Failed, at(0), D::from_secs(60))
+            .unwrap();
+        let objs = vec![
+            container("anvyl-agent-a").running(),
+            image("anvyl-agent-a:latest"),
+        ];
+        let p = run(&[], &[a.clone()], objs.clone(), at(10));
+        assert_eq!(removed(&p), ["anvyl-agent-a"]);
+        assert!(p.removals[0].stop_only);
+        assert_eq!(p.transitions, [], "no AgentStopped while delayed");
+        let p = run(&[], &[a], objs, at(60));
+        assert_eq!(removed(&p), ["anvyl-agent-a", "anvyl-agent-a:latest"]);
+        assert!(p.removals.iter().all(|r| !r.stop_only));
+    }
+
+    #[test]
+    fn a_manual_cleanup_does_not_wait_for_a_delay() {
+        let s = session("s").ending(D::from_secs(3600)).build();
+        let objs = vec![
+            container("run").label("reaper.session", "s").running(),
+            network("n").label("reaper.session", "s"),
+        ];
+        let owner = OwnerRef {
+            kind: OwnerKind::Session,
+            name: Name::new("s").unwrap(),
+        };
+        let actual = Actual {
+            objects: objs,
+            ..Actual::default()
+        };
+        let p = plan(
+            &[s],
+            &[],
+            &actual,
+            at(1),
+            &cfg(),
+            &Scope::ManualOwner(owner),
+        );
+        assert_eq!(removed(&p), ["run", "n"]);
+        assert!(p.removals.iter().all(|r| !r.stop_only));
+    }
+
+    #[test]
+    fn a_delayed_owner_keeps_what_it_shares_with_a_dead_one() {
+        let s = session("s").ending(D::from_secs(60)).build();
+        let gone = session("gone").ended().build();
+        let objs = vec![network("shared")
+            .label("reaper.session", "gone")
+            .label("session_id", "s")];
+        let p = run(&[s, gone], &[], objs, at(1));
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
     }
 
     #[test]
@@ -880,7 +1038,15 @@ mod tests {
             &Scope::Normal,
         );
         assert!(p.removals.is_empty(), "{:?}", p.removals);
-        assert!(paths_to_probe(&[cleaned], &[], &Scope::Normal, at(1), T0).is_empty());
+        assert!(paths_to_probe(
+            &[cleaned],
+            &[],
+            &Scope::Normal,
+            at(1),
+            T0,
+            crate::core::model::CleanupDelays::default()
+        )
+        .is_empty());
     }
 
     #[test]
@@ -1367,7 +1533,7 @@ mod tests {
                 let sessions = unique(sessions, |s| &s.metadata.name);
                 let agents = unique(agents, |a| &a.metadata.name);
                 let now = at(now);
-                let probed = paths_to_probe(&sessions, &agents, &scope, now, T0);
+                let probed = paths_to_probe(&sessions, &agents, &scope, now, T0, crate::core::model::CleanupDelays::default());
                 let owners = path_owners(&sessions, &agents, &scope, now);
                 let declared_by = |p: &RelPath, stands: bool| {
                     owners.iter().any(|(_, paths, loses)| paths.contains(p) && *loses == Some(stands))

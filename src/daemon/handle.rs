@@ -74,6 +74,10 @@ impl<E: Engine> Daemon for Controller<E> {
         .boxed()
     }
 
+    fn cleanup_delays(&self) -> crate::core::model::CleanupDelays {
+        self.settings().cleanup_delays
+    }
+
     fn scrape(&self) -> Scrape {
         Scrape {
             content_type: self.metrics.content_type(),

@@ -44,6 +44,10 @@ pub fn settings(c: &Config) -> Settings {
         orphan_grace: c.orphan_grace_period,
         max_orphan_removals: c.max_orphan_removals_per_pass,
         agent_running_grace: c.agent_running_grace,
+        cleanup_delays: crate::core::model::CleanupDelays {
+            delay: c.cleanup_delay,
+            on_failure: c.cleanup_delay_on_failure,
+        },
         history_retention: c.history_retention,
         resync_interval: c.resync_interval.std(),
         concurrency: c.concurrency,

@@ -951,7 +951,11 @@ mod tests {
         let ended_at = Timestamp(1_700_000_000_000);
         f.store
             .update_session("s1", |s| {
-                s.end(crate::core::model::EndReason::Succeeded, ended_at);
+                s.end(
+                    crate::core::model::EndReason::Succeeded,
+                    ended_at,
+                    crate::core::model::Duration::ZERO,
+                );
                 s.mark_cleaned(ended_at);
                 Ok(())
             })

@@ -851,7 +851,11 @@ mod tests {
     async fn a_schema_1_store_is_migrated_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let mut ended = session("ended");
-        ended.end(crate::core::model::EndReason::Succeeded, Timestamp(1));
+        ended.end(
+            crate::core::model::EndReason::Succeeded,
+            Timestamp(1),
+            crate::core::model::Duration::ZERO,
+        );
         write_schema_1(dir.path(), &[session("active"), ended.clone()]);
 
         let store = Store::open(dir.path()).unwrap();

@@ -439,7 +439,7 @@ class ClientTest(ReaperTestCase):
         self.assertIn(session, [r["metadata"]["name"] for r in CLIENT.list_sessions()])
         self.assertEqual(CLIENT.delete_session(session)["metadata"]["name"], session)
         orphans = CLIENT.orphans()
-        self.assertEqual(set(orphans), {"removals", "waiting"})
+        self.assertEqual(set(orphans), {"removals", "waiting", "held"})
         claimed = {r["target"]["id"] for r in orphans["removals"]}
         self.assertFalse(claimed & set(BYSTANDERS), "bystanders planned for removal")
         self.assert_bystanders_alive()

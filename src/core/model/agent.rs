@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+use super::{Condition, Duration, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -22,6 +22,26 @@ pub struct AgentSpec {
     pub match_: AgentMatch,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_dir: Option<RelPath>,
+    #[serde(default, skip_serializing_if = "AgentCleanup::is_default")]
+    pub cleanup: AgentCleanup,
+}
+
+/// How long a failed agent's containers, images and build dir are kept before they go (its
+/// running containers are stopped at once). Unset: the daemon's `cleanupDelayOnFailure`, else
+/// its `cleanupDelay`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentCleanup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_on_failure: Option<Duration>,
+}
+
+impl AgentCleanup {
+    fn is_default(&self) -> bool {
+        *self == AgentCleanup::default()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +90,9 @@ pub struct AgentStatus {
     /// When the phase last changed: the start of a failure's cleanup clock.
     #[serde(default)]
     pub phase_since: Timestamp,
+    /// While Failed with a cleanup delay: when its objects may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_after: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleting_since: Option<Timestamp>,
     #[serde(default)]

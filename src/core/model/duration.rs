@@ -10,6 +10,7 @@ use std::str::FromStr;
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
+    pub const ZERO: Duration = Duration(std::time::Duration::ZERO);
     pub const fn from_secs(secs: u64) -> Self {
         Duration(std::time::Duration::from_secs(secs))
     }

@@ -5,11 +5,62 @@
 //! from that. Time is passed in: the core never reads a clock.
 
 use super::{
-    Agent, AgentPhase, Condition, EndReason, Name, Session, SessionPhase, Timestamp, API_SOURCE,
+    Agent, AgentPhase, Condition, Duration, EndReason, Name, Session, SessionPhase, Timestamp,
+    API_SOURCE,
 };
 
 /// The condition a record carries while one of its removals keeps failing.
 pub const REMOVAL_FAILING: &str = "RemovalFailing";
+/// The condition a record carries while what it left is kept (`cleanup.delay`).
+pub const CLEANUP_DELAYED: &str = "CleanupDelayed";
+
+/// The daemon's defaults for `cleanup.delay` and `cleanup.delayOnFailure` (config keys
+/// `cleanupDelay`, `cleanupDelayOnFailure`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanupDelays {
+    pub delay: Duration,
+    pub on_failure: Option<Duration>,
+}
+
+impl CleanupDelays {
+    /// The delay that applies: for a failure, the spec's `delayOnFailure`, else the daemon's,
+    /// else the ordinary delay; otherwise the spec's `delay`, else the daemon's.
+    pub fn resolve(
+        &self,
+        delay: Option<Duration>,
+        on_failure: Option<Duration>,
+        failed: bool,
+    ) -> Duration {
+        let ordinary = delay.unwrap_or(self.delay);
+        if failed {
+            on_failure.or(self.on_failure).unwrap_or(ordinary)
+        } else {
+            ordinary
+        }
+    }
+
+    /// The delay for a session that ends for `reason`.
+    pub fn for_session(&self, s: &Session, reason: EndReason) -> Duration {
+        let c = &s.spec.cleanup;
+        self.resolve(c.delay, c.delay_on_failure, reason == EndReason::Failed)
+    }
+
+    /// The delay for an agent that failed.
+    pub fn for_failed_agent(&self, a: &Agent) -> Duration {
+        let c = &a.spec.cleanup;
+        self.resolve(c.delay, c.delay_on_failure, true)
+    }
+}
+
+fn delayed(until: Timestamp, since: Timestamp) -> Condition {
+    Condition {
+        type_: CLEANUP_DELAYED.into(),
+        message: format!(
+            "cleanup delayed until {until}: its objects are kept, its running containers stopped"
+        ),
+        since,
+    }
+}
 
 /// A lifecycle change the record's state does not allow; the API answers it with 409.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,25 +118,68 @@ pub enum StopCause {
 
 impl Session {
     /// The workflow is over (`session end`, or a manual cleanup). Only an Active session ends;
-    /// returns whether this one did.
-    pub fn end(&mut self, reason: EndReason, now: Timestamp) -> bool {
+    /// returns whether this one did. With a `delay`, it is `Ending` until then.
+    pub fn end(&mut self, reason: EndReason, now: Timestamp, delay: Duration) -> bool {
         if self.status.phase != SessionPhase::Active {
             return false;
         }
         self.status.phase = SessionPhase::Ended;
         self.status.ended_at = Some(now);
         self.status.end_reason = Some(reason);
+        self.begin_delay(now, delay, now);
         true
+    }
+
+    fn begin_delay(&mut self, from: Timestamp, delay: Duration, now: Timestamp) {
+        if delay.0.is_zero() {
+            return;
+        }
+        let until = from.plus(delay);
+        self.status.phase = SessionPhase::Ending;
+        self.status.cleanup_after = Some(until);
+        set_condition(&mut self.status.conditions, delayed(until, now));
+    }
+
+    /// Its cleanup delay passed (or an operator skips it: `now` then): from `Ending` on to
+    /// `Ended` or `Expired`, as its end reason says. Returns whether it moved.
+    pub fn end_delay(&mut self, now: Timestamp) -> bool {
+        let due = self.status.cleanup_after.is_none_or(|t| now >= t);
+        if self.status.phase != SessionPhase::Ending || !due {
+            return false;
+        }
+        self.status.phase = match self.status.end_reason {
+            Some(EndReason::TtlExpired | EndReason::HeartbeatLost) => SessionPhase::Expired,
+            _ => SessionPhase::Ended,
+        };
+        clear_condition(&mut self.status.conditions, CLEANUP_DELAYED);
+        true
+    }
+
+    /// Still keeping what it left at `now`: `Ending`, and its delay not yet over.
+    pub fn cleanup_delayed(&self, now: Timestamp) -> Option<Timestamp> {
+        self.status
+            .cleanup_after
+            .filter(|t| self.status.phase == SessionPhase::Ending && now < *t)
+    }
+
+    /// An operator cleans it up by hand: its delay, if any, is over now.
+    pub fn skip_delay(&mut self, now: Timestamp) -> bool {
+        if self.status.phase == SessionPhase::Ending {
+            self.status.cleanup_after = Some(now);
+        }
+        self.end_delay(now)
     }
 
     /// The planner saw its deadline (`at`, for `reason`) pass. Re-checked against the record as
     /// stored, where a heartbeat may have arrived meanwhile; returns whether it expired.
+    /// With a `delay` (counted from `at`), it is `Ending` until then.
     pub fn expire(
         &mut self,
         at: Timestamp,
         reason: EndReason,
         now: Timestamp,
         restarted_at: Timestamp,
+        delay: Duration,
     ) -> bool {
         let passed = self.deadline(restarted_at).is_some_and(|(d, _)| now >= d);
         if !passed {
@@ -94,6 +188,10 @@ impl Session {
         self.status.phase = SessionPhase::Expired;
         self.status.ended_at = Some(at);
         self.status.end_reason = Some(reason);
+        // A delay that already passed (reaper was down) leaves it Expired.
+        if at.plus(delay) > now {
+            self.begin_delay(at, delay, now);
+        }
         true
     }
 
@@ -150,7 +248,13 @@ impl Session {
 impl Agent {
     /// The agent reports its phase. `phase_since` moves only when the phase changes, so a
     /// repeated report does not restart a failure's cleanup; returns whether it changed.
-    pub fn report(&mut self, phase: AgentPhase, now: Timestamp) -> Result<bool, Refused> {
+    /// A failure with a `failure_delay` keeps the agent's objects until then.
+    pub fn report(
+        &mut self,
+        phase: AgentPhase,
+        now: Timestamp,
+        failure_delay: Duration,
+    ) -> Result<bool, Refused> {
         if self.status.deleting_since.is_some() {
             return Err(Refused::AgentDeleting {
                 name: self.metadata.name.clone(),
@@ -161,7 +265,21 @@ impl Agent {
         }
         self.status.phase = phase;
         self.status.phase_since = now;
+        self.status.cleanup_after = None;
+        clear_condition(&mut self.status.conditions, CLEANUP_DELAYED);
+        if phase == AgentPhase::Failed && !failure_delay.0.is_zero() {
+            let until = now.plus(failure_delay);
+            self.status.cleanup_after = Some(until);
+            set_condition(&mut self.status.conditions, delayed(until, now));
+        }
         Ok(true)
+    }
+
+    /// Still keeping what it left at `now` (a failed agent within its cleanup delay).
+    pub fn cleanup_delayed(&self, now: Timestamp) -> Option<Timestamp> {
+        self.status
+            .cleanup_after
+            .filter(|t| self.status.phase == AgentPhase::Failed && now < *t)
     }
 
     /// Sets it `Stopped`, if `cause` still holds for the record as stored; returns whether
@@ -179,6 +297,8 @@ impl Agent {
         }
         self.status.phase = AgentPhase::Stopped;
         self.status.phase_since = now;
+        self.status.cleanup_after = None;
+        clear_condition(&mut self.status.conditions, CLEANUP_DELAYED);
         // A manual stop says nothing about whether the removals that kept failing succeeded.
         if cause != StopCause::Manual {
             clear_condition(&mut self.status.conditions, REMOVAL_FAILING);
@@ -243,33 +363,36 @@ mod tests {
     #[test]
     fn only_an_active_session_ends() {
         let mut s = session("s").build();
-        assert!(s.end(EndReason::Failed, at(5)));
+        assert!(s.end(EndReason::Failed, at(5), Duration::ZERO));
         assert_eq!(s.status.phase, SessionPhase::Ended);
         assert_eq!(s.status.ended_at, Some(at(5)));
         assert_eq!(s.status.end_reason, Some(EndReason::Failed));
 
         let before = s.clone();
-        assert!(!s.end(EndReason::Manual, at(9)), "the first end stands");
+        assert!(
+            !s.end(EndReason::Manual, at(9), Duration::ZERO),
+            "the first end stands"
+        );
         assert_eq!(s, before);
         let mut cleaned = session("c").cleaned(at(3)).build();
         let before = cleaned.clone();
-        assert!(!cleaned.end(EndReason::Succeeded, at(9)));
+        assert!(!cleaned.end(EndReason::Succeeded, at(9), Duration::ZERO));
         assert_eq!(cleaned, before);
     }
 
     #[test]
     fn expiry_is_rechecked_against_the_stored_record() {
         let mut s = session("s").heartbeat(Duration::from_secs(30)).build();
-        assert!(!s.expire(at(30), EndReason::HeartbeatLost, at(29), T0));
+        assert!(!s.expire(at(30), EndReason::HeartbeatLost, at(29), T0, Duration::ZERO));
         assert_eq!(s.status.phase, SessionPhase::Active);
 
         // A heartbeat arrived after the planner looked: the deadline moved on.
         let mut renewed = s.clone();
         renewed.heartbeat(at(20)).unwrap();
-        assert!(!renewed.expire(at(30), EndReason::HeartbeatLost, at(31), T0));
+        assert!(!renewed.expire(at(30), EndReason::HeartbeatLost, at(31), T0, Duration::ZERO));
         assert_eq!(renewed.status.phase, SessionPhase::Active);
 
-        assert!(s.expire(at(30), EndReason::HeartbeatLost, at(31), T0));
+        assert!(s.expire(at(30), EndReason::HeartbeatLost, at(31), T0, Duration::ZERO));
         assert_eq!(s.status.phase, SessionPhase::Expired);
         assert_eq!(
             s.status.ended_at,
@@ -278,7 +401,7 @@ mod tests {
         );
         assert_eq!(s.status.end_reason, Some(EndReason::HeartbeatLost));
         assert!(
-            !s.expire(at(30), EndReason::HeartbeatLost, at(40), T0),
+            !s.expire(at(30), EndReason::HeartbeatLost, at(40), T0, Duration::ZERO),
             "an Expired session has no deadline left"
         );
     }
@@ -286,8 +409,20 @@ mod tests {
     #[test]
     fn expiry_counts_heartbeats_from_a_restart() {
         let mut s = session("s").heartbeat(Duration::from_secs(30)).build();
-        assert!(!s.expire(at(30), EndReason::HeartbeatLost, at(31), at(10)));
-        assert!(s.expire(at(40), EndReason::HeartbeatLost, at(40), at(10)));
+        assert!(!s.expire(
+            at(30),
+            EndReason::HeartbeatLost,
+            at(31),
+            at(10),
+            Duration::ZERO
+        ));
+        assert!(s.expire(
+            at(40),
+            EndReason::HeartbeatLost,
+            at(40),
+            at(10),
+            Duration::ZERO
+        ));
     }
 
     #[test]
@@ -327,7 +462,7 @@ mod tests {
         assert_eq!(s.status.cleaned_at, Some(at(4)));
 
         let mut expired = session("x").ttl(Duration::from_secs(1)).build();
-        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0));
+        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0, Duration::ZERO));
         assert!(expired.mark_cleaned(at(2)));
     }
 
@@ -350,7 +485,7 @@ mod tests {
         assert_eq!(session("d").deleting().build().accepts_reapply(), Ok(()));
 
         let mut cleaned = session("run-1").build();
-        assert!(cleaned.end(EndReason::Succeeded, at(60)));
+        assert!(cleaned.end(EndReason::Succeeded, at(60), Duration::ZERO));
         assert!(cleaned.mark_cleaned(at(90)));
         let err = cleaned.accepts_reapply().unwrap_err();
         assert_eq!(
@@ -386,7 +521,7 @@ mod tests {
             })
         ));
         let mut expired = session("x").ttl(Duration::from_secs(1)).build();
-        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0));
+        assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0, Duration::ZERO));
         let msg = expired.accepts_reapply().unwrap_err().to_string();
         assert!(
             msg.contains(&format!("ended at {} and is expired now", at(1))),
@@ -433,14 +568,23 @@ mod tests {
     #[test]
     fn a_report_moves_phase_since_only_on_a_change() {
         let mut a = agent("a").build();
-        assert_eq!(a.report(AgentPhase::Running, at(2)), Ok(true));
+        assert_eq!(
+            a.report(AgentPhase::Running, at(2), Duration::ZERO),
+            Ok(true)
+        );
         assert_eq!(
             (a.status.phase, a.status.phase_since),
             (AgentPhase::Running, at(2))
         );
-        assert_eq!(a.report(AgentPhase::Running, at(5)), Ok(false));
+        assert_eq!(
+            a.report(AgentPhase::Running, at(5), Duration::ZERO),
+            Ok(false)
+        );
         assert_eq!(a.status.phase_since, at(2));
-        assert_eq!(a.report(AgentPhase::Failed, at(6)), Ok(true));
+        assert_eq!(
+            a.report(AgentPhase::Failed, at(6), Duration::ZERO),
+            Ok(true)
+        );
         assert_eq!(a.status.phase_since, at(6));
     }
 
@@ -448,7 +592,9 @@ mod tests {
     fn a_deleted_agent_takes_no_reports() {
         let mut a = agent("a").deleting().build();
         let before = a.clone();
-        let err = a.report(AgentPhase::Running, at(2)).unwrap_err();
+        let err = a
+            .report(AgentPhase::Running, at(2), Duration::ZERO)
+            .unwrap_err();
         assert_eq!(err.to_string(), "agent a is being deleted");
         assert_eq!(a, before);
     }
@@ -516,5 +662,125 @@ mod tests {
         assert_eq!(conditions, [newer]);
         assert!(clear_condition(&mut conditions, REMOVAL_FAILING));
         assert!(!clear_condition(&mut conditions, REMOVAL_FAILING));
+    }
+
+    #[test]
+    fn a_delay_keeps_an_ended_session_ending_until_it_passes() {
+        let mut s = session("s").build();
+        assert!(s.end(EndReason::Failed, at(5), Duration::from_secs(30)));
+        assert_eq!(s.status.phase, SessionPhase::Ending);
+        assert_eq!(s.status.cleanup_after, Some(at(35)));
+        assert_eq!(s.status.ended_at, Some(at(5)));
+        assert_eq!(s.cleanup_delayed(at(34)), Some(at(35)));
+        assert_eq!(s.cleanup_delayed(at(35)), None);
+        let cond = &s.status.conditions[0];
+        assert_eq!(cond.type_, CLEANUP_DELAYED);
+        assert!(cond.message.contains("until"), "{}", cond.message);
+        // Nothing revives it or cleans it early.
+        assert!(s.heartbeat(at(10)).is_err());
+        assert!(!s.mark_cleaned(at(10)));
+        assert!(!s.end(EndReason::Succeeded, at(10), Duration::ZERO));
+        assert!(!s.end_delay(at(34)), "the delay is not over");
+        assert_eq!(s.status.phase, SessionPhase::Ending);
+        assert!(s.end_delay(at(35)));
+        assert_eq!(s.status.phase, SessionPhase::Ended);
+        assert!(s.status.conditions.is_empty());
+        assert!(s.mark_cleaned(at(36)));
+    }
+
+    #[test]
+    fn an_expired_session_waits_out_its_delay_from_its_deadline_and_then_reads_expired() {
+        let mut s = session("s").ttl(Duration::from_secs(60)).build();
+        assert!(s.expire(
+            at(60),
+            EndReason::TtlExpired,
+            at(61),
+            T0,
+            Duration::from_secs(30)
+        ));
+        assert_eq!(s.status.phase, SessionPhase::Ending);
+        assert_eq!(s.status.cleanup_after, Some(at(90)));
+        assert!(s.end_delay(at(90)));
+        assert_eq!(s.status.phase, SessionPhase::Expired);
+
+        // reaper was down past the whole delay: straight to Expired.
+        let mut late = session("l").ttl(Duration::from_secs(60)).build();
+        assert!(late.expire(
+            at(60),
+            EndReason::TtlExpired,
+            at(500),
+            T0,
+            Duration::from_secs(30)
+        ));
+        assert_eq!(late.status.phase, SessionPhase::Expired);
+        assert!(late.status.conditions.is_empty());
+    }
+
+    #[test]
+    fn an_operator_may_skip_the_delay() {
+        let mut s = session("s").build();
+        s.end(EndReason::Succeeded, at(5), Duration::from_secs(3600));
+        assert!(s.skip_delay(at(6)));
+        assert_eq!(s.status.phase, SessionPhase::Ended);
+        assert_eq!(s.status.cleanup_after, Some(at(6)));
+        assert!(
+            !s.skip_delay(at(7)),
+            "only an Ending session has a delay to skip"
+        );
+    }
+
+    #[test]
+    fn the_spec_overrides_the_daemon_and_a_failure_its_own_delay() {
+        let m = Duration::from_secs;
+        let daemon = CleanupDelays {
+            delay: m(10),
+            on_failure: None,
+        };
+        assert_eq!(daemon.resolve(None, None, false), m(10));
+        assert_eq!(
+            daemon.resolve(None, None, true),
+            m(10),
+            "no failure delay: the delay"
+        );
+        assert_eq!(daemon.resolve(Some(m(1)), None, true), m(1));
+        assert_eq!(daemon.resolve(Some(m(1)), Some(m(7)), true), m(7));
+        assert_eq!(daemon.resolve(Some(m(1)), Some(m(7)), false), m(1));
+        let daemon = CleanupDelays {
+            delay: m(0),
+            on_failure: Some(m(600)),
+        };
+        assert_eq!(daemon.resolve(None, None, false), m(0));
+        assert_eq!(daemon.resolve(None, None, true), m(600));
+        assert_eq!(daemon.resolve(Some(m(5)), None, true), m(600));
+        assert_eq!(daemon.resolve(None, Some(m(2)), true), m(2));
+    }
+
+    #[test]
+    fn a_failed_agent_keeps_its_objects_for_its_delay_until_it_runs_or_stops_again() {
+        let mut a = agent("a").phase(AgentPhase::Running).build();
+        assert_eq!(
+            a.report(AgentPhase::Failed, at(5), Duration::from_secs(60)),
+            Ok(true)
+        );
+        assert_eq!(a.cleanup_delayed(at(64)), Some(at(65)));
+        assert_eq!(a.cleanup_delayed(at(65)), None);
+        assert_eq!(a.status.conditions[0].type_, CLEANUP_DELAYED);
+        // A repeated failure report does not restart the clock.
+        assert_eq!(
+            a.report(AgentPhase::Failed, at(30), Duration::from_secs(60)),
+            Ok(false)
+        );
+        assert_eq!(a.status.cleanup_after, Some(at(65)));
+        assert_eq!(
+            a.report(AgentPhase::Running, at(40), Duration::from_secs(60)),
+            Ok(true)
+        );
+        assert_eq!(a.status.cleanup_after, None);
+        assert!(a.status.conditions.is_empty());
+        a.report(AgentPhase::Failed, at(50), Duration::from_secs(60))
+            .unwrap();
+        assert!(a.stop(StopCause::Manual, at(51)));
+        assert_eq!(a.status.cleanup_after, None);
+        assert!(a.status.conditions.is_empty());
     }
 }

@@ -10,13 +10,14 @@ mod resource;
 mod session;
 mod time;
 
-pub use agent::{Agent, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
+pub use agent::{Agent, AgentCleanup, AgentMatch, AgentPhase, AgentSpec, AgentStatus};
 pub use duration::{Duration, DurationError};
 pub use engine::{
     has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
 };
 pub use lifecycle::{
-    clear_condition, mark_for_deletion, set_condition, Refused, StopCause, REMOVAL_FAILING,
+    clear_condition, mark_for_deletion, set_condition, CleanupDelays, Refused, StopCause,
+    CLEANUP_DELAYED, REMOVAL_FAILING,
 };
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
 pub use resource::{

@@ -49,6 +49,14 @@ pub struct CleanupSpec {
     pub images: bool,
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
+    /// Keep what the session left this long after it ends (its running containers are stopped
+    /// at once). Unset: the daemon's `cleanupDelay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// The same for a session ended as failed. Unset: the daemon's `cleanupDelayOnFailure`,
+    /// else `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_on_failure: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -66,6 +74,8 @@ impl Default for CleanupSpec {
             volumes: true,
             images: true,
             stop_timeout: default_stop_timeout(),
+            delay: None,
+            delay_on_failure: None,
         }
     }
 }
@@ -76,6 +86,9 @@ impl Default for CleanupSpec {
 pub enum SessionPhase {
     #[default]
     Active,
+    /// Over, but what it left is kept until `status.cleanupAfter` (`spec.cleanup.delay`); its
+    /// running containers are stopped.
+    Ending,
     /// The workflow said it is over (`session end`), successfully or not.
     Ended,
     /// Its ttl passed or its heartbeat lapsed.
@@ -85,10 +98,17 @@ pub enum SessionPhase {
 }
 
 impl SessionPhase {
-    pub const ALL: [SessionPhase; 4] = [Self::Active, Self::Ended, Self::Expired, Self::Cleaned];
+    pub const ALL: [SessionPhase; 5] = [
+        Self::Active,
+        Self::Ending,
+        Self::Ended,
+        Self::Expired,
+        Self::Cleaned,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Ending => "ending",
             Self::Ended => "ended",
             Self::Expired => "expired",
             Self::Cleaned => "cleaned",
@@ -119,6 +139,9 @@ pub struct SessionStatus {
     pub ended_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
+    /// While `Ending`: when its objects may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_after: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaned_at: Option<Timestamp>,
     /// Set by `reaper delete`: the record goes once its objects are gone (a finalizer).

@@ -12,6 +12,8 @@ from typing import Dict, List, Literal, Optional, TypedDict
 
 __all__ = [
     "Labels",
+    "AgentCleanup",
+    "BlastRadiusHold",
     "ErrorBody",
     "ObjectMeta",
     "ObjectCounts",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 Labels = Dict[str, str]
-SessionPhase = Literal["Active", "Ended", "Expired", "Cleaned"]
+SessionPhase = Literal["Active", "Ending", "Ended", "Expired", "Cleaned"]
 EndReason = Literal["succeeded", "failed", "ttlExpired", "heartbeatLost", "manual"]
 AgentPhase = Literal["Starting", "Running", "Failed", "Stopped"]
 OwnerKind = Literal["session", "agent"]
@@ -103,7 +105,12 @@ class SessionMatch(TypedDict):
     labels: Labels
 
 
-class SessionCleanup(TypedDict):
+class _SessionCleanupOptional(TypedDict, total=False):
+    delay: str
+    delayOnFailure: str
+
+
+class SessionCleanup(_SessionCleanupOptional):
     containers: bool
     networks: bool
     volumes: bool
@@ -126,6 +133,7 @@ class _SessionStatusOptional(TypedDict, total=False):
     lastHeartbeat: str
     endedAt: str
     endReason: EndReason
+    cleanupAfter: str
     cleanedAt: str
     deletingSince: str
     conditions: List[Condition]
@@ -152,8 +160,14 @@ class AgentMatch(TypedDict, total=False):
     namePrefix: str
 
 
+class AgentCleanup(TypedDict, total=False):
+    delay: str
+    delayOnFailure: str
+
+
 class _AgentSpecOptional(TypedDict, total=False):
     buildDir: str
+    cleanup: AgentCleanup
 
 
 class AgentSpec(_AgentSpecOptional):
@@ -161,6 +175,7 @@ class AgentSpec(_AgentSpecOptional):
 
 
 class _AgentStatusOptional(TypedDict, total=False):
+    cleanupAfter: str
     deletingSince: str
     conditions: List[Condition]
     source: str
@@ -204,7 +219,12 @@ class DockerObject(_DockerObjectOptional):
     name: str
 
 
-class Removal(TypedDict):
+class _RemovalOptional(TypedDict, total=False):
+    because: List[str]
+    stopOnly: bool
+
+
+class Removal(_RemovalOptional):
     target: DockerObject
     owner: Optional[OwnerRef]
     reason: CleanupReason
@@ -226,6 +246,13 @@ class EngineInfo(TypedDict):
 SerialExits = TypedDict("SerialExits", {"on": bool, "reason": str})
 
 
+class BlastRadiusHold(TypedDict):
+    orphans: int
+    limit: int
+    examples: List[str]
+    since: str
+
+
 class Health(TypedDict):
     dockerUp: bool
     dockerVersion: Optional[str]
@@ -242,6 +269,7 @@ class Health(TypedDict):
     lastError: Optional[str]
     owned: Dict[str, int]
     orphans: Dict[str, int]
+    blastRadiusHeld: Optional[BlastRadiusHold]
 
 
 class ManifestError(TypedDict):
@@ -271,6 +299,7 @@ class ApplyResponse(TypedDict):
 class OrphansResponse(TypedDict):
     removals: List[Removal]
     waiting: List[Waiting]
+    held: List[Removal]
 
 
 class CleanupFailure(TypedDict):
@@ -299,6 +328,7 @@ SCHEMAS: Dict[str, type] = {
     "AgentRecord": AgentRecord,
     "AgentSpec": AgentSpec,
     "AgentSpec.match": AgentMatch,
+    "AgentSpec.cleanup": AgentCleanup,
     "AgentStatus": AgentStatus,
     "OwnerRef": OwnerRef,
     "DockerObject": DockerObject,
@@ -307,6 +337,7 @@ SCHEMAS: Dict[str, type] = {
     "Health": Health,
     "Health.engine": EngineInfo,
     "Health.serialExits": SerialExits,
+    "Health.blastRadiusHeld": BlastRadiusHold,
     "Status": Status,
     "Status.manifestErrors[]": ManifestError,
     "ApplyResponse": ApplyResponse,
