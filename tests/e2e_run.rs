@@ -16,6 +16,12 @@ fn docker_run(name: &str) -> String {
     )
 }
 
+/// `reaper run --session NAME [FLAGS] -- sh -c SCRIPT`.
+fn run_script(r: &Reaper, name: &str, flags: &[&str], script: &str) -> std::process::Output {
+    let head = ["run", "--session", name];
+    r.cli(&[&head[..], flags, &["--", "sh", "-c", script]].concat())
+}
+
 fn session_field(r: &Reaper, name: &str, field: &str) -> String {
     r.session(name)["status"][field]
         .as_str()
@@ -47,7 +53,7 @@ fn a_command_that_succeeds_ends_its_session_and_its_containers_go() {
          echo \"$REAPER_LABEL_FILE\"",
         docker_run("e2e-run-ok-c")
     );
-    let out = r.cli(&["run", "--session", "e2e-run-ok", "--", "sh", "-c", &script]);
+    let out = run_script(&r, "e2e-run-ok", &[], &script);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -74,29 +80,13 @@ fn a_failing_command_ends_its_session_as_failed_and_its_status_is_passed_on() {
     let bystanders = Bystanders::create("run-fail");
     let r = Reaper::start(&[]);
     let script = format!("{}; exit 3", docker_run("e2e-run-fail-c"));
-    let out = r.cli(&[
-        "run",
-        "--session",
-        "e2e-run-fail",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = run_script(&r, "e2e-run-fail", &[], &script);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     wait_cleaned(&r, "e2e-run-fail", "e2e-run-fail-c");
     assert_eq!(session_field(&r, "e2e-run-fail", "endReason"), "failed");
 
     // Death by a signal: 128+N, as shells report it, and failed.
-    let out = r.cli(&[
-        "run",
-        "--session",
-        "e2e-run-sig",
-        "--",
-        "sh",
-        "-c",
-        "kill -KILL $$",
-    ]);
+    let out = run_script(&r, "e2e-run-sig", &[], "kill -KILL $$");
     assert_eq!(out.status.code(), Some(137), "{}", stderr_of(&out));
     r.wait_until("session/e2e-run-sig ended", Duration::from_secs(30), || {
         session_field(&r, "e2e-run-sig", "endReason") == "failed"
@@ -374,17 +364,7 @@ fn cleanup_delay_keeps_what_the_command_left_stopped_for_a_look() {
     let bystanders = Bystanders::create("run-delay");
     let r = Reaper::start(&[]);
     let script = format!("{}; exit 1", docker_run("e2e-run-delay-c"));
-    let out = r.cli(&[
-        "run",
-        "--session",
-        "e2e-run-delay",
-        "--cleanup-delay",
-        "1h",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = run_script(&r, "e2e-run-delay", &["--cleanup-delay", "1h"], &script);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert_eq!(r.phase("session", "e2e-run-delay"), "Ending");
     wait_until("the container is stopped", Duration::from_secs(15), || {

@@ -352,21 +352,26 @@ struct OrphanRow {
     action: String,
 }
 
+fn removal_row(r: &Removal, action: String) -> OrphanRow {
+    let (kind, id, name) = target_fields(&r.target);
+    OrphanRow {
+        kind,
+        id: id.into(),
+        name: name.into(),
+        owner: owner(r.owner.as_ref()),
+        reason: r.reason,
+        action,
+    }
+}
+
 /// `reaper orphans`: a flat list with an ACTION column (remove now, or wait until).
 pub fn orphans(p: &Preview, o: Output) -> String {
     let remove = p.removals.iter().map(|r| {
-        let (kind, id, name) = target_fields(&r.target);
-        OrphanRow {
-            kind,
-            id: id.into(),
-            name: name.into(),
-            owner: owner(r.owner.as_ref()),
-            reason: r.reason,
-            action: match r.stop_only {
-                true => "stop (cleanup delayed)".into(),
-                false => "remove".into(),
-            },
-        }
+        let action = match r.stop_only {
+            true => "stop (cleanup delayed)",
+            false => "remove",
+        };
+        removal_row(r, action.into())
     });
     let wait = p.waiting.iter().map(|w| OrphanRow {
         kind: w.object.kind,
@@ -380,15 +385,10 @@ pub fn orphans(p: &Preview, o: Output) -> String {
         },
     });
     let held = p.held.iter().map(|r| {
-        let (kind, id, name) = target_fields(&r.target);
-        OrphanRow {
-            kind,
-            id: id.into(),
-            name: name.into(),
-            owner: owner(r.owner.as_ref()),
-            reason: r.reason,
-            action: "held (blast radius: confirm with `reaper cleanup --yes`)".into(),
-        }
+        removal_row(
+            r,
+            "held (blast radius: confirm with `reaper cleanup --yes`)".into(),
+        )
     });
     let flat: Vec<OrphanRow> = remove.chain(wait).chain(held).collect();
     if let Some(out) = structured(&flat, o) {
