@@ -8,8 +8,16 @@
 //! `BACKLOG_COALESCE` while the removal queue is backlogged), Docker events about our objects
 //! within `EVENT_COALESCE`; a periodic resync makes it correct when events are lost.
 //! It fails closed: if the store or a Docker listing cannot be read, the pass deletes nothing.
+//!
+//! This file is the loop and the pass; observe.rs reads the world, outcomes.rs writes what
+//! removals and transitions change, health.rs keeps the loop's own health and gauges,
+//! events.rs follows Docker's events, executor.rs is the removal queue.
 
+mod events;
 pub mod executor;
+mod health;
+mod observe;
+mod outcomes;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -39,21 +47,15 @@ use crate::paths;
 use crate::store::{Store, StoreError, WriteLog};
 use crate::Error;
 use executor::{Executed, Executor, Hooks, Outcome, Ticket, FAILING_AFTER};
+use observe::Desired;
+use outcomes::StatusDelta;
 
 /// Backoff for failed passes (store or Docker unreadable), as kube-runtime's default.
 const PASS_BACKOFF_MIN: Duration = Duration::from_millis(800);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Docker events of ours start at most one pass per this interval: a workflow system starting
-/// a hundred containers should not cost a hundred full listings.
-const EVENT_COALESCE: Duration = Duration::from_millis(250);
 /// While the removal queue is backlogged, a triggered pass waits at most this long for more
 /// triggers to gather.
 const BACKLOG_COALESCE: Duration = Duration::from_millis(250);
-/// The blast-radius hold names this many of the orphans it holds, in the log and the status.
-const HOLD_EXAMPLES: usize = 5;
-/// This many passes in a row whose listings timed out while `/_ping` answered mean the engine
-/// is wedged (the libnetwork exit deadlock), not slow.
-const WEDGED_AFTER: u32 = 3;
 
 /// What the controller needs from the daemon config.
 #[derive(Clone, Debug)]
@@ -115,22 +117,6 @@ pub struct Controller<E: Engine> {
     listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
 }
 
-/// The desired state at one store generation, reduced to what the re-check before a delete
-/// needs: who claims an object, and until when each owner is live.
-struct Desired {
-    generation: u64,
-    rules: Rules,
-    matchers: Matchers,
-    live: LiveOwners,
-}
-
-/// What finished removals change on one owner's status.
-#[derive(Default)]
-struct StatusDelta {
-    removed: ObjectCounts,
-    failing: Option<Condition>,
-}
-
 impl<E: Engine> Controller<E> {
     pub fn new(store: Store, engine: Arc<E>, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let executor = Executor::new(settings.concurrency, settings.paths_root.clone());
@@ -186,24 +172,6 @@ impl<E: Engine> Controller<E> {
         self.trigger();
     }
 
-    /// Settles what follows from the engine's version: serial exits, and how they are shown.
-    fn engine_known(&self, engine: EngineInfo) {
-        let decision = SerialExits::decide(self.settings().serial_exits, Some(&engine));
-        self.engine.set_serial_exits(decision.on);
-        self.metrics.set_engine(engine.flavour, decision);
-        let explained = decision.explain();
-        let changed = self.health().serial_exits != Some(decision);
-        if changed {
-            info!(engine = %engine, "Engine: {explained}.");
-        }
-        self.set_health(|h| {
-            h.docker_version = Some(engine.to_string());
-            h.engine = Some(engine);
-            h.serial_exits = Some(decision);
-            h.serial_exits_explained = Some(explained);
-        });
-    }
-
     /// Lets `reaper status` report the manifest directory's failing files.
     pub fn set_manifest_dir(&self, md: Arc<crate::manifest_dir::ManifestDir>) {
         if let Ok(mut slot) = self.manifest_dir.write() {
@@ -250,25 +218,6 @@ impl<E: Engine> Controller<E> {
     pub fn scrape(&self) -> String {
         self.metrics.set_removal_queue(&self.executor.depth());
         self.metrics.encode()
-    }
-
-    /// A pass succeeded within three resync intervals (at least a minute): the loop is alive.
-    /// `/healthz` and the systemd watchdog both go by this.
-    pub fn reconciled_recently(&self) -> bool {
-        let stale = self.settings().resync_interval.max(Duration::from_secs(20)) * 3;
-        self.health()
-            .last_success
-            .is_some_and(|t| Timestamp::now().since(t) < stale)
-    }
-
-    pub fn health(&self) -> Health {
-        self.health.read().map(|h| h.clone()).unwrap_or_default()
-    }
-
-    fn set_health(&self, f: impl FnOnce(&mut Health)) {
-        if let Ok(mut h) = self.health.write() {
-            f(&mut h);
-        }
     }
 
     /// Notes a store failure (not a record's: a missing or conflicting record is no failure)
@@ -353,212 +302,6 @@ impl<E: Engine> Controller<E> {
                 }
             }
         }
-    }
-
-    /// Follows the Docker event stream; events about our containers, networks and volumes
-    /// trigger a pass. Reconnects with backoff and resumes shortly before the last event seen.
-    pub async fn watch_events(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut since = Timestamp::now().millis() / 1000;
-        let mut backoff = PASS_BACKOFF_MIN;
-        // The first event nudges at once; more within EVENT_COALESCE make one nudge at its end.
-        let mut last_nudge = Instant::now()
-            .checked_sub(EVENT_COALESCE)
-            .unwrap_or_else(Instant::now);
-        let mut held: Option<Instant> = None;
-        // Network and volume events name the object only: whether a new one is ours takes a
-        // look, off this loop (a network call may wait for container stops to finish).
-        let (looked, mut found_ours) = tokio::sync::mpsc::unbounded_channel::<()>();
-        loop {
-            let mut stream = Box::pin(self.engine.events(since.saturating_sub(1)));
-            loop {
-                let ours = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
-                        held = None;
-                        last_nudge = Instant::now();
-                        self.nudge();
-                        false
-                    }
-                    Some(()) = found_ours.recv() => true,
-                    item = stream.next() => match item {
-                        Some(Ok(hint)) => {
-                            backoff = PASS_BACKOFF_MIN;
-                            since = since.max(hint.time_secs);
-                            // A nudge already held back covers this event: its pass lists
-                            // after it.
-                            held.is_none() && self.event_is_ours(&hint, &looked)
-                        }
-                        Some(Err(e)) => {
-                            debug!(error = %e, "Docker event stream broke.");
-                            break;
-                        }
-                        None => break,
-                    }
-                };
-                if ours && held.is_none() {
-                    let due = last_nudge + EVENT_COALESCE;
-                    if Instant::now() >= due {
-                        last_nudge = Instant::now();
-                        self.nudge();
-                    } else {
-                        held = Some(due);
-                    }
-                }
-            }
-            self.metrics.event_stream_restarted();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(PASS_BACKOFF_MAX);
-            // Events may have been missed while disconnected: resync.
-            self.trigger();
-        }
-    }
-
-    /// Whether an event is about an object of ours, by the same rules as a listing. A container
-    /// event carries its labels. A network or volume event does not: one that is gone was ours
-    /// if the last listing said so; a new one is inspected by a task that reports through
-    /// `looked` when it is ours (this returns false meanwhile). Unknown rules: assume ours.
-    fn event_is_ours(self: &Arc<Self>, hint: &EventHint, looked: &UnboundedSender<()>) -> bool {
-        let Some(desired) = lock(&self.desired).clone() else {
-            return true;
-        };
-        if hint.labelled {
-            return ownership::is_ours(&hint.object, &desired.rules, &desired.matchers);
-        }
-        if hint.gone {
-            return lock(&self.listed_ours).contains(&(hint.object.kind, hint.object.id.clone()));
-        }
-        let (ctl, object, looked) = (self.clone(), hint.object.clone(), looked.clone());
-        tokio::spawn(async move {
-            let ours = match ctl.engine.inspect(&object).await {
-                Ok(Some(fresh)) => ownership::is_ours(&fresh, &desired.rules, &desired.matchers),
-                // Gone already: nothing to count.
-                Ok(None) => false,
-                Err(e) => {
-                    debug!(error = %e, kind = %object.kind, id = %object.id, "Could not look at a new object; a pass will.");
-                    true
-                }
-            };
-            if ours {
-                let _ = looked.send(());
-            }
-        });
-        false
-    }
-
-    /// Reads the desired and the actual state. Any error makes the whole view untrustworthy.
-    /// Objects seen for the first time are noted as seen at `now`, the instant the pass plans
-    /// for, so that a grace of zero means "this pass".
-    async fn observe(
-        &self,
-        scope: &Scope,
-        now: Timestamp,
-    ) -> Result<(Vec<Session>, Vec<Agent>, Actual), Error> {
-        let store = self.store();
-        let generation = store.generation();
-        let sessions = store.sessions()?;
-        let agents = store.agents()?;
-        // At start and after every reconnect: the engine may have been upgraded meanwhile.
-        if !self.health().docker_up {
-            let engine = self.engine.version().await?;
-            self.engine_known(engine);
-        }
-        let settings = self.settings();
-        let desired = self.desired_at(generation, &sessions, &agents);
-        let matchers = &desired.matchers;
-        let rules = &settings.rules;
-        let selectors = Selectors::new(
-            [SESSION_LABEL.to_string(), AGENT_LABEL.to_string()]
-                .into_iter()
-                .chain(rules.session_label_keys.iter().cloned())
-                .chain(matchers.label_keys().map(String::from)),
-            std::iter::once(rules.agent_name_prefix.clone())
-                .chain(matchers.name_prefixes().map(String::from)),
-        );
-        let objects = self.engine.list(&selectors).await?;
-        *lock(&self.listed_ours) = objects
-            .iter()
-            .filter(|o| matches!(o.kind, ResourceKind::Network | ResourceKind::Volume))
-            .filter(|o| ownership::is_ours(o, rules, matchers))
-            .map(|o| (o.kind, o.id.clone()))
-            .collect();
-        let first_seen = self.first_seen(&objects, now).await?;
-        let candidates = plan::paths_to_probe(
-            &sessions,
-            &agents,
-            scope,
-            Timestamp::now(),
-            self.restarted_at,
-            settings.cleanup_delays,
-        );
-        let root = settings.paths_root.clone();
-        let paths = tokio::task::spawn_blocking(move || {
-            let mut found = std::collections::BTreeSet::new();
-            for p in candidates {
-                match paths::exists_below(&root, &p) {
-                    Ok(true) => {
-                        found.insert(p);
-                    }
-                    Ok(false) => {}
-                    // The root itself is unreadable: the whole view is in doubt.
-                    Err(e @ paths::PathError::Root { .. }) => {
-                        return Err(Error::Paths(e.to_string()))
-                    }
-                    // One path is odd (e.g. a symlink on the way): plan it, so its removal is
-                    // refused and reported on its owner, without stopping everyone's cleanup.
-                    Err(_) => {
-                        found.insert(p);
-                    }
-                }
-            }
-            Ok::<_, Error>(found)
-        })
-        .await
-        .map_err(|e| Error::Paths(e.to_string()))??;
-        Ok((
-            sessions,
-            agents,
-            Actual {
-                objects,
-                paths,
-                first_seen,
-            },
-        ))
-    }
-
-    /// When reaper first saw each listed object: what the store kept, plus `now` for the new
-    /// ones, which are written to the store (durable with its next flush). An unreadable
-    /// store fails the pass, as for records; a failed write does not. Sightings of
-    /// objects no longer listed are forgotten: should one come back, its grace starts again,
-    /// which only ever delays a removal.
-    async fn first_seen(
-        &self,
-        objects: &[DockerObject],
-        now: Timestamp,
-    ) -> Result<BTreeMap<String, Timestamp>, StoreError> {
-        let store = self.store();
-        let mut known = store.sightings()?;
-        let listed: BTreeSet<String> = objects.iter().map(DockerObject::sighting_key).collect();
-        let new: BTreeMap<String, Timestamp> = listed
-            .iter()
-            .filter(|k| !known.contains_key(*k))
-            .map(|k| (k.clone(), now))
-            .collect();
-        let gone: Vec<String> = known
-            .keys()
-            .filter(|k| !listed.contains(*k))
-            .cloned()
-            .collect();
-        // A sighting that cannot be kept only makes a grace start later (the next pass sees
-        // the object "first" again): no reason to stop this pass's other removals.
-        if let Err(e) = self.note_store(store.note_sightings(new.clone(), gone).await) {
-            warn!(error = %e, "Could not keep first sightings; the grace of new objects starts again next pass.");
-        }
-        known.retain(|k, _| listed.contains(k));
-        known.extend(new);
-        Ok(known)
     }
 
     fn plan_config(&self) -> PlanConfig {
@@ -664,72 +407,6 @@ impl<E: Engine> Controller<E> {
         result
     }
 
-    /// The one place a failed pass is logged, counted and shown in health.
-    async fn pass_failed(&self, e: &Error, now: Timestamp) {
-        self.metrics.reconcile_failed(e.metric_label());
-        if matches!(e, Error::Docker(DockerError::Timeout(_))) {
-            self.check_wedged().await;
-        }
-        let safe = e.is_safe_mode();
-        if safe {
-            error!(error = %e, reason = e.metric_label(), "Safe mode: reaper deletes nothing until its view is trustworthy again.");
-        } else {
-            warn!(error = %e, reason = e.metric_label(), "Reconcile pass failed; nothing was deleted.");
-        }
-        self.metrics.set_safe_mode(safe);
-        if e.is_docker_down() {
-            self.metrics.set_docker_up(false);
-        }
-        self.set_health(|h| {
-            h.last_pass = Some(now);
-            h.last_error = Some(e.to_string());
-            h.safe_mode = safe;
-            match e {
-                Error::Store(s) => h.store_error = Some(s.to_string()),
-                Error::Docker(d) if e.is_docker_down() => {
-                    h.docker_up = false;
-                    h.docker_error = Some(d.to_string());
-                }
-                _ => {}
-            }
-        });
-    }
-
-    /// A listing timed out: if the engine still answers `/_ping`, it may be wedged (the
-    /// libnetwork exit deadlock); after `WEDGED_AFTER` such passes in a row, say so and stop
-    /// sending removals until it answers again. reaper never restarts dockerd itself.
-    async fn check_wedged(&self) {
-        if self.engine.ping().await.is_err() {
-            self.timeouts_while_pinging.store(0, SeqCst);
-            return;
-        }
-        let strikes = self.timeouts_while_pinging.fetch_add(1, SeqCst) + 1;
-        if strikes < WEDGED_AFTER || self.health().docker_wedged {
-            return;
-        }
-        error!(
-            passes = strikes,
-            "Docker is wedged: /_ping answers but listings time out. No removals are sent until \
-             it answers again. Take a goroutine dump with `kill -USR1 <dockerd pid>` (dockerd \
-             logs where it wrote it), restart dockerd, and upgrade to Docker 20.10.27+ or 23.0+ \
-             (moby/libnetwork#2679)."
-        );
-        self.executor.pause(true);
-        self.metrics.set_docker_wedged(true);
-        self.set_health(|h| h.docker_wedged = true);
-    }
-
-    /// A pass listed everything: whatever wedged the engine is over.
-    fn engine_answers(&self) {
-        self.timeouts_while_pinging.store(0, SeqCst);
-        if self.health().docker_wedged {
-            info!("Docker answers again; removals resume.");
-            self.executor.pause(false);
-            self.metrics.set_docker_wedged(false);
-            self.set_health(|h| h.docker_wedged = false);
-        }
-    }
-
     async fn reconcile_locked(
         &self,
         scope: &Scope,
@@ -795,274 +472,6 @@ impl<E: Engine> Controller<E> {
         self.record_outcomes().await;
         debug!("Removal worker stopped.");
     }
-
-    /// Writes finished removals' status changes now, between passes.
-    async fn record_outcomes(&self) {
-        let _guard = self.pass_lock.lock().await;
-        self.write_unrecorded(true).await;
-    }
-
-    /// The desired state for the re-check before a delete, read again only if the store
-    /// changed since the last pass. `None` (do not delete) when the store cannot be read.
-    fn desired(&self) -> Option<Arc<Desired>> {
-        let store = self.store();
-        // Held while reading, so that concurrent deletes read the store once between them.
-        let mut cache = lock(&self.desired);
-        let generation = store.generation();
-        if let Some(d) = cache.as_ref().filter(|d| d.generation == generation) {
-            return Some(d.clone());
-        }
-        let sessions = store.sessions().ok()?;
-        let agents = store.agents().ok()?;
-        Some(self.build_desired(&mut cache, generation, &sessions, &agents))
-    }
-
-    /// The desired state at `generation`, from records read at (or after) it.
-    fn desired_at(&self, generation: u64, sessions: &[Session], agents: &[Agent]) -> Arc<Desired> {
-        let mut cache = lock(&self.desired);
-        match cache.as_ref().filter(|d| d.generation == generation) {
-            Some(d) => d.clone(),
-            None => self.build_desired(&mut cache, generation, sessions, agents),
-        }
-    }
-
-    fn build_desired(
-        &self,
-        cache: &mut Option<Arc<Desired>>,
-        generation: u64,
-        sessions: &[Session],
-        agents: &[Agent],
-    ) -> Arc<Desired> {
-        let rules = self.settings().rules;
-        let now = Timestamp::now();
-        let d = Arc::new(Desired {
-            generation,
-            matchers: Matchers::new(sessions, agents, &rules),
-            rules,
-            live: LiveOwners::new(
-                sessions,
-                agents,
-                now,
-                self.restarted_at,
-                self.settings().cleanup_delays,
-            ),
-        });
-        *cache = Some(d.clone());
-        d
-    }
-
-    /// Shows (gauge, status, log) whether the blast-radius guard holds orphan removals back.
-    /// Logged when the hold begins or its size changes, not on every pass.
-    fn note_hold(&self, held: &[Removal], now: Timestamp) {
-        let limit = self.settings().max_orphan_removals;
-        let before = self.health().blast_radius_held;
-        if held.is_empty() {
-            if before.is_some() {
-                info!("Blast-radius hold ended: orphan removals are within maxOrphanRemovalsPerPass again.");
-                self.metrics.set_blast_radius_held(false);
-                self.set_health(|h| h.blast_radius_held = None);
-            }
-            return;
-        }
-        let examples: Vec<String> = held
-            .iter()
-            .take(HOLD_EXAMPLES)
-            .map(|r| format!("{} {}", r.target.kind(), target_label(&r.target)))
-            .collect();
-        let hold = BlastRadiusHold {
-            orphans: held.len(),
-            limit,
-            examples,
-            since: before.as_ref().map_or(now, |b| b.since),
-        };
-        if before.as_ref().map(|b| (b.orphans, b.limit)) != Some((hold.orphans, limit)) {
-            warn!(
-                orphans = hold.orphans,
-                max_orphan_removals_per_pass = limit,
-                examples = %hold.examples.join(", "),
-                "Blast-radius guard: this pass would remove {} orphans, more than \
-                 maxOrphanRemovalsPerPass ({limit}), so it removes none of them. A wrong adoption \
-                 rule or a lost store looks like this. Check `reaper orphans`; then confirm with \
-                 `reaper cleanup --yes`, raise the cap, or fix the rule.",
-                hold.orphans
-            );
-        }
-        self.metrics.set_blast_radius_held(true);
-        self.set_health(|h| h.blast_radius_held = Some(hold));
-    }
-
-    fn record_gauges(&self, plan: &Plan, sessions: &[Session], agents: &[Agent]) {
-        let pairs =
-            |m: &BTreeMap<ResourceKind, i64>| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
-        self.metrics
-            .set_inventory(&pairs(&plan.observed.owned), &pairs(&plan.observed.orphans));
-        let sessions: Vec<(SessionPhase, i64)> = SessionPhase::ALL
-            .iter()
-            .map(|p| {
-                (
-                    *p,
-                    sessions.iter().filter(|s| s.status.phase == *p).count() as i64,
-                )
-            })
-            .collect();
-        let agents: Vec<(AgentPhase, i64)> = AgentPhase::ALL
-            .iter()
-            .map(|p| {
-                (
-                    *p,
-                    agents.iter().filter(|a| a.status.phase == *p).count() as i64,
-                )
-            })
-            .collect();
-        self.metrics.set_phases(&sessions, &agents);
-    }
-
-    async fn expire(
-        &self,
-        name: &str,
-        reason: EndReason,
-        at: Timestamp,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let restarted_at = self.restarted_at;
-        let delays = self.settings().cleanup_delays;
-        // The store may call the update more than once; the last call is the one written.
-        let expired = AtomicBool::new(false);
-        let result = self
-            .own
-            .update_session(name, |s| {
-                let delay = delays.for_session(s, reason);
-                expired.store(s.expire(at, reason, now, restarted_at, delay), SeqCst);
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(_) if expired.load(SeqCst) => {
-                info!(session = %name, reason = ?reason, "Session expired.");
-                Ok(())
-            }
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Writes the status changes of finished removals, one update per owner, all at once so
-    /// that the store's group commit covers them with few flushes. Unless `all`, an owner with
-    /// removals still queued or running waits, so that a burst costs one write per owner rather
-    /// than one per pass; a failure condition is written at once.
-    async fn write_unrecorded(&self, all: bool) {
-        let waiting = if all {
-            BTreeSet::new()
-        } else {
-            self.executor.owners()
-        };
-        let deltas: BTreeMap<_, _> = {
-            let mut unrecorded = lock(&self.unrecorded);
-            let (now, later) = std::mem::take(&mut *unrecorded)
-                .into_iter()
-                .partition(|(owner, d)| d.failing.is_some() || !waiting.contains(owner));
-            *unrecorded = later;
-            now
-        };
-        if deltas.is_empty() {
-            return;
-        }
-        let writes = deltas.into_iter().map(|(owner, delta)| async move {
-            let r = self
-                .own
-                .update_owner(&owner, |st| {
-                    st.removed.merge(&delta.removed);
-                    if let Some(failing) = &delta.failing {
-                        set_condition(st.conditions, failing.clone());
-                    }
-                    Ok(())
-                })
-                .await;
-            match self.note_store(r) {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
-            }
-        });
-        futures_util::future::join_all(writes).await;
-    }
-
-    async fn apply_transition(&self, t: &Transition, now: Timestamp) -> Result<(), StoreError> {
-        match t {
-            Transition::Expire { .. } => Ok(()),
-            Transition::DelayOver { name } => {
-                let r = self
-                    .own
-                    .update_session(name.as_str(), |s| {
-                        if s.end_delay(now) {
-                            info!(session = %name, "Cleanup delay over; its objects go now.");
-                        }
-                        Ok(())
-                    })
-                    .await;
-                match self.note_store(r) {
-                    Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-            Transition::SessionCleaned { name, ended_at } => {
-                let cleaned = AtomicBool::new(false);
-                let s = self
-                    .own
-                    .update_session(name.as_str(), |s| {
-                        cleaned.store(s.mark_cleaned(now), SeqCst);
-                        Ok(())
-                    })
-                    .await;
-                if let Ok(s) = self.note_store(s) {
-                    if cleaned.load(SeqCst) {
-                        let latency = now.since(*ended_at);
-                        self.metrics.owner_cleaned(OwnerKind::Session, latency);
-                        info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");
-                    }
-                }
-                Ok(())
-            }
-            Transition::AgentStopped { name, failed_since } => {
-                let cause = match failed_since {
-                    Some(since) => StopCause::FailureCleanedUp {
-                        failed_since: *since,
-                    },
-                    None => StopCause::NoRunningContainer,
-                };
-                let stopped = AtomicBool::new(false);
-                self.own
-                    .update_agent(name.as_str(), |a| {
-                        stopped.store(a.stop(cause, now), SeqCst);
-                        Ok(())
-                    })
-                    .await?;
-                if stopped.load(SeqCst) {
-                    if let Some(since) = failed_since {
-                        self.metrics
-                            .owner_cleaned(OwnerKind::Agent, now.since(*since));
-                        info!(agent = %name, "Failed agent cleaned up and reset to Stopped.");
-                    } else {
-                        info!(agent = %name, "Agent reported running has no running container; set to Stopped.");
-                    }
-                }
-                Ok(())
-            }
-            Transition::Purge {
-                owner,
-                deleting_since,
-            } => {
-                if self.own.remove(owner).await? {
-                    if let Some(since) = deleting_since {
-                        self.metrics.owner_cleaned(owner.kind, now.since(*since));
-                        info!(owner = %owner, "Deleted record's objects are gone; record removed.");
-                    } else {
-                        debug!(owner = %owner, "History retention passed; record purged.");
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 pub fn target_label(t: &Target) -> String {
@@ -1083,89 +492,4 @@ fn instant_of(t: Timestamp) -> Instant {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing panics while holding these locks; if something did, the data is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl<E: Engine> Hooks for Controller<E> {
-    /// The desired state as it is now, not as the planning pass saw it: an owner that came back
-    /// to life (an agent reported running again, a record re-applied) keeps its objects.
-    fn may_remove(&self, fresh: &DockerObject, r: &Removal, forced: Option<&OwnerRef>) -> bool {
-        if self.health.read().map_or(true, |h| h.safe_mode) {
-            return false;
-        }
-        let Some(desired) = self.desired() else {
-            return false;
-        };
-        let now = Timestamp::now();
-        let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
-        let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
-        // A stop (cleanup delayed) may touch what a delayed owner keeps, never a live one's; a
-        // removal neither.
-        let keeps = |c: &OwnerRef| match r.stop_only {
-            true => desired.live.is_live(c, now),
-            false => desired.live.keeps(c, now),
-        };
-        let nobody_keeps = claims.iter().all(|c| forced == Some(c) || !keeps(c));
-        !claims.is_empty() && owner_ok && nobody_keeps
-    }
-
-    fn finished(&self, e: &Executed) {
-        let kind = e.removal.target.kind();
-        let target = target_label(&e.removal.target);
-        let owner = e.removal.owner.as_ref();
-        let mut delta = StatusDelta::default();
-        match &e.outcome {
-            Outcome::Removed => {
-                self.metrics.cleanup_attempted(kind);
-                self.metrics.cleanup_succeeded(kind, e.removal.reason);
-                info!(kind = %kind, target = %target, owner = %display_owner(owner), reason = %e.removal.reason, "Removed.");
-                delta.removed.add(kind, 1);
-                self.look_again.store(true, SeqCst);
-            }
-            Outcome::Failed {
-                class,
-                message,
-                failures,
-            } => {
-                self.metrics.cleanup_attempted(kind);
-                self.metrics.cleanup_failed(kind, *class);
-                warn!(kind = %kind, target = %target, owner = %display_owner(owner), error = %message, failures, "Removal failed; will retry with backoff.");
-                // One more pass, to schedule the loop's wake-up for the retry.
-                self.look_again.store(true, SeqCst);
-                if *failures >= FAILING_AFTER {
-                    delta.failing = Some(Condition::removal_failing(
-                        format!("{kind} {target}: {message} ({failures} attempts)"),
-                        Timestamp::now(),
-                    ));
-                }
-            }
-            Outcome::Skipped(why) => {
-                info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
-            }
-            Outcome::Gone => debug!(kind = %kind, target = %target, "Already gone."),
-            Outcome::Stopped => {
-                info!(kind = %kind, target = %target, owner = %display_owner(owner), "Stopped; its removal waits for the cleanup delay.");
-            }
-            Outcome::Deferred => {}
-        }
-        let Some(owner) = owner else { return };
-        if delta.removed.total() > 0 || delta.failing.is_some() {
-            let mut unrecorded = lock(&self.unrecorded);
-            let entry = unrecorded.entry(owner.clone()).or_default();
-            entry.removed.merge(&delta.removed);
-            entry.failing = delta.failing.or(entry.failing.take());
-        }
-    }
-
-    fn idle(&self) {
-        // Confirms what went and lets the owners be marked cleaned. Not after a queue that only
-        // skipped: the same plan would queue the same things again at once. (After a failure
-        // the object is in backoff, so the pass queues nothing and wakes for the retry.)
-        if self.look_again.swap(false, SeqCst) {
-            self.trigger();
-        }
-    }
-}
-
-fn display_owner(owner: Option<&OwnerRef>) -> String {
-    owner.map(|o| o.to_string()).unwrap_or_default()
 }

@@ -1,0 +1,255 @@
+//! What finished removals and planned transitions change on the records: counts, conditions,
+//! expiry, the end of a cleanup delay, Cleaned and Stopped, purges; and the executor's hooks.
+
+use super::*;
+
+/// What finished removals change on one owner's status.
+#[derive(Default)]
+pub(super) struct StatusDelta {
+    pub(super) removed: ObjectCounts,
+    pub(super) failing: Option<Condition>,
+}
+
+impl<E: Engine> Controller<E> {
+    /// Writes finished removals' status changes now, between passes.
+    pub(super) async fn record_outcomes(&self) {
+        let _guard = self.pass_lock.lock().await;
+        self.write_unrecorded(true).await;
+    }
+
+    pub(super) async fn expire(
+        &self,
+        name: &str,
+        reason: EndReason,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let restarted_at = self.restarted_at;
+        let delays = self.settings().cleanup_delays;
+        // The store may call the update more than once; the last call is the one written.
+        let expired = AtomicBool::new(false);
+        let result = self
+            .own
+            .update_session(name, |s| {
+                let delay = delays.for_session(s, reason);
+                expired.store(s.expire(at, reason, now, restarted_at, delay), SeqCst);
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(_) if expired.load(SeqCst) => {
+                info!(session = %name, reason = ?reason, "Session expired.");
+                Ok(())
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the status changes of finished removals, one update per owner, all at once so
+    /// that the store's group commit covers them with few flushes. Unless `all`, an owner with
+    /// removals still queued or running waits, so that a burst costs one write per owner rather
+    /// than one per pass; a failure condition is written at once.
+    pub(super) async fn write_unrecorded(&self, all: bool) {
+        let waiting = if all {
+            BTreeSet::new()
+        } else {
+            self.executor.owners()
+        };
+        let deltas: BTreeMap<_, _> = {
+            let mut unrecorded = lock(&self.unrecorded);
+            let (now, later) = std::mem::take(&mut *unrecorded)
+                .into_iter()
+                .partition(|(owner, d)| d.failing.is_some() || !waiting.contains(owner));
+            *unrecorded = later;
+            now
+        };
+        if deltas.is_empty() {
+            return;
+        }
+        let writes = deltas.into_iter().map(|(owner, delta)| async move {
+            let r = self
+                .own
+                .update_owner(&owner, |st| {
+                    st.removed.merge(&delta.removed);
+                    if let Some(failing) = &delta.failing {
+                        set_condition(st.conditions, failing.clone());
+                    }
+                    Ok(())
+                })
+                .await;
+            match self.note_store(r) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
+            }
+        });
+        futures_util::future::join_all(writes).await;
+    }
+
+    pub(super) async fn apply_transition(
+        &self,
+        t: &Transition,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        match t {
+            Transition::Expire { .. } => Ok(()),
+            Transition::DelayOver { name } => {
+                let r = self
+                    .own
+                    .update_session(name.as_str(), |s| {
+                        if s.end_delay(now) {
+                            info!(session = %name, "Cleanup delay over; its objects go now.");
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match self.note_store(r) {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Transition::SessionCleaned { name, ended_at } => {
+                let cleaned = AtomicBool::new(false);
+                let s = self
+                    .own
+                    .update_session(name.as_str(), |s| {
+                        cleaned.store(s.mark_cleaned(now), SeqCst);
+                        Ok(())
+                    })
+                    .await;
+                if let Ok(s) = self.note_store(s) {
+                    if cleaned.load(SeqCst) {
+                        let latency = now.since(*ended_at);
+                        self.metrics.owner_cleaned(OwnerKind::Session, latency);
+                        info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");
+                    }
+                }
+                Ok(())
+            }
+            Transition::AgentStopped { name, failed_since } => {
+                let cause = match failed_since {
+                    Some(since) => StopCause::FailureCleanedUp {
+                        failed_since: *since,
+                    },
+                    None => StopCause::NoRunningContainer,
+                };
+                let stopped = AtomicBool::new(false);
+                self.own
+                    .update_agent(name.as_str(), |a| {
+                        stopped.store(a.stop(cause, now), SeqCst);
+                        Ok(())
+                    })
+                    .await?;
+                if stopped.load(SeqCst) {
+                    if let Some(since) = failed_since {
+                        self.metrics
+                            .owner_cleaned(OwnerKind::Agent, now.since(*since));
+                        info!(agent = %name, "Failed agent cleaned up and reset to Stopped.");
+                    } else {
+                        info!(agent = %name, "Agent reported running has no running container; set to Stopped.");
+                    }
+                }
+                Ok(())
+            }
+            Transition::Purge {
+                owner,
+                deleting_since,
+            } => {
+                if self.own.remove(owner).await? {
+                    if let Some(since) = deleting_since {
+                        self.metrics.owner_cleaned(owner.kind, now.since(*since));
+                        info!(owner = %owner, "Deleted record's objects are gone; record removed.");
+                    } else {
+                        debug!(owner = %owner, "History retention passed; record purged.");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<E: Engine> Hooks for Controller<E> {
+    /// The desired state as it is now, not as the planning pass saw it: an owner that came back
+    /// to life (an agent reported running again, a record re-applied) keeps its objects.
+    fn may_remove(&self, fresh: &DockerObject, r: &Removal, forced: Option<&OwnerRef>) -> bool {
+        if self.health.read().map_or(true, |h| h.safe_mode) {
+            return false;
+        }
+        let Some(desired) = self.desired() else {
+            return false;
+        };
+        let now = Timestamp::now();
+        let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
+        let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
+        // A stop (cleanup delayed) may touch what a delayed owner keeps, never a live one's; a
+        // removal neither.
+        let keeps = |c: &OwnerRef| match r.stop_only {
+            true => desired.live.is_live(c, now),
+            false => desired.live.keeps(c, now),
+        };
+        let nobody_keeps = claims.iter().all(|c| forced == Some(c) || !keeps(c));
+        !claims.is_empty() && owner_ok && nobody_keeps
+    }
+
+    fn finished(&self, e: &Executed) {
+        let kind = e.removal.target.kind();
+        let target = target_label(&e.removal.target);
+        let owner = e.removal.owner.as_ref();
+        let mut delta = StatusDelta::default();
+        match &e.outcome {
+            Outcome::Removed => {
+                self.metrics.cleanup_attempted(kind);
+                self.metrics.cleanup_succeeded(kind, e.removal.reason);
+                info!(kind = %kind, target = %target, owner = %display_owner(owner), reason = %e.removal.reason, "Removed.");
+                delta.removed.add(kind, 1);
+                self.look_again.store(true, SeqCst);
+            }
+            Outcome::Failed {
+                class,
+                message,
+                failures,
+            } => {
+                self.metrics.cleanup_attempted(kind);
+                self.metrics.cleanup_failed(kind, *class);
+                warn!(kind = %kind, target = %target, owner = %display_owner(owner), error = %message, failures, "Removal failed; will retry with backoff.");
+                // One more pass, to schedule the loop's wake-up for the retry.
+                self.look_again.store(true, SeqCst);
+                if *failures >= FAILING_AFTER {
+                    delta.failing = Some(Condition::removal_failing(
+                        format!("{kind} {target}: {message} ({failures} attempts)"),
+                        Timestamp::now(),
+                    ));
+                }
+            }
+            Outcome::Skipped(why) => {
+                info!(kind = %kind, target = %target, why = %why, "Skipped on re-check.");
+            }
+            Outcome::Gone => debug!(kind = %kind, target = %target, "Already gone."),
+            Outcome::Stopped => {
+                info!(kind = %kind, target = %target, owner = %display_owner(owner), "Stopped; its removal waits for the cleanup delay.");
+            }
+            Outcome::Deferred => {}
+        }
+        let Some(owner) = owner else { return };
+        if delta.removed.total() > 0 || delta.failing.is_some() {
+            let mut unrecorded = lock(&self.unrecorded);
+            let entry = unrecorded.entry(owner.clone()).or_default();
+            entry.removed.merge(&delta.removed);
+            entry.failing = delta.failing.or(entry.failing.take());
+        }
+    }
+
+    fn idle(&self) {
+        // Confirms what went and lets the owners be marked cleaned. Not after a queue that only
+        // skipped: the same plan would queue the same things again at once. (After a failure
+        // the object is in backoff, so the pass queues nothing and wakes for the retry.)
+        if self.look_again.swap(false, SeqCst) {
+            self.trigger();
+        }
+    }
+}
+
+pub(super) fn display_owner(owner: Option<&OwnerRef>) -> String {
+    owner.map(|o| o.to_string()).unwrap_or_default()
+}
