@@ -74,3 +74,20 @@ fn get_takes_names_selectors_and_script_friendly_formats() {
     let out = r.cli_ok(&["delete", "session", "nope", "--ignore-not-found"]);
     assert_eq!(out, "");
 }
+
+#[test]
+fn a_socket_that_is_not_reapers_is_named_as_such() {
+    // The private Docker engine's socket answers HTTP, with Docker's own 404s.
+    let host = docker_host();
+    let socket = host.strip_prefix("unix://").expect("a unix:// DOCKER_HOST");
+    let out = run_with_timeout(
+        std::process::Command::new(Reaper::bin()).args(["--socket", socket, "status"]),
+        None,
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("not as a reaper daemon does"), "{err}");
+    assert!(err.contains("REAPER_SOCKET"), "{err}");
+    assert!(!err.contains("page not found"), "{err}");
+}

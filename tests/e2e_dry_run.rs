@@ -112,6 +112,15 @@ fn dry_run_removes_nothing_and_orphans_lists_what_would_go() {
         "objects vanished: {:?}",
         missing(&everything)
     );
+    // The log names owners as people write them, not as Rust debug-prints them.
+    let log = r.log();
+    assert!(log.contains("Dry run: would remove."), "{}", r.log_tail());
+    assert!(log.contains("owner=session/e2e-dr-s"), "{}", r.log_tail());
+    assert!(
+        !log.contains("Some("),
+        "a debug struct in the log:\n{}",
+        r.log_tail()
+    );
     bystanders.assert_all_alive();
 }
 

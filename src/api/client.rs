@@ -6,6 +6,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub enum ClientError {
     },
     #[error("unexpected response from the daemon: {0}")]
     Protocol(String),
+    /// Something answers HTTP on the socket, but not as reaper does (a Docker socket, say).
+    #[error("{path} answered HTTP {status}, but not as a reaper daemon does: is --socket or REAPER_SOCKET pointing at another service's socket?")]
+    NotReaper { path: PathBuf, status: StatusCode },
 }
 
 impl ClientError {
@@ -109,17 +113,22 @@ impl Client {
         let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+        let not_reaper = || ClientError::NotReaper {
+            path: self.socket.clone(),
+            status,
+        };
         if !status.is_success() {
-            let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
-                error: String::from_utf8_lossy(&body).into_owned(),
-                details: Vec::new(),
-            });
+            // Every reaper error is an `ErrorBody`; anything else is another service.
+            let err: ErrorBody = serde_json::from_slice(&body).map_err(|_| not_reaper())?;
             return Err(ClientError::Api {
                 status,
                 message: err.error,
                 details: err.details,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| match serde_json::from_slice::<Value>(&body) {
+            Ok(_) => ClientError::Protocol(e.to_string()),
+            Err(_) => not_reaper(),
+        })
     }
 }

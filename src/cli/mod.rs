@@ -200,8 +200,35 @@ pub enum SessionCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
-    /// Report an agent's phase: starting, running, failed or stopped.
-    Report { name: String, phase: String },
+    /// Report an agent's phase: starting, running, failed or stopped (any case).
+    #[command(after_help = "Examples:\n  reaper agent report my-agent running\n  \
+        reaper agent report my-agent failed    # its containers, images and build dir go")]
+    Report {
+        name: String,
+        #[arg(value_enum, ignore_case = true)]
+        phase: PhaseArg,
+    },
+}
+
+/// An agent phase as `agent report` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    Starting,
+    Running,
+    Failed,
+    Stopped,
+}
+
+impl From<PhaseArg> for crate::core::model::AgentPhase {
+    fn from(p: PhaseArg) -> Self {
+        use crate::core::model::AgentPhase;
+        match p {
+            PhaseArg::Starting => AgentPhase::Starting,
+            PhaseArg::Running => AgentPhase::Running,
+            PhaseArg::Failed => AgentPhase::Failed,
+            PhaseArg::Stopped => AgentPhase::Stopped,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -371,14 +398,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             Ok(())
         }
         Command::Agent(AgentCommand::Report { name, phase }) => {
-            let phase = crate::core::model::AgentPhase::parse(&phase).ok_or_else(|| {
-                Failure::new(
-                    2,
-                    format!(
-                        "invalid phase {phase:?}: expected starting, running, failed or stopped"
-                    ),
-                )
-            })?;
+            let phase = crate::core::model::AgentPhase::from(phase);
             let _: RecordView = c
                 .post(
                     &format!("/v1/agents/{name}/report"),

@@ -431,7 +431,7 @@ impl<E: Engine> Controller<E> {
         let mut tickets = Vec::new();
         if dry_run {
             for r in &plan.removals {
-                info!(kind = %r.target.kind(), target = %target_label(&r.target), owner = ?r.owner.as_ref().map(|o| o.to_string()), reason = %r.reason, "Dry run: would remove.");
+                info!(kind = %r.target.kind(), target = %target_label(&r.target), owner = %outcomes::display_owner(r.owner.as_ref()), reason = %r.reason, "Dry run: would remove.");
             }
         } else {
             let forced = match scope {

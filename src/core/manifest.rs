@@ -393,7 +393,8 @@ mod tests {
         assert_eq!(session.spec.ttl, Some(Duration::from_secs(7200)));
         assert_eq!(
             session.spec.heartbeat_timeout,
-            Some(Duration::from_secs(60))
+            Some(Duration::from_secs(1800)),
+            "safe to apply as is: a newcomer has half an hour before it expires"
         );
         assert_eq!(session.spec.match_.labels["session_id"], "42");
         assert_eq!(session.spec.cleanup.stop_timeout, Duration::from_secs(5));

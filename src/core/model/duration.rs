@@ -26,16 +26,22 @@ impl Duration {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a number and a unit (ms, s, m, h, d), e.g. 500ms, 5s, 10m, 2h, 1d")]
-pub struct DurationError {
-    pub input: String,
+pub enum DurationError {
+    #[error("invalid duration {input:?}: expected a number and a unit (ms, s, m, h, d), e.g. 500ms, 5s, 10m, 2h, 1d")]
+    Invalid { input: String },
+    /// Well-formed, but beyond the 100-year cap: a typo, not an intention.
+    #[error("duration {input:?} is too large: at most 100 years (36500d)")]
+    TooLarge { input: String },
 }
 
 impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DurationError {
+        let err = || DurationError::Invalid {
+            input: s.to_string(),
+        };
+        let too_large = || DurationError::TooLarge {
             input: s.to_string(),
         };
         let mut rest = s.trim();
@@ -48,7 +54,8 @@ impl FromStr for Duration {
             if digits == 0 {
                 return Err(err());
             }
-            let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+            // All digits: a parse failure can only be an overflow.
+            let n: u64 = rest[..digits].parse().map_err(|_| too_large())?;
             rest = &rest[digits..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit())
@@ -67,7 +74,7 @@ impl FromStr for Duration {
                 .and_then(|v| total_ms.checked_add(v))
                 // Cap at ~100 years: anything larger is a typo, not an intention.
                 .filter(|v| *v <= 100 * 365 * 86_400_000)
-                .ok_or_else(err)?;
+                .ok_or_else(too_large)?;
         }
         Ok(Duration::from_millis(total_ms))
     }
@@ -109,6 +116,18 @@ impl<'de> Deserialize<'de> for Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_well_formed_duration_beyond_the_cap_is_too_large_not_invalid() {
+        for big in ["99999999d", "36501d", "99999999999999999999999s"] {
+            let e = big.parse::<Duration>().unwrap_err();
+            assert!(matches!(e, DurationError::TooLarge { .. }), "{big}: {e}");
+            assert!(e.to_string().contains("too large"), "{e}");
+        }
+        assert!("36500d".parse::<Duration>().is_ok());
+        let e = "5 minutes".parse::<Duration>().unwrap_err();
+        assert!(matches!(e, DurationError::Invalid { .. }), "{e}");
+    }
 
     #[test]
     fn parses_every_documented_unit() {
