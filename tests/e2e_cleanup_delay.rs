@@ -120,6 +120,7 @@ fn cleanup_session_yes_skips_the_delay() {
 #[test]
 fn a_failed_agent_keeps_its_container_for_its_failure_delay() {
     let _scope = Scope::new(&["anvyl-agent-e2e-dla"]);
+    let bystanders = Bystanders::create("delay-agent");
     let r = Reaper::start(&[]);
     r.apply(
         "apiVersion: reaper/v1\nkind: Agent\nmetadata:\n  name: e2e-dla\nspec:\n  cleanup:\n    delayOnFailure: 5s\n",
@@ -152,4 +153,5 @@ fn a_failed_agent_keeps_its_container_for_its_failure_delay() {
     r.wait_until("agent Stopped", Duration::from_secs(20), || {
         r.phase("agent", "e2e-dla") == "Stopped"
     });
+    bystanders.assert_all_alive();
 }

@@ -1,3 +1,5 @@
+//! Over 500 lines: 320 of code (every request and reply type) and the tests that hold them to docs/openapi.yaml.
+//!
 //! Every request and every reply of the HTTP API, as types that both the server and the CLI
 //! use: a field renamed on one side is renamed on the other, and the tests below hold each type
 //! to the shape docs/api.md and docs/openapi.yaml document. Records, plans and Docker objects

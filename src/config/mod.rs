@@ -1,3 +1,5 @@
+//! Over 500 lines: every config key declared once (file key, flag, default, doc) and their resolution; the tests are in tests.rs.
+//!
 //! The daemon's configuration: a `kind: Config` file, command-line flags and built-in defaults.
 //! Flags override the file, the file overrides the defaults. Every key is optional, unknown keys
 //! are errors, and errors name the file, line, column and field, like manifest errors (the file

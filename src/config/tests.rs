@@ -1,3 +1,5 @@
+//! Over 500 lines: one test per config rule and per located error message; the messages are the contract.
+//!
 //! The config's unit tests: defaults, precedence and the located error messages.
 
 use super::*;
