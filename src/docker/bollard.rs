@@ -24,7 +24,10 @@ use crate::core::model::{DockerOp, EngineInfo, Flavour, Labels, ResourceKind, Ti
 use crate::metrics::Metrics;
 
 pub struct Docker {
-    client: bollard::Docker,
+    /// Connected on first use, and again until it works: a socket that does not exist yet
+    /// (dockerd not started, or restarting) is a pass that fails, not a daemon that exits.
+    client: std::sync::Mutex<Option<bollard::Docker>>,
+    host: String,
     timeout: Duration,
     negotiated: AtomicBool,
     metrics: Arc<Metrics>,
@@ -41,17 +44,18 @@ const UNPARSEABLE_ATTEMPTS: u32 = 4;
 const UNPARSEABLE_PAUSE: Duration = Duration::from_millis(250);
 
 impl Docker {
-    /// `host` is `unix:///path` or `tcp://host:port`. Connecting is lazy: nothing is sent yet.
+    /// `host` is `unix:///path` or `tcp://host:port`. Connecting is lazy: nothing is sent yet,
+    /// and a Unix socket that does not exist yet is looked for again on every call. Only a
+    /// `host` that can never work is an error.
     pub fn new(host: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, DockerError> {
-        let client = if let Some(path) = host.strip_prefix("unix://") {
-            bollard::Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        } else {
-            bollard::Docker::connect_with_host(host)
-        }
-        .map_err(|e| DockerError::Unavailable(format!("{host}: {e}")))?
-        .with_timeout(BOLLARD_BACKSTOP);
+        let client = match connect(host) {
+            Ok(c) => Some(c),
+            Err(_) if host.starts_with("unix://") => None,
+            Err(e) => return Err(e),
+        };
         Ok(Docker {
-            client,
+            client: std::sync::Mutex::new(client),
+            host: host.to_string(),
             timeout,
             negotiated: AtomicBool::new(false),
             metrics,
@@ -97,7 +101,7 @@ impl Docker {
         filter: (&str, String),
     ) -> Result<Vec<DockerObject>, DockerError> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(filter.0, vec![filter.1])]);
-        let c = &self.client;
+        let c = &self.client()?;
         let t = self.timeout;
         Ok(match kind {
             ResourceKind::Container => {
@@ -164,17 +168,56 @@ impl Docker {
     }
 }
 
+/// A client for `host`; for a Unix socket, only once the socket exists.
+fn connect(host: &str) -> Result<bollard::Docker, DockerError> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        // bollard calls a socket it may not look at "not found": say what it is.
+        if let Err(e) = std::fs::metadata(path) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(DockerError::Unavailable(format!(
+                    "no permission to reach the Docker socket {path}: run reaper in the group \
+                     that owns it (usually docker), or set `docker.host` to a socket it may use"
+                )));
+            }
+        }
+        bollard::Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+    } else {
+        bollard::Docker::connect_with_host(host)
+    }
+    .map(|c| c.with_timeout(BOLLARD_BACKSTOP))
+    .map_err(|e| match e {
+        bollard::errors::Error::SocketNotFoundError(path) => DockerError::Unavailable(format!(
+            "no Docker socket at {path} (is dockerd running? is `docker.host` right?); \
+             retrying"
+        )),
+        e => DockerError::Unavailable(format!("{host}: {e}")),
+    })
+}
+
+impl Docker {
+    /// The client, connecting first if the socket was missing until now.
+    fn client(&self) -> Result<bollard::Docker, DockerError> {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &*client {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.host)?;
+        *client = Some(c.clone());
+        Ok(c)
+    }
+}
+
 impl Engine for Docker {
     async fn version(&self) -> Result<EngineInfo, DockerError> {
         let v = self
-            .call(DockerOp::Ping, self.timeout, self.client.version())
+            .call(DockerOp::Ping, self.timeout, self.client()?.version())
             .await?;
         if !self.negotiated.load(Ordering::Relaxed) {
             // The engine may be older than bollard's default API version (20.10 speaks 1.41).
             self.call(
                 DockerOp::Ping,
                 self.timeout,
-                self.client.clone().negotiate_version(),
+                self.client()?.negotiate_version(),
             )
             .await?;
             self.negotiated.store(true, Ordering::Relaxed);
@@ -183,7 +226,7 @@ impl Engine for Docker {
     }
 
     async fn ping(&self) -> Result<(), DockerError> {
-        self.call(DockerOp::Ping, self.timeout, self.client.ping())
+        self.call(DockerOp::Ping, self.timeout, self.client()?.ping())
             .await
             .map(|_| ())
     }
@@ -226,7 +269,7 @@ impl Engine for Docker {
     }
 
     async fn inspect(&self, obj: &DockerObject) -> Result<Option<DockerObject>, DockerError> {
-        let c = &self.client;
+        let c = &self.client()?;
         let t = self.timeout;
         let found = match obj.kind {
             ResourceKind::Container => self
@@ -309,7 +352,7 @@ impl Engine for Docker {
             .call(
                 DockerOp::Stop,
                 timeout + self.timeout,
-                self.client.stop_container(id, Some(opts)),
+                self.client()?.stop_container(id, Some(opts)),
             )
             .await
         {
@@ -320,7 +363,7 @@ impl Engine for Docker {
     }
 
     async fn remove(&self, obj: &DockerObject) -> Result<(), DockerError> {
-        let c = &self.client;
+        let c = &self.client()?;
         let t = self.timeout;
         let target = obj.target();
         let r = match obj.kind {
@@ -382,12 +425,20 @@ impl Engine for Docker {
             .since(&since_secs.to_string())
             .filters(&filters)
             .build();
-        self.client.events(Some(opts)).filter_map(|r| {
-            std::future::ready(match r {
-                Ok(m) => event_hint(m).map(Ok),
-                Err(e) => Some(Err(from_bollard(e))),
+        let client = match self.client() {
+            Ok(c) => c,
+            // No socket yet: the follower reconnects after a backoff.
+            Err(e) => return futures_util::stream::once(std::future::ready(Err(e))).left_stream(),
+        };
+        client
+            .events(Some(opts))
+            .filter_map(|r| {
+                std::future::ready(match r {
+                    Ok(m) => event_hint(m).map(Ok),
+                    Err(e) => Some(Err(from_bollard(e))),
+                })
             })
-        })
+            .right_stream()
     }
 }
 
