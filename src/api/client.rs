@@ -33,6 +33,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The daemon answered 404: the record (or route) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),

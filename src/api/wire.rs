@@ -133,15 +133,10 @@ pub enum RecordView {
 impl RecordView {
     /// `session/NAME` or `agent/NAME`.
     pub fn owner(&self) -> OwnerRef {
+        use crate::core::liveness::{agent_ref, session_ref};
         match self {
-            RecordView::Session { session, .. } => OwnerRef {
-                kind: crate::core::model::OwnerKind::Session,
-                name: session.metadata.name.clone(),
-            },
-            RecordView::Agent { agent, .. } => OwnerRef {
-                kind: crate::core::model::OwnerKind::Agent,
-                name: agent.metadata.name.clone(),
-            },
+            RecordView::Session { session, .. } => session_ref(session),
+            RecordView::Agent { agent, .. } => agent_ref(agent),
         }
     }
 

@@ -358,7 +358,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         } => {
             let path = format!("/v1/{}/{name}", kind.plural());
             match c.delete::<RecordView>(&path).await {
-                Err(e) if ignore_not_found && is_not_found(&e) => return Ok(()),
+                Err(e) if ignore_not_found && e.is_not_found() => return Ok(()),
                 other => other?,
             };
             println!("{}/{name} deletion requested", kind_str(kind));
@@ -445,10 +445,6 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn is_not_found(e: &ClientError) -> bool {
-    e.status() == Some(hyper::StatusCode::NOT_FOUND)
-}
-
 /// The records `reaper get` asked for: all of a kind, one, or several (in the order named),
 /// and the errors of names that do not exist (none with `ignore_not_found`).
 async fn get(
@@ -469,7 +465,7 @@ async fn get(
     for name in names {
         match c.get::<RecordView>(&format!("/v1/{plural}/{name}")).await {
             Ok(r) => found.push(r),
-            Err(e) if is_not_found(&e) => {
+            Err(e) if e.is_not_found() => {
                 if !ignore_not_found {
                     missing.push(e.to_string());
                 }
@@ -505,7 +501,7 @@ async fn wait_gone(c: &Client, kind: Kind, name: &str, timeout: Duration) -> Out
             .get::<RecordView>(&format!("/v1/{}/{name}", kind.plural()))
             .await
         {
-            Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
             Ok(_) if started.elapsed() >= timeout => {
                 return Err(Failure::new(
@@ -728,7 +724,7 @@ async fn owner_record(c: &Client, o: &OwnerRef) -> Result<Option<RecordView>, Fa
     let path = format!("/v1/{}s/{}", o.kind.as_str(), o.name);
     match c.get::<RecordView>(&path).await {
         Ok(r) => Ok(Some(r)),
-        Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

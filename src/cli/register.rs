@@ -73,7 +73,7 @@ pub async fn register(
         Ok(RecordView::Agent { .. }) => {
             return Err(Failure::new(1, "unexpected reply: an agent record"))
         }
-        Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => {}
+        Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
     let metadata = ObjectMeta {

@@ -94,16 +94,20 @@ impl<E: Engine> Controller<E> {
         match t {
             Transition::Expire { .. } => Ok(()),
             Transition::DelayOver { name } => {
+                // The store may call the update more than once; log what the last call did.
+                let over = AtomicBool::new(false);
                 let r = self
                     .own
                     .update_session(name.as_str(), |s| {
-                        if s.end_delay(now) {
-                            info!(session = %name, "Cleanup delay over; its objects go now.");
-                        }
+                        over.store(s.end_delay(now), SeqCst);
                         Ok(())
                     })
                     .await;
                 match self.note_store(r) {
+                    Ok(_) if over.load(SeqCst) => {
+                        info!(session = %name, "Cleanup delay over; its objects go now.");
+                        Ok(())
+                    }
                     Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e),
                 }
