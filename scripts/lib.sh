@@ -36,8 +36,9 @@ have_catatonit() {
 }
 
 # Install the Debian packages whose binaries are missing: docker.io (dockerd), podman and
-# catatonit (the Podman run), busybox-static (the test image) and prometheus (promtool, for the
-# alert-rule tests).
+# catatonit (the Podman run), busybox-static (the test image), prometheus (promtool, for the
+# alert-rule tests), etcd-server and etcd-client (the fleet store's tests), and
+# protobuf-compiler with libprotobuf-dev (the etcd-client crate's build).
 ensure_packages() {
     local missing=()
     PATH="$PATH:/usr/sbin:/sbin"
@@ -47,6 +48,13 @@ ensure_packages() {
     have_catatonit || missing+=(catatonit)
     have_static_busybox || missing+=(busybox-static)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # The fleet store's tests run a private etcd cluster (tests/common/etcd.rs); the
+    # etcd-client crate's build compiles etcd's protobuf files with protoc and Google's
+    # well-known types.
+    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
     # The schemathesis run (tests/api_abuse.rs) and the Python client's tests
     # (tests/python_client.rs) make venvs; Debian splits venv support out.
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
@@ -68,6 +76,8 @@ ensure_packages() {
     have_catatonit || die "catatonit still missing after installing catatonit"
     have_static_busybox || die "a static busybox is still missing after installing busybox-static"
     command -v promtool >/dev/null 2>&1 || die "promtool still missing after installing prometheus"
+    command -v etcd >/dev/null 2>&1 || die "etcd still missing after installing etcd-server"
+    command -v protoc >/dev/null 2>&1 || die "protoc still missing after installing protobuf-compiler"
 }
 
 # Alive and not a zombie (a zombie whose parent does not reap it still answers kill -0).

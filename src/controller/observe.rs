@@ -22,6 +22,8 @@ impl<E: Engine> Controller<E> {
         now: Timestamp,
     ) -> Result<(Vec<Session>, Vec<Agent>, Actual), Error> {
         let store = self.store();
+        // These reads decide deletions: a shared store must answer with every write so far.
+        store.sync().await?;
         let generation = store.generation();
         let sessions = store.sessions()?;
         let agents = store.agents()?;

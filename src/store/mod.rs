@@ -20,13 +20,17 @@
 //!   records, so that an orphan's grace period survives a restart. They are not records: no
 //!   revisions, not exported, durable only with the next flush, and writing them never moves
 //!   the change stream. The first time written for a key is kept until the key is forgotten.
-//! - Reads answer from what the backend holds locally (sled's pages; a remote backend would
-//!   read a watch-fed cache, as kube's reflector does) and never wait; writes are async
-//!   because they wait for the disk, or a quorum.
+//! - Reads answer from what the backend holds locally (sled's pages; etcd's watch-fed cache,
+//!   as kube's reflector does) and never wait; writes are async because they wait for the
+//!   disk, or a quorum. [`RecordStore::sync`] makes the local reads current before a pass
+//!   that decides deletions.
 //!
 //! What sled adds (lazy open and reopen, disk-full recovery, the marker file, the on-disk
-//! layout) is described in `sled.rs`.
+//! layout) is described in `sled.rs`; what etcd adds (the key layout, transactions on
+//! `mod_revision`, the watch-fed cache and when it is in doubt) in `etcd.rs`.
 
+mod codec;
+pub mod etcd;
 mod records;
 pub mod sled;
 
@@ -38,6 +42,7 @@ use tokio::sync::watch;
 
 use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
 
+pub use self::etcd::{EtcdSettings, EtcdStore, EtcdTls};
 pub use self::sled::SledStore;
 pub use records::{
     source_conflict, ApplyAction, ApplyOutcome, CommonStatus, Store, WriteLog, API_SOURCE,
@@ -128,6 +133,14 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Makes every write so far durable. (Every write already does this before it returns.)
     fn flush(&self) -> StoreFuture<'_, ()>;
 
+    /// Makes the local reads current: once it returns `Ok`, `get`, `list` and `sightings`
+    /// reflect every write committed (by anyone) before it was called. The controller calls
+    /// it before each pass, whose reads decide deletions. Nothing to do for a local store
+    /// (sled); a remote one makes a linearizable read (etcd).
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// A receiver whose value increases after every committed change, and whenever what was
     /// read before may no longer hold (sled: after the store was reopened).
     fn subscribe(&self) -> watch::Receiver<u64>;
@@ -154,7 +167,7 @@ pub trait RecordStore: Send + Sync + 'static {
     ) -> StoreFuture<'_, ()>;
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// The store's files or a record in it cannot be decoded: the controller enters safe mode.
     #[error("store is corrupted: {0}")]

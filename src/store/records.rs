@@ -158,6 +158,11 @@ impl Store {
         self.backend.health()
     }
 
+    /// See [`RecordStore::sync`].
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.backend.sync().await
+    }
+
     /// Makes every write so far durable. (Every mutating call already does this.)
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.backend.flush().await

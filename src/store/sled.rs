@@ -38,7 +38,9 @@ use ::sled::transaction::{
 };
 use tokio::sync::watch;
 
-use super::{reject_duplicates, RecordStore, Revision, StoreError, StoreFuture, Versioned, Write};
+use super::{
+    codec, reject_duplicates, RecordStore, Revision, StoreError, StoreFuture, Versioned, Write,
+};
 use crate::core::model::{OwnerKind, Record, Timestamp};
 
 /// Version of the on-disk encoding; bump it (and migrate in `open`) when the format changes.
@@ -586,12 +588,7 @@ fn with_revision(revision: Revision, json: &[u8]) -> Vec<u8> {
 }
 
 fn encode(record: &Record, revision: Revision) -> Result<Vec<u8>, StoreError> {
-    let json = match record {
-        Record::Session(s) => serde_json::to_vec(s),
-        Record::Agent(a) => serde_json::to_vec(a),
-    };
-    json.map(|json| with_revision(revision, &json))
-        .map_err(|e| StoreError::Invalid(format!("cannot encode record: {e}")))
+    codec::to_json(record).map(|json| with_revision(revision, &json))
 }
 
 /// A stored value's revision and record JSON.
@@ -609,24 +606,13 @@ fn split<'v>(k: &[u8], v: &'v [u8]) -> Result<(Revision, &'v [u8]), StoreError> 
 fn decode(k: &[u8], v: &[u8]) -> Result<Versioned<Record>, StoreError> {
     let shown = String::from_utf8_lossy(k);
     let (revision, json) = split(k, v)?;
-    let undecodable = |e: serde_json::Error| {
-        StoreError::Corrupt(format!("record {shown} cannot be decoded: {e}"))
+    let Some(kind) = kind_of_key(k) else {
+        return Err(StoreError::Corrupt(format!(
+            "unexpected key {shown} in the records tree"
+        )));
     };
-    let record = match kind_of_key(k) {
-        Some(OwnerKind::Session) => {
-            Record::Session(serde_json::from_slice(json).map_err(undecodable)?)
-        }
-        Some(OwnerKind::Agent) => Record::Agent(serde_json::from_slice(json).map_err(undecodable)?),
-        None => {
-            return Err(StoreError::Corrupt(format!(
-                "unexpected key {shown} in the records tree"
-            )))
-        }
-    };
-    let owner = record.owner();
-    if key(owner.kind, owner.name.as_str()) != k {
-        return Err(StoreError::Corrupt(format!("record {shown} holds {owner}")));
-    }
+    let name = shown.split_once('/').map_or("", |(_, n)| n);
+    let record = codec::from_json(kind, name, &shown, json)?;
     Ok(Versioned { record, revision })
 }
 

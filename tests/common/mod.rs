@@ -9,6 +9,7 @@
 mod bystanders;
 mod daemon;
 mod engine;
+pub mod etcd;
 mod metrics;
 mod objects;
 mod process;
