@@ -56,7 +56,11 @@ pub struct Metrics {
     docker_wedged: IntGauge,
     blast_radius_held: IntGauge,
     engine_info: IntGaugeVec,
+    store_up: IntGaugeVec,
 }
+
+/// The store backends, the values of `reaper_store_up`'s `backend` label.
+pub const STORE_BACKENDS: &[&str] = &["sled", "etcd"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,6 +267,16 @@ impl Metrics {
                 &["flavour", "serial_exits", "reason"],
             )?,
         )?;
+        let store_up = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "reaper_store_up",
+                    "1 when the record store answered the last pass, 0 when it did not (the pass deleted nothing); one series, for the backend in use.",
+                ),
+                &["backend"],
+            )?,
+        )?;
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -305,6 +319,7 @@ impl Metrics {
             docker_wedged,
             blast_radius_held,
             engine_info,
+            store_up,
         };
         metrics.initialise_label_sets();
         Ok(metrics)
@@ -312,6 +327,9 @@ impl Metrics {
 
     /// Touches every known label combination so each series exists, at 0, from the first scrape.
     fn initialise_label_sets(&self) {
+        for backend in STORE_BACKENDS {
+            self.store_up.with_label_values(&[backend]);
+        }
         for kind in ResourceKind::ALL {
             let resource = kind.as_str();
             for reason in CleanupReason::ALL {
@@ -488,6 +506,20 @@ impl Metrics {
             .set(1);
     }
 
+    /// Whether the store answered, for the backend in use: from then on the only series (a
+    /// backend reaper does not use is neither up nor down). An unknown name is not exported.
+    pub fn set_store_up(&self, backend: &'static str, up: bool) {
+        if !STORE_BACKENDS.contains(&backend) {
+            return;
+        }
+        for other in STORE_BACKENDS.iter().filter(|b| **b != backend) {
+            let _ = self.store_up.remove_label_values(&[other]);
+        }
+        self.store_up
+            .with_label_values(&[backend])
+            .set(i64::from(up));
+    }
+
     /// Number of manifest files currently failing validation.
     pub fn set_manifest_errors(&self, n: i64) {
         self.manifest_errors.set(n);
@@ -589,6 +621,7 @@ mod tests {
         m.set_manifest_errors(2);
         m.set_docker_wedged(true);
         m.set_blast_radius_held(true);
+        m.set_store_up("etcd", true);
         m.set_engine(
             Flavour::Docker,
             SerialExits::decide(crate::core::model::SerialExitsSetting::On, None),
@@ -622,6 +655,7 @@ mod tests {
         "reaper_removal_queue_depth",
         "reaper_docker_wedged",
         "reaper_blast_radius_held",
+        "reaper_store_up",
     ];
 
     #[test]
@@ -757,6 +791,11 @@ mod tests {
             label_values(&all, "reaper_docker_api_errors_total", "operation"),
             set(DockerOp::ALL.iter().map(|o| o.as_str()))
         );
+        // One series once the backend in use is known (see store_up_keeps_one_series_…).
+        assert_eq!(
+            label_values(&all, "reaper_store_up", "backend"),
+            set(["etcd"])
+        );
         // Only the documented label names appear on reaper's own metrics.
         let allowed = set([
             "resource",
@@ -769,6 +808,7 @@ mod tests {
             "version",
             "flavour",
             "serial_exits",
+            "backend",
             "le",
         ]);
         for (name, labels, _) in all.iter().filter(|(n, _, _)| n.starts_with("reaper_")) {
@@ -921,6 +961,33 @@ mod tests {
         );
         assert_eq!(v("reaper_safe_mode", &[]), Some(1.0));
         assert_eq!(v("reaper_manifest_errors", &[]), Some(2.0));
+    }
+
+    #[test]
+    fn store_up_keeps_one_series_for_the_backend_in_use() {
+        let m = Metrics::new().unwrap();
+        m.set_store_up("etcd", false);
+        let all = samples(&m.encode());
+        let series: Vec<_> = all
+            .iter()
+            .filter(|(n, _, _)| n == "reaper_store_up")
+            .collect();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(
+            value(&all, "reaper_store_up", &[("backend", "etcd")]),
+            Some(0.0)
+        );
+        m.set_store_up("etcd", true);
+        m.set_store_up("not-a-backend", false);
+        let all = samples(&m.encode());
+        assert_eq!(
+            value(&all, "reaper_store_up", &[("backend", "etcd")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&all, "reaper_store_up", &[("backend", "not-a-backend")]),
+            None
+        );
     }
 
     #[test]

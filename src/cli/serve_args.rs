@@ -121,6 +121,41 @@ mod tests {
         assert!(Cli::try_parse_from(["reaper", "serve", "--concurrency", "x"]).is_err());
     }
 
+    #[test]
+    fn store_flags_fill_the_store_keys() {
+        let args = serve(&[
+            "--store-backend",
+            "etcd",
+            "--etcd-endpoint",
+            "http://e1:2379",
+            "--etcd-endpoint=http://e2:2379",
+            "--etcd-prefix",
+            "/fleet",
+            "--host-name",
+            "gpu-07",
+        ]);
+        let keys = serve_overrides(&args, None);
+        let store = keys.store.expect("store keys");
+        assert_eq!(store.backend, Some(crate::config::StoreBackend::Etcd));
+        let etcd = store.etcd.expect("store.etcd keys");
+        assert_eq!(
+            etcd.endpoints,
+            Some(vec!["http://e1:2379".into(), "http://e2:2379".into()])
+        );
+        assert_eq!(etcd.prefix.as_deref(), Some("/fleet"));
+        assert_eq!(keys.host_name.as_deref(), Some("gpu-07"));
+        // A section flag alone sets its section.
+        let only_tls = serve(&["--etcd-ca-file", "/ca.pem"])
+            .keys
+            .store
+            .expect("store keys");
+        assert_eq!(
+            only_tls.etcd.and_then(|e| e.ca_file),
+            Some("/ca.pem".into())
+        );
+        assert_eq!(serve(&[]).keys.store, None);
+    }
+
     fn serve_command() -> clap::Command {
         let mut cli = Cli::command();
         cli.build();

@@ -4,7 +4,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, ConfigFile, Source, API_TOKEN_ENV, DEFAULT_DOCKER_HOST, MAX_CONCURRENCY};
+use super::{
+    ConfigError, ConfigFile, EtcdFile, Source, StoreBackend, API_TOKEN_ENV, DEFAULT_DOCKER_HOST,
+    MAX_CONCURRENCY,
+};
 use crate::core::manifest::validate_name_prefix;
 use crate::core::model::{validate_label, Duration, API_VERSION};
 use crate::core::yaml::{
@@ -202,6 +205,101 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(name) = &self.host_name {
+            if let Err(e) = validate_host_name(name) {
+                out.push((&["hostName"], e));
+            }
+        }
+        if let Some(store) = &self.store {
+            let etcd = store.etcd.clone().unwrap_or_default();
+            out.extend(check_etcd(&etcd, store.backend == Some(StoreBackend::Etcd)));
+        }
         out
+    }
+}
+
+/// `store.etcd`: TLS files all or none, URLs that match them, a usable prefix, and endpoints
+/// when etcd is the backend.
+fn check_etcd(etcd: &EtcdFile, in_use: bool) -> Vec<(&'static [&'static str], String)> {
+    let mut out: Vec<(&'static [&'static str], String)> = Vec::new();
+    let files: [(&'static [&'static str], &Option<std::path::PathBuf>); 3] = [
+        (&["store", "etcd", "caFile"], &etcd.ca_file),
+        (&["store", "etcd", "certFile"], &etcd.cert_file),
+        (&["store", "etcd", "keyFile"], &etcd.key_file),
+    ];
+    let set = files.iter().filter(|(_, f)| f.is_some()).count();
+    if set != 0 && set != files.len() {
+        for (key, _) in files.iter().filter(|(_, f)| f.is_none()) {
+            out.push((
+                *key,
+                "caFile, certFile and keyFile are used together (mTLS): set all three, or none"
+                    .into(),
+            ));
+        }
+    }
+    for (key, file) in files {
+        if file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out.push((key, "must not be empty".into()));
+        }
+    }
+    let tls = set == files.len();
+    let endpoints = etcd.endpoints.as_deref().unwrap_or_default();
+    for url in endpoints {
+        let scheme_ok = if tls {
+            url.starts_with("https://")
+        } else {
+            url.starts_with("http://")
+        };
+        let malformed = url.chars().any(|c| c.is_whitespace() || c.is_control())
+            || url
+                .split_once("://")
+                .is_none_or(|(_, rest)| rest.is_empty());
+        if malformed || !scheme_ok {
+            let expected = if tls {
+                "https://HOST:PORT (caFile, certFile and keyFile are set)"
+            } else {
+                "http://HOST:PORT (https:// needs caFile, certFile and keyFile)"
+            };
+            out.push((
+                &["store", "etcd", "endpoints"],
+                format!("invalid etcd endpoint {url:?}: expected {expected}"),
+            ));
+        }
+    }
+    if in_use && endpoints.is_empty() {
+        out.push((
+            &["store", "etcd", "endpoints"],
+            "store.backend is etcd: list the etcd members' client URLs".into(),
+        ));
+    }
+    if let Some(prefix) = &etcd.prefix {
+        if !prefix.starts_with('/')
+            || prefix.trim_end_matches('/').is_empty()
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            out.push((
+                &["store", "etcd", "prefix"],
+                format!(
+                    "invalid prefix {prefix:?}: expected a key path such as /reaper, not / alone"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// A host name: what DNS allows in a label path, so that it is safe in an etcd key.
+fn validate_host_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host name {name:?}: 1 to 253 letters, digits, '-', '.' or '_'"
+        ))
     }
 }

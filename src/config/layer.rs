@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{LogFormat, Secret, Source};
+use super::{LogFormat, Secret, Source, StoreBackend};
 use crate::core::model::{Duration, SerialExitsSetting};
 
 /// Declares a struct of config keys exactly as written (its serde and clap attributes pass
@@ -159,7 +159,14 @@ macro_rules! shown_by_display {
         } )*
     };
 }
-shown_by_display!(SocketAddr, Duration, usize, LogFormat, SerialExitsSetting);
+shown_by_display!(
+    SocketAddr,
+    Duration,
+    usize,
+    LogFormat,
+    SerialExitsSetting,
+    StoreBackend
+);
 
 impl Leaf for String {
     fn shown(&self) -> Option<String> {

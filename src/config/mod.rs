@@ -41,6 +41,8 @@ pub const DEFAULT_AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every key a fleet's reapers write in etcd lives under it.
+pub const DEFAULT_ETCD_PREFIX: &str = "/reaper";
 /// The environment variable that may carry `apiToken`, so it stays out of `ps`.
 pub const API_TOKEN_ENV: &str = "REAPER_API_TOKEN";
 
@@ -134,6 +136,12 @@ config_keys! {
         pub api_listen: Option<SocketAddr>,
         #[command(flatten)]
         pub engine_quirks: Option<EngineQuirksFile>,
+        #[command(flatten)]
+        pub store: Option<StoreFile>,
+        /// This host's name in a fleet (default: the machine's hostname); unique in the fleet.
+        /// Its first sightings of objects live under it in a shared store.
+        #[arg(long, value_name = "NAME")]
+        pub host_name: Option<String>,
         /// The file these values came from, for error messages (set by `parse`).
         #[arg(skip)]
         #[serde(skip)]
@@ -181,6 +189,46 @@ config_keys! {
     }
 }
 
+// clap leaves the group of a struct with a flattened section empty ("validation isn't ready
+// for nested arg groups"), so `Option<StoreFile>` would never be set from flags: every store
+// flag joins the `StoreFile` group itself.
+config_keys! {
+    /// `store:` where the records live.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct StoreFile {
+        /// sled (embedded, in dataDir) or etcd (shared by a fleet of hosts; see store.etcd).
+        #[arg(long = "store-backend", value_name = "BACKEND", group = "StoreFile")]
+        pub backend: Option<StoreBackend>,
+        #[command(flatten)]
+        pub etcd: Option<EtcdFile>,
+    }
+}
+
+config_keys! {
+    /// `store.etcd:` the etcd cluster a fleet shares.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct EtcdFile {
+        /// The etcd members' client URLs (http:// or, with the TLS files, https://); repeat the
+        /// flag for more.
+        #[arg(long = "etcd-endpoint", value_name = "URL", group = "StoreFile")]
+        pub endpoints: Option<Vec<String>>,
+        /// Every key reaper writes lives under this prefix.
+        #[arg(long = "etcd-prefix", value_name = "PREFIX", group = "StoreFile")]
+        pub prefix: Option<String>,
+        /// mTLS: the CA that signed the etcd members' certificates (with certFile and keyFile).
+        #[arg(long = "etcd-ca-file", value_name = "FILE", group = "StoreFile")]
+        pub ca_file: Option<PathBuf>,
+        /// mTLS: reaper's client certificate (with caFile and keyFile).
+        #[arg(long = "etcd-cert-file", value_name = "FILE", group = "StoreFile")]
+        pub cert_file: Option<PathBuf>,
+        /// mTLS: the key of reaper's client certificate (with caFile and certFile).
+        #[arg(long = "etcd-key-file", value_name = "FILE", group = "StoreFile")]
+        pub key_file: Option<PathBuf>,
+    }
+}
+
 impl ConfigFile {
     /// The defaults, as the lowest layer: the one place a default is written. Keys without
     /// one (manifests, apiToken, apiListen) stay unset. Docker's host and the data dir come
@@ -217,6 +265,15 @@ impl ConfigFile {
             engine_quirks: Some(EngineQuirksFile {
                 serial_exits: Some(SerialExitsSetting::Auto),
             }),
+            store: Some(StoreFile {
+                backend: Some(StoreBackend::Sled),
+                etcd: Some(EtcdFile {
+                    prefix: Some(DEFAULT_ETCD_PREFIX.into()),
+                    ..EtcdFile::default()
+                }),
+            }),
+            // Only a fleet needs it to be unique; resolving refuses the fallback for etcd.
+            host_name: Some(env.host_name.clone().unwrap_or_else(|| "localhost".into())),
             ..ConfigFile::default()
         }
     }
@@ -265,6 +322,68 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// `engineQuirks.serialExits`: auto (from the engine's version), on or off.
     pub serial_exits: SerialExitsSetting,
+    /// `store.*`: which backend holds the records, and how to reach etcd.
+    pub store: StoreConfig,
+    /// `hostName`: this host's name in a fleet.
+    pub host_name: String,
+}
+
+/// Where the records live.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub etcd: EtcdConfig,
+}
+
+/// `store.etcd`; used when the backend is etcd. The TLS files are all set or all unset (checked).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded, in the data dir: one host.
+    #[default]
+    Sled,
+    /// A shared etcd cluster: a fleet.
+    Etcd,
+}
+
+impl StoreBackend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StoreBackend::Sled => "sled",
+            StoreBackend::Etcd => "etcd",
+        }
+    }
+}
+
+impl FromStr for StoreBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sled" => Ok(StoreBackend::Sled),
+            "etcd" => Ok(StoreBackend::Etcd),
+            _ => Err(format!(
+                "invalid store backend {s:?}: expected sled or etcd"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Config {
@@ -278,6 +397,8 @@ impl Config {
     /// a default lost it in [`ConfigFile::defaults`].
     fn from_layer(c: ConfigFile) -> Option<Config> {
         let (docker, adoption, quirks) = (c.docker?, c.adoption?, c.engine_quirks?);
+        let store = c.store?;
+        let etcd = store.etcd?;
         Some(Config {
             docker_host: docker.host?,
             data_dir: c.data_dir?,
@@ -302,6 +423,17 @@ impl Config {
             api_token: c.api_token,
             api_listen: c.api_listen,
             serial_exits: quirks.serial_exits?,
+            store: StoreConfig {
+                backend: store.backend?,
+                etcd: EtcdConfig {
+                    endpoints: etcd.endpoints.unwrap_or_default(),
+                    prefix: etcd.prefix?,
+                    ca_file: etcd.ca_file,
+                    cert_file: etcd.cert_file,
+                    key_file: etcd.key_file,
+                },
+            },
+            host_name: c.host_name?,
         })
     }
 }
@@ -434,6 +566,8 @@ struct Env {
     xdg_state_home: Option<PathBuf>,
     xdg_runtime_dir: Option<PathBuf>,
     docker_host: Option<String>,
+    /// The machine's hostname, the default `hostName`.
+    host_name: Option<String>,
 }
 
 impl Env {
@@ -452,6 +586,10 @@ impl Env {
             xdg_state_home: abs("XDG_STATE_HOME"),
             xdg_runtime_dir: abs("XDG_RUNTIME_DIR"),
             docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+            host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty()),
         }
     }
 
@@ -506,6 +644,17 @@ fn resolve_in(file: ConfigFile, flags: ConfigFile, env: &Env) -> Result<Config, 
             column: None,
             field: Some("dataDir".into()),
             message: "no default data directory: HOME and XDG_STATE_HOME are unset; set dataDir or --data-dir".into(),
+        });
+    }
+    let etcd = merged.store.as_ref().and_then(|s| s.backend) == Some(StoreBackend::Etcd);
+    if etcd && merged.host_name.is_none() && env.host_name.is_none() {
+        errors.push(ManifestError {
+            file: COMMAND_LINE.into(),
+            document: 0,
+            line: None,
+            column: None,
+            field: Some("hostName".into()),
+            message: "store.backend is etcd, and the machine's hostname cannot be read (/proc/sys/kernel/hostname): set hostName or --host-name, unique in the fleet".into(),
         });
     }
     if !errors.is_empty() {

@@ -15,6 +15,7 @@ fn user_env() -> Env {
         xdg_state_home: None,
         xdg_runtime_dir: Some("/run/user/1000".into()),
         docker_host: None,
+        host_name: Some("gpu-07".into()),
     }
 }
 
@@ -23,6 +24,7 @@ fn root_env() -> Env {
         root: true,
         uid: 0,
         home: Some("/root".into()),
+        host_name: Some("gpu-07".into()),
         ..Env::default()
     }
 }
@@ -131,7 +133,11 @@ fn keys_without_a_default_are_the_optional_ones() {
             "manifests",
             "cleanupDelayOnFailure",
             "apiToken",
-            "apiListen"
+            "apiListen",
+            "store.etcd.endpoints",
+            "store.etcd.caFile",
+            "store.etcd.certFile",
+            "store.etcd.keyFile"
         ]
     );
     // Without a data dir, what follows it has no default yet.
@@ -505,4 +511,88 @@ fn the_api_token_never_leaks() {
         "{json}"
     );
     assert!(!format!("{c:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn store_keys_are_checked_where_they_are_written() {
+    for (text, field, why) in [
+        (
+            "store:\n  etcd:\n    caFile: /ca.pem\n    certFile: /c.pem\n",
+            "store.etcd.keyFile",
+            "used together",
+        ),
+        (
+            "store:\n  backend: etcd\n",
+            "store.etcd.endpoints",
+            "list the etcd members",
+        ),
+        (
+            "store:\n  etcd:\n    endpoints: [https://etcd-1:2379]\n",
+            "store.etcd.endpoints",
+            "https:// needs caFile, certFile and keyFile",
+        ),
+        (
+            "store:\n  etcd:\n    endpoints: [\"http://\"]\n",
+            "store.etcd.endpoints",
+            "invalid etcd endpoint",
+        ),
+        (
+            "store:\n  etcd:\n    prefix: /\n",
+            "store.etcd.prefix",
+            "not / alone",
+        ),
+        (
+            "store:\n  etcd:\n    prefix: reaper\n",
+            "store.etcd.prefix",
+            "such as /reaper",
+        ),
+        ("hostName: \"gpu/07\"\n", "hostName", "invalid host name"),
+        (
+            "store:\n  backend: mongo\n",
+            "store.backend",
+            "`sled` or `etcd`",
+        ),
+    ] {
+        let e = one_problem(&format!("{HEAD}{text}"));
+        assert_eq!(e.field.as_deref(), Some(field), "{text}: {e}");
+        assert!(e.message.contains(why), "{text}: {e}");
+    }
+}
+
+#[test]
+fn an_etcd_store_resolves_with_its_tls_files_and_host_name() {
+    let file = parse(&format!(
+        "{HEAD}store:\n  backend: etcd\n  etcd:\n    endpoints: [https://e1:2379, https://e2:2379]\n    \
+         caFile: /ca.pem\n    certFile: /c.pem\n    keyFile: /k.pem\n"
+    ))
+    .unwrap();
+    let c = resolve(file, ConfigFile::default(), &user_env());
+    assert_eq!(c.store.backend, StoreBackend::Etcd);
+    assert_eq!(
+        c.store.etcd.endpoints,
+        ["https://e1:2379", "https://e2:2379"]
+    );
+    assert_eq!(c.store.etcd.prefix, "/reaper");
+    assert_eq!(c.store.etcd.key_file.as_deref(), Some(Path::new("/k.pem")));
+    assert_eq!(c.host_name, "gpu-07", "the machine's hostname by default");
+    let defaults = resolve(ConfigFile::default(), ConfigFile::default(), &user_env());
+    assert_eq!(defaults.store.backend, StoreBackend::Sled);
+
+    // A fleet needs a host name: no fallback when the machine's cannot be read.
+    let nameless = Env {
+        host_name: None,
+        ..user_env()
+    };
+    let flags = ConfigFile {
+        store: Some(StoreFile {
+            backend: Some(StoreBackend::Etcd),
+            etcd: Some(EtcdFile {
+                endpoints: Some(vec!["http://e1:2379".into()]),
+                ..EtcdFile::default()
+            }),
+        }),
+        ..ConfigFile::default()
+    };
+    let err = resolve_in(ConfigFile::default(), flags, &nameless).unwrap_err();
+    assert!(err.to_string().contains("hostName"), "{err}");
 }

@@ -61,6 +61,10 @@ impl<E: Engine> Controller<E> {
             warn!(error = %e, reason = e.metric_label(), "Reconcile pass failed; nothing was deleted.");
         }
         self.metrics.set_safe_mode(safe);
+        if let Error::Store(StoreError::Io(_) | StoreError::Corrupt(_)) = e {
+            self.metrics
+                .set_store_up(self.store().backend_name(), false);
+        }
         if e.is_docker_down() {
             self.metrics.set_docker_up(false);
         }

@@ -389,6 +389,7 @@ impl<E: Engine> Controller<E> {
                 );
                 self.metrics.set_safe_mode(false);
                 self.metrics.set_docker_up(true);
+                self.metrics.set_store_up(self.store().backend_name(), true);
                 self.engine_answers();
                 self.set_health(|h| {
                     h.docker_up = true;

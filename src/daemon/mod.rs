@@ -19,14 +19,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, StoreBackend};
 use crate::controller::{Controller, Settings};
 use crate::core::ownership::Rules;
 use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
-use crate::store::{SledStore, Store};
+use crate::store::{EtcdSettings, EtcdStore, EtcdTls, RecordStore, SledStore, Store};
 use signals::Signals;
 
 /// In-flight work gets this long to finish after SIGTERM.
@@ -115,11 +115,7 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let (store, store_error) = SledStore::open_or_retry(&config.data_dir.join("store"));
-    if let Some(e) = store_error {
-        metrics.set_safe_mode(true);
-        error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
-    }
+    let store = open_store(config, &metrics)?;
     let docker = Arc::new(
         Docker::new(
             &config.docker_host,
@@ -129,11 +125,50 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
         .map_err(|e| e.to_string())?,
     );
     Ok(Arc::new(Controller::new(
-        Store::new(store),
+        store,
         docker,
         metrics,
         settings(config),
     )))
+}
+
+/// Opens the configured store. One that cannot be read yet (sled: damaged, locked; etcd:
+/// unreachable, no quorum) is safe mode, reported, and tried again, never an exit; only
+/// settings that cannot work (an unreadable TLS file) are errors.
+fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
+    match config.store.backend {
+        StoreBackend::Sled => {
+            let (store, store_error) = SledStore::open_or_retry(&config.data_dir.join("store"));
+            if let Some(e) = store_error {
+                metrics.set_safe_mode(true);
+                metrics.set_store_up(store.backend(), false);
+                error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
+            }
+            Ok(Store::new(store))
+        }
+        StoreBackend::Etcd => {
+            let etcd = &config.store.etcd;
+            let tls = match (&etcd.ca_file, &etcd.cert_file, &etcd.key_file) {
+                (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                    ca_file: ca.clone(),
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                }),
+                _ => None,
+            };
+            let settings = EtcdSettings {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                tls,
+                host: config.host_name.clone(),
+            };
+            let store = EtcdStore::start(&settings).map_err(|e| e.to_string())?;
+            // Until its first listing every read fails: the first pass is in safe mode.
+            metrics.set_store_up(store.backend(), false);
+            info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, host = %config.host_name, "Records are in etcd.");
+            Ok(Store::new(store))
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (or, with `once`, until a pass has nothing more to

@@ -43,8 +43,6 @@ use tokio_util::sync::CancellationToken;
 use super::{codec, reject_duplicates, RecordStore, StoreError, StoreFuture, Versioned, Write};
 use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
 
-/// The key prefix when the configuration names none.
-pub const DEFAULT_PREFIX: &str = "/reaper";
 /// Each etcd request gets this long; an etcd without quorum answers within it with an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -646,6 +644,10 @@ impl Cache {
 }
 
 impl RecordStore for EtcdStore {
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+
     fn get(&self, kind: OwnerKind, name: &str) -> Result<Option<Versioned<Record>>, StoreError> {
         let cache = read(&self.shared.cache);
         cache.trusted()?;

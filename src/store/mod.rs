@@ -110,6 +110,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// A backend: where records live. Small on purpose; see the module documentation for what
 /// every implementation guarantees.
 pub trait RecordStore: Send + Sync + 'static {
+    /// The backend's name (`sled`, `etcd`): the `backend` label of `reaper_store_up`.
+    fn backend(&self) -> &'static str;
+
     /// One record, `None` if there is none by that name.
     fn get(&self, kind: OwnerKind, name: &str) -> Result<Option<Versioned<Record>>, StoreError>;
 

@@ -153,6 +153,11 @@ impl Store {
         self.backend.generation()
     }
 
+    /// See [`RecordStore::backend`].
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.backend()
+    }
+
     /// See [`RecordStore::health`].
     pub fn health(&self) -> Result<(), StoreError> {
         self.backend.health()

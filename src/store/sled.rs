@@ -270,6 +270,10 @@ impl SledStore {
 }
 
 impl RecordStore for SledStore {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
     fn get(&self, kind: OwnerKind, name: &str) -> Result<Option<Versioned<Record>>, StoreError> {
         let h = self.handles()?;
         let k = key(kind, name);

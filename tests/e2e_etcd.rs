@@ -1,0 +1,146 @@
+//! The daemon on the etcd backend (issue 14's foundation): a private 3-member etcd cluster with
+//! mTLS, one reaper on the private engine. An ended session's objects go; with two of three
+//! members stopped (no quorum) nothing is deleted, not even an orphan, and status and metrics
+//! say safe mode; once the members are back the pending cleanups complete by themselves.
+//! Bystanders stay throughout.
+
+mod common;
+
+use common::etcd::EtcdCluster;
+use common::*;
+use std::time::Duration;
+
+fn session_yaml(name: &str, cleanup: &str) -> String {
+    format!(
+        "apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  cleanup: {{{cleanup}}}\n"
+    )
+}
+
+fn containers_of(session: &str) -> Vec<Obj> {
+    let label = [("reaper.session", session)];
+    vec![
+        (
+            Kind::Container,
+            Container::new(&format!("{session}-run"))
+                .labels(&label)
+                .running()
+                .create(),
+        ),
+        (
+            Kind::Container,
+            Container::new(&format!("{session}-idle"))
+                .labels(&label)
+                .create(),
+        ),
+    ]
+}
+
+const STORE_UP: &str = "reaper_store_up{backend=\"etcd\"}";
+
+#[test]
+fn cleans_up_through_etcd_and_deletes_nothing_while_quorum_is_lost() {
+    let _scope = Scope::new(&["e2e-etcd-"]);
+    let bystanders = Bystanders::create("etcd");
+    let mut cluster = EtcdCluster::start(true);
+    let certs = cluster.client_certs().expect("mTLS certificates");
+    let mut args: Vec<String> = [
+        "--resync-interval",
+        "1s",
+        "--orphan-grace-period",
+        "1s",
+        "--store-backend",
+        "etcd",
+        "--etcd-prefix",
+        "/e2e",
+        "--host-name",
+        "host-a",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, file) in [
+        ("--etcd-ca-file", &certs.ca),
+        ("--etcd-cert-file", &certs.cert),
+        ("--etcd-key-file", &certs.key),
+    ] {
+        args.extend([flag.to_string(), file.display().to_string()]);
+    }
+    for e in cluster.endpoints() {
+        args.extend(["--etcd-endpoint".to_string(), e]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = Reaper::start(&args);
+
+    // Applied and ended through this reaper: the record is in etcd, its containers go.
+    r.apply(&session_yaml("e2e-etcd-s1", ""));
+    let s1 = containers_of("e2e-etcd-s1");
+    let stored = run_with_timeout(
+        &mut cluster.etcdctl(
+            &[&cluster.endpoints()[0]],
+            &["get", "--keys-only", "/e2e/records/session/e2e-etcd-s1"],
+        ),
+        None,
+        Duration::from_secs(10),
+    );
+    assert!(
+        String::from_utf8_lossy(&stored.stdout).contains("/e2e/records/session/e2e-etcd-s1"),
+        "the session is not in etcd: {stored:?}"
+    );
+    r.cli_ok(&["session", "end", "e2e-etcd-s1"]);
+    r.wait_until(
+        "the ended session's containers are removed",
+        Duration::from_secs(20),
+        || all_gone(&s1),
+    );
+    r.wait_until("the store is up", Duration::from_secs(10), || {
+        metric(&r.metrics_addr(), STORE_UP) == Some(1.0)
+    });
+
+    // Ended with a short delay, then quorum lost before the delay passes.
+    r.apply(&session_yaml("e2e-etcd-s2", "delay: 2s"));
+    let s2 = containers_of("e2e-etcd-s2");
+    r.cli_ok(&["session", "end", "e2e-etcd-s2"]);
+    cluster.stop_member(1);
+    cluster.stop_member(2);
+    // An orphan that appears during the outage: its owner record may exist, unseen.
+    let ghost = [(
+        Kind::Container,
+        Container::new("e2e-etcd-ghost")
+            .label("reaper.session", "e2e-etcd-ghost")
+            .create(),
+    )];
+    let mut pending = s2.clone();
+    pending.extend(ghost.iter().cloned());
+    r.wait_until("status shows safe mode", Duration::from_secs(20), || {
+        r.cli(&["status"]).status.success()
+            && String::from_utf8_lossy(&r.cli(&["status"]).stdout).contains("safe mode:  ON")
+    });
+    assert_eq!(metric(&r.metrics_addr(), "reaper_safe_mode"), Some(1.0));
+    assert_eq!(metric(&r.metrics_addr(), STORE_UP), Some(0.0));
+    assert_holds_for(
+        "nothing is deleted while etcd has no quorum (the delay has passed, the orphan's grace too)",
+        Duration::from_secs(5),
+        || all_exist(&pending),
+    );
+    let status = r.cli_ok(&["status"]);
+    assert!(status.contains("safe mode:  ON"), "{status}");
+    assert!(
+        status.contains("etcd"),
+        "status should say the store is etcd: {status}"
+    );
+
+    // Members back: the reaper resumes by itself and finishes the pending cleanups.
+    cluster.start_member(1);
+    cluster.start_member(2);
+    r.wait_until(
+        "the pending cleanups complete once etcd is back",
+        Duration::from_secs(30),
+        || all_gone(&pending),
+    );
+    r.wait_until("safe mode ends", Duration::from_secs(10), || {
+        metric(&r.metrics_addr(), "reaper_safe_mode") == Some(0.0)
+            && metric(&r.metrics_addr(), STORE_UP) == Some(1.0)
+    });
+    assert_eq!(r.phase("sessions", "e2e-etcd-s2"), "Cleaned");
+    bystanders.assert_all_alive();
+}
