@@ -1,5 +1,6 @@
 //! The daemon on the etcd backend (issue 14's foundation): a private 3-member etcd cluster with
-//! mTLS, one reaper on the private engine. An ended session's objects go; with two of three
+//! mTLS, one reaper on the private engine. A sled host's export imports into it (migration).
+//! An ended session's objects go; with two of three
 //! members stopped (no quorum) nothing is deleted, not even an orphan, and status and metrics
 //! say safe mode; once the members are back the pending cleanups complete by themselves.
 //! Bystanders stay throughout.
@@ -8,7 +9,35 @@ mod common;
 
 use common::etcd::EtcdCluster;
 use common::*;
+use reaper::core::model::{EndReason, Name, Record, Session, Timestamp};
+use reaper::store::{Store, API_SOURCE};
+use std::path::Path;
 use std::time::Duration;
+
+/// A stopped sled host's data dir with two sessions, one of them ended (a status to carry).
+fn sled_host_with_records(data_dir: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&data_dir.join("store")).unwrap();
+        let now = Timestamp::now();
+        let records = ["e2e-etcd-m1", "e2e-etcd-m2"]
+            .map(|n| Record::Session(Session::named(Name::new(n).unwrap())));
+        store
+            .apply(records.to_vec(), API_SOURCE, now)
+            .await
+            .unwrap();
+        store
+            .update_session("e2e-etcd-m2", |s| {
+                s.end(EndReason::Succeeded, now, Default::default());
+                Ok(())
+            })
+            .await
+            .unwrap();
+    });
+}
 
 fn session_yaml(name: &str, cleanup: &str) -> String {
     format!(
@@ -70,6 +99,24 @@ fn cleans_up_through_etcd_and_deletes_nothing_while_quorum_is_lost() {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = Reaper::start(&args);
+
+    // Migration: a sled host's records, exported from its data dir, imported into etcd through
+    // the daemon, status included.
+    let sled_dir = tempfile::tempdir().unwrap();
+    sled_host_with_records(sled_dir.path());
+    let exported = r.cli_ok(&[
+        "store",
+        "export",
+        "--data-dir",
+        &sled_dir.path().display().to_string(),
+    ]);
+    let file = write_file(sled_dir.path(), "export.yaml", &exported);
+    r.cli_ok(&["store", "import", "-f", &file.display().to_string()]);
+    assert_eq!(r.phase("sessions", "e2e-etcd-m1"), "Active");
+    assert!(
+        ["Ended", "Cleaned"].contains(&r.phase("sessions", "e2e-etcd-m2").as_str()),
+        "the ended session's status was not carried over"
+    );
 
     // Applied and ended through this reaper: the record is in etcd, its containers go.
     r.apply(&session_yaml("e2e-etcd-s1", ""));
@@ -141,6 +188,8 @@ fn cleans_up_through_etcd_and_deletes_nothing_while_quorum_is_lost() {
         metric(&r.metrics_addr(), "reaper_safe_mode") == Some(0.0)
             && metric(&r.metrics_addr(), STORE_UP) == Some(1.0)
     });
-    assert_eq!(r.phase("sessions", "e2e-etcd-s2"), "Cleaned");
+    r.wait_until("the session is Cleaned", Duration::from_secs(10), || {
+        r.phase("sessions", "e2e-etcd-s2") == "Cleaned"
+    });
     bystanders.assert_all_alive();
 }
