@@ -2,7 +2,7 @@
 //! backend does): mTLS refuses a client without a valid certificate; a write on one host reaches
 //! another through the watch; one member down changes nothing; a lost quorum makes every read
 //! fail (so the controller deletes nothing) until the members are back, and the store then
-//! recovers by itself.
+//! recovers by itself; each host's presence lives on a lease that lapses when it stops.
 
 mod common;
 
@@ -108,6 +108,15 @@ async fn hosts_see_each_other_and_one_member_down_changes_nothing_but_quorum_los
     a.sync().await.unwrap();
     assert_eq!(a.sightings().unwrap().get("container/x"), Some(&T0));
 
+    // Each host keeps its presence on a lease.
+    for host in ["host-a", "host-b"] {
+        let entry = etcd_get(&cluster, &format!("/fleet/hosts/{host}"));
+        assert!(
+            entry.contains(&format!("\"hostName\":\"{host}\"")) && entry.contains("\"lease\":"),
+            "{host}'s entry is missing or on no lease: {entry}"
+        );
+    }
+
     // One member down: reads, writes and the linearizable sync all work.
     cluster.stop_member(2);
     apply(&b, "while-one-is-down").await;
@@ -153,4 +162,46 @@ async fn hosts_see_each_other_and_one_member_down_changes_nothing_but_quorum_los
         .map(|s| s.metadata.name.to_string())
         .collect();
     assert_eq!(names, ["shared", "while-one-is-down"]);
+
+    // A host that stops renewing is gone once its lease lapses; a live one stays.
+    drop(b);
+    let lapse = reaper::store::host_lease::LEASE_TTL + Duration::from_secs(5);
+    eventually(lapse, "host-b's entry to lapse", || {
+        !etcd_get(&cluster, "/fleet/hosts/host-b").contains("hostName")
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "host-a's entry after the outage",
+        || etcd_get(&cluster, "/fleet/hosts/host-a").contains("hostName"),
+    )
+    .await;
+}
+
+/// `etcdctl get KEY -w json` with values decoded (etcdctl prints them base64-encoded; ours are
+/// JSON, so a decoded copy is appended for matching).
+fn etcd_get(cluster: &EtcdCluster, key: &str) -> String {
+    let out = common::run_with_timeout(
+        &mut cluster.etcdctl(&[&cluster.endpoints()[0]], &["get", key, "-w", "json"]),
+        None,
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let value = run_base64_decode(&text);
+    format!("{text}\n{value}")
+}
+
+/// The first `"value":"…"` of etcdctl's JSON, decoded with the base64 CLI.
+fn run_base64_decode(json: &str) -> String {
+    let Some(start) = json.find("\"value\":\"") else {
+        return String::new();
+    };
+    let rest = &json[start + 9..];
+    let encoded = &rest[..rest.find('"').unwrap_or(rest.len())];
+    let out = common::run_with_timeout(
+        std::process::Command::new("base64").arg("-d"),
+        Some(encoded.as_bytes()),
+        Duration::from_secs(5),
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }

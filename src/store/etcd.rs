@@ -6,7 +6,8 @@
 //! What it adds to the guarantees of every backend (see the parent module):
 //! - Layout: `<prefix>/records/session/<name>` and `<prefix>/records/agent/<name>` hold the
 //!   record's JSON; `<prefix>/sightings/<host>/<sighting key>` holds the millisecond a host
-//!   first saw one of its own engine's objects (each host keeps and forgets only its own).
+//!   first saw one of its own engine's objects (each host keeps and forgets only its own);
+//!   `<prefix>/hosts/<host>` is the host's presence, on a lease it renews (`host_lease.rs`).
 //! - A record's revision is its etcd `mod_revision`: unique in the cluster's history, so a
 //!   record deleted and created again never looks unchanged.
 //! - Every commit is one etcd transaction that compares each key's `mod_revision` (or its
@@ -43,8 +44,11 @@ use tokio_util::sync::CancellationToken;
 use super::{codec, reject_duplicates, RecordStore, StoreError, StoreFuture, Versioned, Write};
 use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
 
-/// Each etcd request gets this long; an etcd without quorum answers within it with an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Each etcd request gets this long, and is tried this many times: an etcd without quorum
+/// fails all of them (a pass fails within ATTEMPTS × REQUEST_TIMEOUT), while a leader election
+/// after a member went down is over before the last.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const ATTEMPTS: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A commit waits this long for the watch to bring its own revision before it lists instead.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -119,6 +123,11 @@ impl Keys {
         }
     }
 
+    /// This host's presence (see `host_lease.rs`).
+    fn host(&self, host: &str) -> String {
+        format!("{}hosts/{host}", self.root)
+    }
+
     fn record(&self, owner: &OwnerRef) -> String {
         format!("{}{}/{}", self.records, owner.kind.as_str(), owner.name)
     }
@@ -170,6 +179,39 @@ async fn bounded<T>(
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(result) => result.map_err(|e| io(what, e)),
         Err(_) => Err(io(what, format!("no answer within {REQUEST_TIMEOUT:?}"))),
+    }
+}
+
+/// A bounded request, tried again after a failure: a member that just went down, or a cluster
+/// electing a new leader, drops requests for a moment although the cluster still has its
+/// quorum. Safe to repeat: every write reaper sends is guarded by revisions (a repeat of one
+/// that went through is refused as stale, and the caller reads again) or writes the same
+/// values again.
+async fn retried<T, Fut>(what: &str, mut call: impl FnMut() -> Fut) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match bounded(what, call()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= ATTEMPTS => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(RETRY_MIN).await;
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        retried(what, || {
+            let mut client = self.client.clone();
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
     }
 }
 
@@ -230,6 +272,17 @@ impl EtcdStore {
             gate: tokio::sync::Mutex::new(()),
         });
         runtime.spawn(shared.clone().follow(stop.clone()));
+        let entry = super::host_lease::HostEntry {
+            host_name: settings.host.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: Timestamp::now().0,
+        };
+        runtime.spawn(super::host_lease::keep(
+            shared.client.clone(),
+            shared.keys.host(&settings.host),
+            entry,
+            stop.clone(),
+        ));
         Ok(EtcdStore {
             shared,
             runtime,
@@ -296,14 +349,15 @@ impl Shared {
     /// A linearizable listing of the prefix, installed in the cache unless the cache is
     /// already newer. Returns the revision the cache is at. A failure puts the cache in doubt.
     async fn refresh(self: Arc<Self>) -> Result<i64, StoreError> {
-        let mut client = self.client.clone();
-        let listed = bounded(
-            "listing",
-            client.get(
-                self.keys.root.clone(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
+        let listed = retried("listing", || {
+            let mut client = self.client.clone();
+            let root = self.keys.root.clone();
+            async move {
+                client
+                    .get(root, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
         .await;
         match listed {
             Ok(resp) => {
@@ -524,8 +578,7 @@ impl Shared {
             reads.push(TxnOp::get(key, None));
         }
         let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
-        let mut client = self.client.clone();
-        let resp = bounded("transaction", client.txn(txn)).await?;
+        let resp = self.txn("transaction", txn).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if !resp.succeeded() {
             // The caller reads again and retries: let that read hold what beat this write.
@@ -571,8 +624,7 @@ impl Shared {
                 None,
             ));
         }
-        let mut client = self.client.clone();
-        let resp = bounded("import", client.txn(Txn::new().and_then(ops))).await?;
+        let resp = self.txn("import", Txn::new().and_then(ops)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         self.caught_up(revision).await?;
         Ok(n)
@@ -598,9 +650,9 @@ impl Shared {
         let ops: Vec<TxnOp> = puts.chain(deletes).collect();
         let mut revision = None;
         for chunk in ops.chunks(SIGHTINGS_PER_TXN) {
-            let mut client = self.client.clone();
-            let resp =
-                bounded("sightings", client.txn(Txn::new().and_then(chunk.to_vec()))).await?;
+            let resp = self
+                .txn("sightings", Txn::new().and_then(chunk.to_vec()))
+                .await?;
             revision = resp.header().map(|h| h.revision());
         }
         match revision {

@@ -31,6 +31,7 @@
 
 mod codec;
 pub mod etcd;
+pub mod host_lease;
 mod records;
 pub mod sled;
 
