@@ -1,5 +1,6 @@
 //! `reaper get` and `reaper delete` with kubectl's habits, the CLI run as a process against a
-//! real daemon: several names, label selectors, `--no-headers`, `-o name`, `--ignore-not-found`.
+//! real daemon: several names, label selectors, `--no-headers`, `-o name`, `--ignore-not-found`,
+//! and times that read as "in 4m" or "12s ago" in every table (RFC 3339 in JSON).
 
 mod common;
 
@@ -90,4 +91,60 @@ fn a_socket_that_is_not_reapers_is_named_as_such() {
     assert!(err.contains("not as a reaper daemon does"), "{err}");
     assert!(err.contains("REAPER_SOCKET"), "{err}");
     assert!(!err.contains("page not found"), "{err}");
+}
+
+#[test]
+fn tables_print_relative_times_and_json_keeps_rfc3339() {
+    let _scope = Scope::new(&["e2e-rt-"]);
+    let bystanders = Bystanders::create("rt");
+    let r = Reaper::start(&["--orphan-grace-period", "1h"]);
+    // An orphan that waits out its grace: removable in about an hour.
+    volume("e2e-rt-vol", &[("reaper.session", "e2e-rt-ghost")]);
+    // An ended session whose cleanup waits an hour.
+    r.apply(
+        "apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: e2e-rt-s\n\
+         spec:\n  cleanup:\n    delay: 1h\n",
+    );
+    r.cli_ok(&["session", "end", "e2e-rt-s"]);
+
+    let wide = r.cli_ok(&["get", "sessions", "e2e-rt-s", "-o", "wide", "--no-headers"]);
+    assert!(
+        wide.contains(" in 59m "),
+        "CLEANUP-IN reads as a time left:\n{wide}"
+    );
+    let json = r.session("e2e-rt-s");
+    let cleanup_after = json["status"]["cleanupAfter"].as_str().unwrap_or_default();
+    assert!(
+        cleanup_after.starts_with("20") && cleanup_after.ends_with('Z'),
+        "JSON keeps RFC 3339: {json}"
+    );
+
+    r.wait_until("the orphan volume is listed", READY_TIMEOUT, || {
+        r.cli_ok(&["orphans"]).contains("e2e-rt-vol")
+    });
+    let orphans = r.cli_ok(&["orphans"]);
+    let row = orphans
+        .lines()
+        .find(|l| l.contains("e2e-rt-vol"))
+        .unwrap_or_default();
+    assert!(row.ends_with("wait: removable in 59m"), "{orphans}");
+    let json = r.cli_ok(&["orphans", "-o", "json"]);
+    assert!(json.contains("\"wait until 20"), "{json}");
+
+    r.wait_until("a pass has run", READY_TIMEOUT, || {
+        !r.cli_ok(&["status"]).contains("last pass:  never")
+    });
+    let status = r.cli_ok(&["status"]);
+    let last_pass = status
+        .lines()
+        .find_map(|l| l.strip_prefix("last pass:  "))
+        .unwrap_or_default();
+    assert!(
+        last_pass == "now" || last_pass.ends_with("s ago"),
+        "last pass reads as a time ago:\n{status}"
+    );
+    let json = r.json(&["status", "-o", "json"]);
+    let last_pass = json["health"]["lastPass"].as_str().unwrap_or_default();
+    assert!(last_pass.starts_with("20"), "{json}");
+    bystanders.assert_all_alive();
 }

@@ -23,7 +23,7 @@ use crate::api::wire::{
     self, ApplyFile, ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest,
     HeartbeatRequest, ImportRequest, ImportResponse, Preview, RecordView, ReportRequest, Status,
 };
-use crate::core::model::{Name, OwnerKind, OwnerRef};
+use crate::core::model::{Name, OwnerKind, OwnerRef, Timestamp};
 use output::{Described, ListOutput, Listed, Output};
 use selector::Selector;
 
@@ -332,7 +332,13 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             if !listed.items().is_empty() || missing.is_empty() {
                 print!(
                     "{}",
-                    output::records_as(&listed, what == Plural::Agents, output, no_headers)
+                    output::records_as(
+                        &listed,
+                        what == Plural::Agents,
+                        output,
+                        no_headers,
+                        Timestamp::now(),
+                    )
                 );
             }
             match missing.is_empty() {
@@ -411,7 +417,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         }
         Command::Orphans { output } => {
             let preview: Preview = c.get("/v1/orphans").await?;
-            print!("{}", output::orphans(&preview, output));
+            print!("{}", output::orphans(&preview, output, Timestamp::now()));
             Ok(())
         }
         Command::Cleanup {
@@ -421,7 +427,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         } => cleanup(&c, &target, yes, dry_run).await,
         Command::Status { output } => {
             let status: Status = c.get("/v1/status").await?;
-            print!("{}", output::status(&status, output));
+            print!("{}", output::status(&status, output, Timestamp::now()));
             Ok(())
         }
     }

@@ -15,6 +15,8 @@ use crate::core::model::{
 };
 use crate::core::plan::{Removal, Target};
 
+use super::relative_time::{age, relative, relative_or_never};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -93,27 +95,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// "3m", "2h" since an instant.
-fn age(t: Timestamp) -> String {
-    short(Timestamp::now().since(t))
-}
-
-/// "in 4m": the time left until an instant.
-fn time_left(t: Timestamp) -> String {
-    format!("in {}", short(t.since(Timestamp::now())))
-}
-
-/// A duration in its largest whole unit, as kubectl prints ages.
-fn short(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        7200..=172_799 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
-}
-
 fn labels(labels: &Labels) -> String {
     if labels.is_empty() {
         return "<none>".into();
@@ -150,18 +131,24 @@ impl Listed {
     }
 }
 
-pub fn records(listed: &Listed, agents: bool, o: Output) -> String {
+pub fn records(listed: &Listed, agents: bool, o: Output, now: Timestamp) -> String {
     let o = match o {
         Output::Table => ListOutput::Table,
         Output::Wide => ListOutput::Wide,
         Output::Json => ListOutput::Json,
         Output::Yaml => ListOutput::Yaml,
     };
-    records_as(listed, agents, o, false)
+    records_as(listed, agents, o, false, now)
 }
 
 /// `records`, with `reaper get`'s own choices: `-o name`, and `--no-headers` for tables.
-pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool) -> String {
+pub fn records_as(
+    listed: &Listed,
+    agents: bool,
+    o: ListOutput,
+    no_headers: bool,
+    now: Timestamp,
+) -> String {
     let Some(o) = o.shared() else {
         return listed
             .items()
@@ -180,7 +167,7 @@ pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool
             "No records.\n".into()
         };
     }
-    let printed = records_table(items, agents, o);
+    let printed = records_table(items, agents, o, now);
     if no_headers {
         return printed
             .split_once('\n')
@@ -190,7 +177,7 @@ pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool
     printed
 }
 
-fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
+fn records_table(items: &[RecordView], agents: bool, o: Output, now: Timestamp) -> String {
     let wide = o == Output::Wide;
     if agents {
         let mut header = vec!["NAME", "PHASE", "SINCE", "REMOVED"];
@@ -200,7 +187,7 @@ fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
         let rows: Vec<Vec<String>> = items
             .iter()
             .filter_map(|r| match r {
-                RecordView::Agent { agent, .. } => Some(agent_row(agent, wide)),
+                RecordView::Agent { agent, .. } => Some(agent_row(agent, wide, now)),
                 RecordView::Session { .. } => None,
             })
             .collect();
@@ -213,18 +200,18 @@ fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .filter_map(|r| match r {
-            RecordView::Session { session, .. } => Some(session_row(session, wide)),
+            RecordView::Session { session, .. } => Some(session_row(session, wide, now)),
             RecordView::Agent { .. } => None,
         })
         .collect();
     table(&header, &rows)
 }
 
-fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
+fn agent_row(a: &Agent, wide: bool, now: Timestamp) -> Vec<String> {
     let mut r = vec![
         a.metadata.name.to_string(),
         wire_name(&a.status.phase),
-        age(a.status.phase_since),
+        age(a.status.phase_since, now),
         removed(&a.status.removed),
     ];
     if wide {
@@ -240,7 +227,7 @@ fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            or_dash(a.cleanup_delayed(Timestamp::now()).map(time_left)),
+            or_dash(a.cleanup_delayed(now).map(|t| relative(t, now))),
             a.status.source.clone().unwrap_or_default(),
             labels(&a.metadata.labels),
         ]);
@@ -248,7 +235,7 @@ fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
     r
 }
 
-fn session_row(s: &Session, wide: bool) -> Vec<String> {
+fn session_row(s: &Session, wide: bool, now: Timestamp) -> Vec<String> {
     let phase = wire_name(&s.status.phase);
     let phase = if s.status.deleting_since.is_some() {
         format!("{phase} (deleting)")
@@ -259,14 +246,14 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
         s.metadata.name.to_string(),
         phase,
         or_dash(s.status.end_reason.map(|r| wire_name(&r))),
-        age(s.status.created_at),
+        age(s.status.created_at, now),
         removed(&s.status.removed),
     ];
     if wide {
         r.extend([
             or_dash(s.spec.ttl.map(|d| d.to_string())),
             or_dash(s.spec.heartbeat_timeout.map(|d| d.to_string())),
-            or_dash(s.cleanup_delayed(Timestamp::now()).map(time_left)),
+            or_dash(s.cleanup_delayed(now).map(|t| relative(t, now))),
             s.status.source.clone().unwrap_or_default(),
             labels(&s.metadata.labels),
         ]);
@@ -349,7 +336,20 @@ struct OrphanRow {
     name: String,
     owner: String,
     reason: CleanupReason,
+    /// As scripts read it: "wait until <RFC 3339>".
     action: String,
+    /// For the table, which says "wait: removable in 4m" instead.
+    #[serde(skip)]
+    removable_at: Option<Timestamp>,
+}
+
+impl OrphanRow {
+    fn action_for_people(&self, now: Timestamp) -> String {
+        match self.removable_at {
+            Some(t) => format!("wait: removable {}", relative(t, now)),
+            None => self.action.clone(),
+        }
+    }
 }
 
 fn removal_row(r: &Removal, action: String) -> OrphanRow {
@@ -361,11 +361,12 @@ fn removal_row(r: &Removal, action: String) -> OrphanRow {
         owner: owner(r.owner.as_ref()),
         reason: r.reason,
         action,
+        removable_at: None,
     }
 }
 
 /// `reaper orphans`: a flat list with an ACTION column (remove now, or wait until).
-pub fn orphans(p: &Preview, o: Output) -> String {
+pub fn orphans(p: &Preview, o: Output, now: Timestamp) -> String {
     let remove = p.removals.iter().map(|r| {
         let action = match r.stop_only {
             true => "stop (cleanup delayed)",
@@ -383,6 +384,7 @@ pub fn orphans(p: &Preview, o: Output) -> String {
             Some(t) => format!("wait until {t}"),
             None => "keep (age unknown)".into(),
         },
+        removable_at: w.removable_at,
     });
     let held = p.held.iter().map(|r| {
         removal_row(
@@ -406,14 +408,14 @@ pub fn orphans(p: &Preview, o: Output) -> String {
                 short_id(&r.id).to_string(),
                 r.owner.clone(),
                 r.reason.to_string(),
-                r.action.clone(),
+                r.action_for_people(now),
             ]
         })
         .collect();
     table(&["KIND", "NAME", "ID", "OWNER", "REASON", "ACTION"], &rows)
 }
 
-pub fn status(v: &Status, o: Output) -> String {
+pub fn status(v: &Status, o: Output, now: Timestamp) -> String {
     if let Some(out) = structured(v, o) {
         return out;
     }
@@ -457,15 +459,21 @@ pub fn status(v: &Status, o: Output) -> String {
              the rule\n",
             held.orphans,
             held.limit,
-            held.since,
+            relative(held.since, now),
             held.examples.join(", ")
         ));
     }
     if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
-    out.push_str(&format!("last pass:  {}\n", or_never(h.last_pass)));
-    out.push_str(&format!("last ok:    {}\n", or_never(h.last_success)));
+    out.push_str(&format!(
+        "last pass:  {}\n",
+        relative_or_never(h.last_pass, now)
+    ));
+    out.push_str(&format!(
+        "last ok:    {}\n",
+        relative_or_never(h.last_success, now)
+    ));
     if let Some(e) = h.last_error.as_ref().filter(|s| !s.is_empty()) {
         out.push_str(&format!("last error: {e}\n"));
     }
@@ -496,10 +504,6 @@ fn counts<'a>(pairs: impl Iterator<Item = (&'a str, i64)>) -> String {
         .join(" ")
 }
 
-fn or_never(t: Option<Timestamp>) -> String {
-    t.map_or_else(|| "never".into(), |t| t.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     //! The expected texts are what the CLI printed before it read replies into the wire types
@@ -521,6 +525,11 @@ mod tests {
         }
     }
 
+    /// A minute after the examples' fixed times (2024-05-01T10:00:00Z).
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2024-05-01T10:01:00Z").expect("RFC 3339")
+    }
+
     fn first(list: &str) -> String {
         let v: Vec<Value> = typed(list);
         v[0].to_string()
@@ -531,37 +540,42 @@ mod tests {
         let sessions = Listed::All(typed(&examples::sessions()));
         let agents = Listed::All(typed(&examples::agents()));
         assert_eq!(
-            records(&sessions, false, Output::Table),
+            records(&sessions, false, Output::Table, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED\n\
              s1     Ended (deleting)   ttlExpired   10m   7\n\
              s2     Active             -            3h    0\n"
         );
         assert_eq!(
-            records(&sessions, false, Output::Wide),
+            records(&sessions, false, Output::Wide, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED   TTL   HEARTBEAT   CLEANUP-IN   SOURCE   LABELS\n\
              s1     Ended (deleting)   ttlExpired   10m   7         2h    1m          -            api      b=2,team=tdd\n\
              s2     Active             -            3h    0         -     -           -                     <none>\n"
         );
         assert_eq!(
-            records(&agents, true, Output::Table),
+            records(&agents, true, Output::Table, Timestamp::now()),
             "NAME   PHASE     SINCE   REMOVED\n\
              a1     Failed    3d      3\n\
              a2     Running   5m      0\n"
         );
         assert_eq!(
-            records(&agents, true, Output::Wide),
+            records(&agents, true, Output::Wide, Timestamp::now()),
             "NAME   PHASE     SINCE   REMOVED   PREFIX           BUILD-DIR   CLEANUP-IN   SOURCE                              LABELS\n\
              a1     Failed    3d      3         anvyl-agent-a1   a1/build    -            /etc/reaper/manifests/agents.yaml   team=x\n\
              a2     Running   5m      0         <default>                    -                                                <none>\n"
         );
         let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
         assert_eq!(
-            records(&one, false, Output::Table),
+            records(&one, false, Output::Table, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED\n\
              s1     Ended (deleting)   ttlExpired   10m   7\n"
         );
         assert_eq!(
-            records(&Listed::All(Vec::new()), false, Output::Table),
+            records(
+                &Listed::All(Vec::new()),
+                false,
+                Output::Table,
+                Timestamp::now()
+            ),
             "No records.\n"
         );
     }
@@ -571,17 +585,22 @@ mod tests {
         for o in [Output::Json, Output::Yaml] {
             for list in [examples::sessions(), examples::agents()] {
                 assert_eq!(
-                    records(&Listed::All(typed(&list)), false, o),
+                    records(&Listed::All(typed(&list)), false, o, Timestamp::now()),
                     as_received(&list, o)
                 );
                 let one = first(&list);
                 assert_eq!(
-                    records(&Listed::One(Box::new(typed(&one))), true, o),
+                    records(
+                        &Listed::One(Box::new(typed(&one))),
+                        true,
+                        o,
+                        Timestamp::now()
+                    ),
                     as_received(&one, o)
                 );
             }
             assert_eq!(
-                records(&Listed::All(Vec::new()), false, o),
+                records(&Listed::All(Vec::new()), false, o, Timestamp::now()),
                 as_received("[]", o)
             );
         }
@@ -621,12 +640,12 @@ mod tests {
     fn orphans_and_removals_print_as_before() {
         let preview: Preview = typed(examples::orphans());
         assert_eq!(
-            orphans(&preview, Output::Table),
+            orphans(&preview, Output::Table, now()),
             "KIND        NAME       ID             OWNER        REASON          ACTION\n\
              container   c1         0123456789ab   session/s1   session_ended   remove\n\
              container   c2         89abcdef0123   session/s3   session_ended   stop (cleanup delayed)\n\
              path        s1/build   s1/build       -            orphan          remove\n\
-             volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
+             volume      v1         v1             -            orphan          wait: removable in 23h\n\
              network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
              volume      data-1     data-1         session/s2   orphan          held (blast radius: confirm with `reaper cleanup --yes`)\n"
         );
@@ -645,13 +664,13 @@ mod tests {
              "kind": "volume", "name": "data-1", "owner": "session/s2", "reason": "orphan"}
         ]"#;
         for o in [Output::Json, Output::Yaml] {
-            assert_eq!(orphans(&preview, o), as_received(flat, o));
+            assert_eq!(orphans(&preview, o, now()), as_received(flat, o));
         }
-        assert!(orphans(&preview, Output::Yaml).contains("  owner: '-'\n"));
+        assert!(orphans(&preview, Output::Yaml, now()).contains("  owner: '-'\n"));
         let none: Preview = typed(r#"{"removals": [], "waiting": []}"#);
-        assert_eq!(orphans(&none, Output::Table), "Nothing to remove.\n");
-        assert_eq!(orphans(&none, Output::Json), "[]\n");
-        assert_eq!(orphans(&none, Output::Yaml), "[]\n");
+        assert_eq!(orphans(&none, Output::Table, now()), "Nothing to remove.\n");
+        assert_eq!(orphans(&none, Output::Json, now()), "[]\n");
+        assert_eq!(orphans(&none, Output::Yaml, now()), "[]\n");
         assert_eq!(
             removals(&preview.removals),
             "KIND        NAME       ID             OWNER        REASON\n\
@@ -671,16 +690,16 @@ mod tests {
     #[test]
     fn status_prints_as_before() {
         assert_eq!(
-            status(&typed(examples::status_up()), Output::Table),
+            status(&typed(examples::status_up()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     up, Docker 24.0.7 (API 1.43)\n\
              exits:      off: container stops run at full concurrency\n\
              store:      ok\n\
              safe mode:  off\n\
-             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2024-05-01T09:59:00Z); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
+             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2m ago); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
              dry run:    on (nothing is removed)\n\
-             last pass:  2024-05-01T10:00:00.123Z\n\
-             last ok:    2024-05-01T10:00:00.123Z\n\
+             last pass:  59s ago\n\
+             last ok:    59s ago\n\
              sessions:   active=1 cleaned=0 ended=2 ending=0 expired=0\n\
              agents:     failed=0 running=1 starting=0 stopped=3\n\
              owned:      container=2 image=3 network=1 path=1 volume=0\n\
@@ -688,12 +707,12 @@ mod tests {
              manifest:   INVALID /m/a.yaml: a.yaml: document 1, line 3: unknown field\n"
         );
         assert_eq!(
-            status(&typed(examples::status_down()), Output::Table),
+            status(&typed(examples::status_down()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     DOWN connection refused\n\
              store:      ERROR corrupt\n\
              safe mode:  ON: nothing is deleted until the store and Docker view are trustworthy\n\
-             last pass:  2024-05-01T10:00:00Z\n\
+             last pass:  60s ago\n\
              last ok:    never\n\
              last error: the store cannot be read: corrupt\n\
              sessions:   unknown\n\
@@ -702,7 +721,7 @@ mod tests {
              orphans:    \n"
         );
         assert_eq!(
-            status(&typed(examples::status_wedged()), Output::Table),
+            status(&typed(examples::status_wedged()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     WEDGED: /_ping answers but listings time out; no removals are sent (see the log)\n\
              exits:      on: at most one container stop at a time\n\
@@ -721,7 +740,7 @@ mod tests {
             examples::status_wedged(),
         ] {
             for o in [Output::Json, Output::Yaml] {
-                assert_eq!(status(&typed(example), o), as_received(example, o));
+                assert_eq!(status(&typed(example), o, now()), as_received(example, o));
             }
         }
     }
