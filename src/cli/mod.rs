@@ -3,6 +3,8 @@
 //! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
 //! daemon's API on its Unix socket.
 
+mod custom_columns;
+mod jsonpath;
 pub mod output;
 mod register;
 pub mod relative_time;
@@ -52,7 +54,9 @@ pub enum Command {
     /// List records: all of a kind, or the NAMEs given, filtered by labels.
     #[command(
         after_help = "Examples:\n  reaper get sessions\n  reaper get sessions tdd-run-42 tdd-run-43 -o wide\n  \
-        reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name"
+        reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name\n  \
+        reaper get sessions -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'\n  \
+        reaper get sessions -o custom-columns=NAME:.metadata.name,PHASE:.status.phase"
     )]
     Get {
         what: Plural,
@@ -61,7 +65,8 @@ pub enum Command {
         /// (all must hold), repeatable.
         #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
         selector: Vec<String>,
-        #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+        #[arg(short = 'o', long, value_parser = ListOutput::parse, default_value = "table",
+              help = ListOutput::HELP)]
         output: ListOutput,
         /// Tables without their header line.
         #[arg(long)]
@@ -335,7 +340,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
                     output::records_as(
                         &listed,
                         what == Plural::Agents,
-                        output,
+                        &output,
                         no_headers,
                         Timestamp::now(),
                     )

@@ -12,9 +12,12 @@ use crate::api::wire::{Health, Preview, RecordView, Status};
 use crate::core::inventory::{short_id, DockerObject};
 use crate::core::model::{
     Agent, CleanupReason, Labels, ObjectCounts, OwnerRef, ResourceKind, Session, Timestamp,
+    API_VERSION,
 };
 use crate::core::plan::{Removal, Target};
 
+use super::custom_columns::Columns;
+use super::jsonpath::{Template, TemplateError};
 use super::relative_time::{age, relative, relative_or_never};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -25,25 +28,55 @@ pub enum Output {
     Yaml,
 }
 
-/// `reaper get -o`: the shared formats, and `name` (`session/NAME` per line, for scripts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// `reaper get -o`: the shared formats, `name` (`session/NAME` per line, for scripts), and
+/// kubectl's `jsonpath=TEMPLATE` and `custom-columns=HEADER:.path,…`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ListOutput {
     Table,
     Wide,
     Json,
     Yaml,
     Name,
+    JsonPath(Template),
+    CustomColumns(Columns),
 }
 
 impl ListOutput {
-    fn shared(self) -> Option<Output> {
-        match self {
-            ListOutput::Table => Some(Output::Table),
-            ListOutput::Wide => Some(Output::Wide),
-            ListOutput::Json => Some(Output::Json),
-            ListOutput::Yaml => Some(Output::Yaml),
-            ListOutput::Name => None,
+    /// What `-o` names in `reaper get --help`.
+    pub const HELP: &'static str = "table, wide, json, yaml, name, jsonpath=TEMPLATE \
+        (e.g. '{.items[*].metadata.name}'), custom-columns=HEADER:.path,… \
+        (e.g. NAME:.metadata.name,PHASE:.status.phase)";
+
+    /// Parses `-o`'s value; a bad template says at which column of the value and why.
+    pub fn parse(value: &str) -> Result<ListOutput, String> {
+        let with_caret = |e: TemplateError| {
+            let pad = " ".repeat(e.column.saturating_sub(1));
+            format!("{e}\n  {value}\n  {pad}^")
+        };
+        if let Some(t) = value.strip_prefix("jsonpath=") {
+            return Template::parse(t, "jsonpath=".len())
+                .map(ListOutput::JsonPath)
+                .map_err(with_caret);
         }
+        if let Some(c) = value.strip_prefix("custom-columns=") {
+            return Columns::parse(c, "custom-columns=".len())
+                .map(ListOutput::CustomColumns)
+                .map_err(with_caret);
+        }
+        Ok(match value {
+            "table" => ListOutput::Table,
+            "wide" => ListOutput::Wide,
+            "json" => ListOutput::Json,
+            "yaml" => ListOutput::Yaml,
+            "name" => ListOutput::Name,
+            "jsonpath" | "custom-columns" => {
+                return Err(format!(
+                    "{value} needs a template: {value}=…; one of {}",
+                    Self::HELP
+                ))
+            }
+            _ => return Err(format!("expected one of {}", Self::HELP)),
+        })
     }
 }
 
@@ -129,6 +162,27 @@ impl Listed {
             Listed::All(v) => v,
         }
     }
+
+    /// What `-o json|yaml` prints: one named record as itself, a list as kubectl prints one
+    /// (`apiVersion`, `kind: List`, `items`), so a script reads every list the same way.
+    fn document(&self) -> Value {
+        match self {
+            Listed::One(r) => sorted(r),
+            Listed::All(items) => sorted(&RecordList {
+                api_version: API_VERSION,
+                kind: "List",
+                items,
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordList<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: &'a [RecordView],
 }
 
 pub fn records(listed: &Listed, agents: bool, o: Output, now: Timestamp) -> String {
@@ -138,36 +192,46 @@ pub fn records(listed: &Listed, agents: bool, o: Output, now: Timestamp) -> Stri
         Output::Json => ListOutput::Json,
         Output::Yaml => ListOutput::Yaml,
     };
-    records_as(listed, agents, o, false, now)
+    records_as(listed, agents, &o, false, now)
 }
 
 /// `records`, with `reaper get`'s own choices: `-o name`, and `--no-headers` for tables.
 pub fn records_as(
     listed: &Listed,
     agents: bool,
-    o: ListOutput,
+    o: &ListOutput,
     no_headers: bool,
     now: Timestamp,
 ) -> String {
-    let Some(o) = o.shared() else {
-        return listed
-            .items()
-            .iter()
-            .map(|r| format!("{}\n", r.owner()))
-            .collect();
+    let printed = match o {
+        ListOutput::Name => {
+            return listed
+                .items()
+                .iter()
+                .map(|r| format!("{}\n", r.owner()))
+                .collect()
+        }
+        ListOutput::JsonPath(t) => return t.render(&listed.document()),
+        ListOutput::Json => {
+            return structured(&listed.document(), Output::Json).unwrap_or_default()
+        }
+        ListOutput::Yaml => {
+            return structured(&listed.document(), Output::Yaml).unwrap_or_default()
+        }
+        _ if listed.items().is_empty() => {
+            return match no_headers {
+                true => String::new(),
+                false => "No records.\n".into(),
+            }
+        }
+        ListOutput::CustomColumns(c) => {
+            let items: Vec<Value> = listed.items().iter().map(sorted).collect();
+            let (header, rows) = c.rows(&items);
+            table(&header, &rows)
+        }
+        ListOutput::Wide => records_table(listed.items(), agents, Output::Wide, now),
+        ListOutput::Table => records_table(listed.items(), agents, Output::Table, now),
     };
-    if let Some(out) = structured(listed, o) {
-        return out;
-    }
-    let items = listed.items();
-    if items.is_empty() {
-        return if no_headers {
-            String::new()
-        } else {
-            "No records.\n".into()
-        };
-    }
-    let printed = records_table(items, agents, o, now);
     if no_headers {
         return printed
             .split_once('\n')
@@ -581,12 +645,14 @@ mod tests {
     }
 
     #[test]
-    fn get_prints_json_and_yaml_as_received() {
+    fn get_prints_a_list_as_kind_list_and_one_record_as_itself() {
         for o in [Output::Json, Output::Yaml] {
             for list in [examples::sessions(), examples::agents()] {
+                let wrapped =
+                    format!(r#"{{"apiVersion": "reaper/v1", "kind": "List", "items": {list}}}"#);
                 assert_eq!(
                     records(&Listed::All(typed(&list)), false, o, Timestamp::now()),
-                    as_received(&list, o)
+                    as_received(&wrapped, o)
                 );
                 let one = first(&list);
                 assert_eq!(
@@ -601,9 +667,54 @@ mod tests {
             }
             assert_eq!(
                 records(&Listed::All(Vec::new()), false, o, Timestamp::now()),
-                as_received("[]", o)
+                as_received(
+                    r#"{"apiVersion": "reaper/v1", "kind": "List", "items": []}"#,
+                    o
+                )
             );
         }
+    }
+
+    #[test]
+    fn get_prints_jsonpath_and_custom_columns() {
+        let sessions = Listed::All(typed(&examples::sessions()));
+        let now = Timestamp::now();
+        let o = |v: &str| ListOutput::parse(v).expect("parses");
+        let names = o("jsonpath={range .items[*]}{.metadata.name}:{.status.phase}{\"\\n\"}{end}");
+        assert_eq!(
+            records_as(&sessions, false, &names, false, now),
+            "s1:Ended\ns2:Active\n"
+        );
+        let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
+        let phase = o("jsonpath={.status.phase}");
+        assert_eq!(records_as(&one, false, &phase, false, now), "Ended");
+        let cols = o("custom-columns=NAME:.metadata.name,TEAM:.metadata.labels.team");
+        assert_eq!(
+            records_as(&sessions, false, &cols, false, now),
+            "NAME   TEAM\ns1     tdd\ns2     <none>\n"
+        );
+        assert_eq!(
+            records_as(&sessions, false, &cols, true, now),
+            "s1     tdd\ns2     <none>\n"
+        );
+    }
+
+    #[test]
+    fn bad_output_formats_say_where_and_why() {
+        let e = ListOutput::parse("jsonpath={.items[*}").expect_err("refused");
+        assert_eq!(
+            e,
+            "at column 19: expected ']'\n  jsonpath={.items[*}\n                    ^"
+        );
+        let e = ListOutput::parse("custom-columns=NAME").expect_err("refused");
+        assert!(
+            e.starts_with("at column 16: column \"NAME\" has no ':'"),
+            "{e}"
+        );
+        let e = ListOutput::parse("jsonpath").expect_err("refused");
+        assert!(e.starts_with("jsonpath needs a template"), "{e}");
+        let e = ListOutput::parse("xml").expect_err("refused");
+        assert!(e.starts_with("expected one of table, wide"), "{e}");
     }
 
     #[test]

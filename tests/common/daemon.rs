@@ -228,6 +228,11 @@ impl Reaper {
         self.json(&["get", "agents", name, "-o", "json"])
     }
 
+    /// `get KIND -o json`: the items of the `kind: List` it prints.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        list_items(&self.json(&["get", kind, "-o", "json"]))
+    }
+
     /// Runs a client verb that prints JSON and parses it.
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.cli_ok(args);
@@ -412,4 +417,15 @@ pub fn removed_counts(record: &Value) -> (u64, u64, u64, u64, u64) {
         n("images"),
         n("paths"),
     )
+}
+
+/// The items of a `kind: List` document as `reaper get -o json` prints a list; panics on
+/// anything else.
+pub fn list_items(v: &Value) -> Vec<Value> {
+    assert_eq!(v["kind"], "List", "not a kind: List document: {v:#}");
+    assert_eq!(v["apiVersion"], "reaper/v1", "{v:#}");
+    v["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a List without items: {v:#}"))
+        .clone()
 }
