@@ -260,3 +260,167 @@ fn get_prints_jsonpath_and_custom_columns_and_refuses_bad_templates() {
         assert!(err.contains(&format!("  {format}\n")), "{format}: {err}");
     }
 }
+
+/// The lines a running process prints, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) for a line that `matches`; returns it and the lines before it.
+fn expect_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = matches(&line);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {what} within {READY_TIMEOUT:?}; got {seen:#?}");
+}
+
+#[test]
+fn get_watch_prints_the_records_then_each_change_until_interrupted() {
+    let _scope = Scope::new(&["e2e-wt-"]);
+    let bystanders = Bystanders::create("wt");
+    let r = Reaper::start(&[]);
+    r.apply(&session("w-a", "team: tdd"));
+    let spawn = |args: &[&str]| {
+        r.cli_command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawns reaper get -w")
+    };
+    let mut table = spawn(&["get", "sessions", "-w"]);
+    let mut names = spawn(&["get", "sessions", "-o", "name", "--watch", "-l", "team=tdd"]);
+    let mut json = spawn(&[
+        "get",
+        "sessions",
+        "w-b",
+        "-o",
+        "json",
+        "-w",
+        "--ignore-not-found",
+    ]);
+    let (table_lines, name_lines, json_lines) = (
+        lines_of(&mut table),
+        lines_of(&mut names),
+        lines_of(&mut json),
+    );
+
+    // The current records first, with the header.
+    let first = expect_line(&table_lines, "w-a", |l| l.starts_with("w-a "));
+    assert!(first[0].starts_with("NAME "), "{first:?}");
+    assert!(first[1].contains(" Active "), "{first:?}");
+    expect_line(&name_lines, "session/w-a", |l| l == "session/w-a");
+
+    // Then a row for each change: a new session, its end, and its deletion.
+    r.apply(&session("w-b", "team: tdd"));
+    let added = expect_line(&table_lines, "w-b Active", |l| {
+        l.starts_with("w-b ") && l.contains(" Active ")
+    });
+    assert!(
+        added.iter().all(|l| !l.starts_with("NAME")),
+        "one header: {added:?}"
+    );
+    expect_line(&name_lines, "session/w-b", |l| l == "session/w-b");
+    r.cli_ok(&["session", "end", "w-b"]);
+    expect_line(&table_lines, "w-b ended", |l| {
+        l.starts_with("w-b ") && (l.contains(" Ended ") || l.contains(" Cleaned "))
+    });
+    // -o json: one document per change, only for the NAME asked for.
+    let docs = expect_line(&json_lines, "w-b Ended", |l| {
+        l.contains("\"phase\": \"Ended\"") || l.contains("\"phase\": \"Cleaned\"")
+    });
+    assert!(
+        docs.iter().any(|l| l.contains("\"name\": \"w-b\"")),
+        "{docs:#?}"
+    );
+    assert!(docs.iter().all(|l| !l.contains("w-a")), "{docs:#?}");
+    r.cli_ok(&["delete", "session", "w-b", "--wait"]);
+
+    // Still following until interrupted.
+    for child in [&mut table, &mut names, &mut json] {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the watcher exited on its own"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // A NAME that does not exist is an error at once, as without --watch.
+    let out = r.cli(&["get", "sessions", "nope", "-w"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("session/nope not found"),
+        "{}",
+        stderr_of(&out)
+    );
+    bystanders.assert_all_alive();
+}
+
+#[test]
+fn the_watch_endpoint_streams_lines_and_ends_after_timeout_seconds() {
+    use std::io::{Read, Write};
+    let r = Reaper::start(&[]);
+    r.apply(&session("ws-a", "team: x"));
+    let get = |path: &str| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(r.socket()).expect("connects");
+        s.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: reaper\r\nConnection: close\r\n\r\n"
+        )
+        .expect("sends");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .expect("the stream ends in time");
+        reply
+    };
+    let started = std::time::Instant::now();
+    let reply = get("/v1/watch/sessions?timeoutSeconds=1");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{reply}"
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("content-type: application/x-ndjson"),
+        "{reply}"
+    );
+    let added = reply.find(r#"{"type":"ADDED","object":{"#);
+    assert!(reply.contains(r#""metadata":{"name":"ws-a""#), "{reply}");
+    let bookmark = reply.find(r#"{"type":"BOOKMARK"}"#);
+    assert!(added.is_some() && bookmark > added, "{reply}");
+    let reply = get("/v1/watch/sessions?timeoutSeconds=0");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.contains("timeoutSeconds must be a whole number from 1 to 86400"),
+        "{reply}"
+    );
+    let reply = get("/v1/watch/nothing");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+}

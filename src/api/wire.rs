@@ -317,6 +317,29 @@ pub struct FailedRemoval {
 /// `GET /v1/{sessions,agents}/{name}/objects`: the Docker objects the owner claims now.
 pub type Objects = Vec<DockerObject>;
 
+/// One line of `GET /v1/watch/sessions|agents`: a record that was added, modified or deleted
+/// (with its last state); `BOOKMARK` once the records that existed at the start were sent;
+/// `ERROR` (with `error`) just before the stream ends because the store cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub kind: WatchEventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<RecordView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+    Bookmark,
+    Error,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

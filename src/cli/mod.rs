@@ -11,6 +11,7 @@ pub mod relative_time;
 pub mod run;
 mod selector;
 mod serve_args;
+mod watch;
 
 use serve_args::socket_help;
 pub use serve_args::{serve_overrides, ServeArgs};
@@ -56,7 +57,8 @@ pub enum Command {
         after_help = "Examples:\n  reaper get sessions\n  reaper get sessions tdd-run-42 tdd-run-43 -o wide\n  \
         reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name\n  \
         reaper get sessions -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'\n  \
-        reaper get sessions -o custom-columns=NAME:.metadata.name,PHASE:.status.phase"
+        reaper get sessions -o custom-columns=NAME:.metadata.name,PHASE:.status.phase\n  \
+        reaper get sessions -w    # then a row each time a session changes; Ctrl-C ends it"
     )]
     Get {
         what: Plural,
@@ -74,6 +76,10 @@ pub enum Command {
         /// A NAME that does not exist is not an error.
         #[arg(long)]
         ignore_not_found: bool,
+        /// After the current records, print a row (or document) each time one changes, until
+        /// interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show a record, its status and conditions, and the Docker objects it owns now.
     Describe {
@@ -322,9 +328,21 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             output,
             no_headers,
             ignore_not_found,
+            watch,
         } => {
             let selector = Selector::parse(selector.iter().map(String::as_str))
                 .map_err(|e| Failure::new(2, e))?;
+            if watch {
+                let w = watch::Watch {
+                    plural: plural_of(what),
+                    names: &names,
+                    selector: &selector,
+                    output: &output,
+                    no_headers,
+                    ignore_not_found,
+                };
+                return watch::run(&c, w).await;
+            }
             let (listed, missing) = get(&c, what, &names, ignore_not_found).await?;
             let listed = match listed {
                 Listed::One(r) if !selector.matches(r.labels()) => Listed::All(Vec::new()),

@@ -82,7 +82,7 @@ impl ListOutput {
 
 /// JSON or YAML of what was received. Through a `Value`, whose keys are sorted, so the text
 /// does not depend on the order in which a type declares its fields.
-fn structured(v: &impl Serialize, o: Output) -> Option<String> {
+pub(super) fn structured(v: &impl Serialize, o: Output) -> Option<String> {
     match o {
         Output::Json => Some(serde_json::to_string_pretty(&sorted(v)).unwrap_or_default() + "\n"),
         Output::Yaml => Some(serde_yaml::to_string(&sorted(v)).unwrap_or_default()),
@@ -90,7 +90,7 @@ fn structured(v: &impl Serialize, o: Output) -> Option<String> {
     }
 }
 
-fn sorted(v: &impl Serialize) -> Value {
+pub(super) fn sorted(v: &impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
@@ -104,13 +104,24 @@ fn wire_name(v: &impl Serialize) -> String {
 
 /// Renders rows as a left-aligned table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    aligned(Some(header), rows, &mut Vec::new())
+}
+
+/// Rows (after `header`, if any) left-aligned to `widths`, which grow to fit them: `get
+/// --watch` keeps its widths, so later rows line up with the first ones.
+pub(super) fn aligned(
+    header: Option<&[&str]>,
+    rows: &[Vec<String>],
+    widths: &mut Vec<usize>,
+) -> String {
+    let header: Option<Vec<String>> = header.map(|h| h.iter().map(|c| c.to_string()).collect());
+    for r in header.iter().chain(rows) {
+        widths.resize(widths.len().max(r.len()), 0);
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &[String]| {
         let mut out = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -121,11 +132,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
         out.trim_end().to_string() + "\n"
     };
-    let mut out = line(header.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
+    header.iter().chain(rows).map(|r| line(r)).collect()
 }
 
 fn labels(labels: &Labels) -> String {
@@ -242,33 +249,44 @@ pub fn records_as(
 }
 
 fn records_table(items: &[RecordView], agents: bool, o: Output, now: Timestamp) -> String {
-    let wide = o == Output::Wide;
+    let (header, rows) = records_columns(items, agents, o == Output::Wide, now);
+    table(&header, &rows)
+}
+
+/// The header and rows of `get`'s table (`wide` adds columns); records of the other kind are
+/// left out.
+pub(super) fn records_columns(
+    items: &[RecordView],
+    agents: bool,
+    wide: bool,
+    now: Timestamp,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     if agents {
         let mut header = vec!["NAME", "PHASE", "SINCE", "REMOVED"];
         if wide {
             header.extend(["PREFIX", "BUILD-DIR", "CLEANUP-IN", "SOURCE", "LABELS"]);
         }
-        let rows: Vec<Vec<String>> = items
+        let rows = items
             .iter()
             .filter_map(|r| match r {
                 RecordView::Agent { agent, .. } => Some(agent_row(agent, wide, now)),
                 RecordView::Session { .. } => None,
             })
             .collect();
-        return table(&header, &rows);
+        return (header, rows);
     }
     let mut header = vec!["NAME", "PHASE", "REASON", "AGE", "REMOVED"];
     if wide {
         header.extend(["TTL", "HEARTBEAT", "CLEANUP-IN", "SOURCE", "LABELS"]);
     }
-    let rows: Vec<Vec<String>> = items
+    let rows = items
         .iter()
         .filter_map(|r| match r {
             RecordView::Session { session, .. } => Some(session_row(session, wide, now)),
             RecordView::Agent { .. } => None,
         })
         .collect();
-    table(&header, &rows)
+    (header, rows)
 }
 
 fn agent_row(a: &Agent, wide: bool, now: Timestamp) -> Vec<String> {

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
+use crate::api::server::{
+    handle_api_streaming, handle_api_with_token, handle_metrics, serve as serve_http,
+};
 use crate::config::{Config, Secret};
 use crate::controller::{Controller, Settings};
 use crate::core::ownership::Rules;
@@ -191,10 +193,10 @@ pub async fn serve<E: Engine>(
     tracker.spawn(ctl.clone().run(stop.clone()));
     tracker.spawn(ctl.clone().run_removals(stop.clone()));
     tracker.spawn(ctl.clone().watch_events(stop.clone()));
-    let c = ctl.clone();
+    let (c, watching) = (ctl.clone(), stop.clone());
     tracker.spawn(serve_http(
         listeners.api,
-        move |req| handle_api(c.clone(), req),
+        move |req| handle_api_streaming(c.clone(), watching.clone(), req),
         stop.clone(),
         tracker.clone(),
     ));
@@ -204,7 +206,9 @@ pub async fn serve<E: Engine>(
         }
         let token: Arc<str> = Arc::from(token.expose());
         let c = ctl.clone();
-        let handler = move |req| handle_api_with_token(c.clone(), token.clone(), req);
+        let watching = stop.clone();
+        let handler =
+            move |req| handle_api_with_token(c.clone(), token.clone(), watching.clone(), req);
         tracker.spawn(serve_http(listener, handler, stop.clone(), tracker.clone()));
     }
     let c = ctl.clone();
