@@ -1,0 +1,131 @@
+//! Messages that say what happened and what to do, each seen as the CLI or `serve` prints it
+//! when run as a process: a zero ttl, a host name as metricsListen, a locked store, a second
+//! `serve`, phases in any case through the API.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+/// One request to the daemon's API over its socket, by curl (a process, as any client is).
+fn api(r: &Reaper, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--unix-socket")
+        .arg(r.socket())
+        .args(["-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("http://reaper{path}"));
+    let out = run_with_timeout(&mut cmd, None, CLI_TIMEOUT);
+    let text = stdout_of(&out);
+    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+    let code = code.trim().parse().unwrap_or_else(|_| panic!("{text:?}"));
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `reaper serve ARGS` run to its exit (bounded), for the start-up errors.
+fn serve_exits(args: &[&str]) -> Output {
+    let mut cmd = Command::new(Reaper::bin());
+    cmd.arg("serve")
+        .args(args)
+        .env("DOCKER_HOST", docker_host())
+        .env_remove("REAPER_SOCKET");
+    run_with_timeout(&mut cmd, None, CLI_TIMEOUT)
+}
+
+fn session_names(r: &Reaper) -> Vec<String> {
+    r.json(&["get", "sessions", "-o", "json"])
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_zero_ttl_or_heartbeat_is_refused_by_every_way_in() {
+    let r = Reaper::start(&[]);
+
+    // A manifest through the API: 422 with the located field, nothing applied.
+    for (key, yaml) in [
+        ("spec.ttl", "spec:\\n  ttl: 0s\\n"),
+        (
+            "spec.heartbeatTimeout",
+            "spec:\\n  ttl: 1h\\n  heartbeatTimeout: 0s\\n",
+        ),
+    ] {
+        let body = format!(
+            r#"{{"files":[{{"name":"zero.yaml","content":"apiVersion: reaper/v1\nkind: Session\nmetadata:\n  name: e2e-zero\n{yaml}"}}]}}"#
+        );
+        let (code, reply) = api(&r, "POST", "/v1/apply", Some(&body));
+        assert_eq!(code, 422, "{reply:#}");
+        let text = reply.to_string();
+        assert!(
+            text.contains(&format!("{key}: must be greater than 0s")) && text.contains("zero.yaml"),
+            "{text}"
+        );
+    }
+
+    // The imperative commands: clap's usage error naming the flag.
+    for args in [
+        &["session", "start", "e2e-zero", "--ttl", "0s"][..],
+        &["session", "start", "e2e-zero", "--heartbeat", "0ms"][..],
+    ] {
+        let out = r.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains(&format!("'{}", args[3])) && err.contains("must be greater than 0s"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        session_names(&r),
+        Vec::<String>::new(),
+        "something was applied"
+    );
+}
+
+#[test]
+fn metrics_listen_takes_a_host_name_or_says_an_address_is_needed() {
+    // A host name resolves: the daemon serves /metrics on loopback.
+    let port = free_port();
+    let r = Reaper::start(&["--metrics-listen", &format!("localhost:{port}")]);
+    let scraped = scrape(&format!("127.0.0.1:{port}"));
+    assert!(scraped.contains("reaper_build_info"), "{scraped}");
+    drop(r);
+
+    // A bad value on the command line: clap names the flag; the daemon does not start.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data").display().to_string();
+    let out = serve_exits(&["--data-dir", &data, "--metrics-listen", "localhost"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'--metrics-listen <ADDR>'") && err.contains("expected IP:PORT or HOST:PORT"),
+        "{err}"
+    );
+
+    // In a config file: one line naming the file, the line and the key.
+    let config = write_file(
+        dir.path(),
+        "config.yaml",
+        "apiVersion: reaper/v1\nkind: Config\nmetricsListen: localhost\n",
+    );
+    let config = config.display().to_string();
+    let out = serve_exits(&["--data-dir", &data, "--config", &config]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{config}: line 3"))
+            && err.contains("metricsListen: invalid address \"localhost\": no port")
+            && err.contains("expected IP:PORT or HOST:PORT"),
+        "{err}"
+    );
+}
