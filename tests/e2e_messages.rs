@@ -129,3 +129,63 @@ fn metrics_listen_takes_a_host_name_or_says_an_address_is_needed() {
         "{err}"
     );
 }
+
+#[test]
+fn a_second_daemon_or_an_offline_command_says_who_holds_the_store_in_one_line() {
+    let r = Reaper::start(&[]);
+    r.cli_ok(&["session", "start", "e2e-first-keeps-working"]);
+    let pid = r.pid().expect("the first daemon's pid");
+    let data = r.data_dir().display().to_string();
+    let socket = r.socket().display().to_string();
+    let other_socket = r.dir().join("other.sock").display().to_string();
+    let store = r.data_dir().join("store").display().to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let common = ["--data-dir", &data, "--metrics-listen", &metrics];
+
+    let one_line = |out: &Output, expected: &str| {
+        let err = stderr_of(out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        for noise in ["Os {", "WouldBlock", "Safe mode", "Starting reaper"] {
+            assert!(!err.contains(noise), "{noise:?} in: {err}");
+        }
+        assert!(
+            stdout_of(out).trim().is_empty(),
+            "stdout: {}",
+            stdout_of(out)
+        );
+    };
+
+    // The same socket: only "already serving", with the first daemon's pid.
+    let out = serve_exits(&[&common[..], &["--socket", &socket]].concat());
+    one_line(
+        &out,
+        &format!("error: another reaper is already serving on {socket} (pid {pid})"),
+    );
+    // Another socket, the same data dir, with or without --once: the store is in use.
+    let in_use = format!(
+        "error: the store at {store} is locked: it is in use by another reaper process (pid {pid}); \
+         stop that process first"
+    );
+    for once in [&[][..], &["--once"][..]] {
+        let out = serve_exits(&[&common[..], &["--socket", &other_socket], once].concat());
+        one_line(&out, &in_use);
+        assert!(
+            !r.dir().join("other.sock").exists(),
+            "the second daemon bound its socket"
+        );
+    }
+    // An offline command on the daemon's data dir.
+    let out = r.cli(&["store", "export", "--data-dir", &data]);
+    one_line(&out, &in_use);
+
+    // The first daemon is untouched and keeps working.
+    assert_eq!(r.phase("session", "e2e-first-keeps-working"), "Active");
+    r.cli_ok(&["session", "end", "e2e-first-keeps-working"]);
+    r.wait_until(
+        "the first daemon cleans up the ended session",
+        std::time::Duration::from_secs(30),
+        || r.phase("session", "e2e-first-keeps-working") == "Cleaned",
+    );
+}

@@ -748,14 +748,14 @@ fn cleanup_note(o: &OwnerRef, record: Option<&RecordView>, ends: bool) -> String
 
 async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
     let offline = |dir: &Path| {
-        crate::store::Store::open(&dir.join("store")).map_err(|e| {
-            Failure::new(
-                1,
-                format!(
-                    "cannot open the store in {}: {e} (is the daemon still running?)",
-                    dir.display()
-                ),
-            )
+        let store_dir = dir.join("store");
+        crate::store::Store::open(&store_dir).map_err(|e| {
+            let message = match crate::store::lock::lock_holder(&store_dir) {
+                // The daemon (or another command) holds it: say only that.
+                Some(pid) => crate::store::lock::in_use_message(&store_dir, Some(pid)),
+                None => format!("cannot open the store in {}: {e}", dir.display()),
+            };
+            Failure::new(1, message)
         })
     };
     match cmd {
