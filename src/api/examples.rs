@@ -71,10 +71,10 @@ pub(crate) fn orphans() -> &'static str {
     r#"{
   "removals": [
     {"target": {"kind": "container", "id": "0123456789abcdef0123", "name": "c1", "labels": {"reaper.session": "s1"}},
-     "owner": {"kind": "session", "name": "s1"}, "reason": "session_ended", "stopTimeout": "5s"},
+     "owner": {"kind": "session", "name": "s1"}, "reason": "sessionEnded", "stopTimeout": "5s"},
     {"target": {"kind": "container", "id": "89abcdef0123", "name": "c2", "labels": {"reaper.session": "s3"},
       "running": true},
-     "owner": {"kind": "session", "name": "s3"}, "reason": "session_ended", "stopTimeout": "5s",
+     "owner": {"kind": "session", "name": "s3"}, "reason": "sessionEnded", "stopTimeout": "5s",
      "stopOnly": true},
     {"target": {"kind": "path", "id": "s1/build", "name": "s1/build"},
      "owner": null, "reason": "orphan", "stopTimeout": "0s"}

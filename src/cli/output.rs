@@ -258,7 +258,7 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
     let mut r = vec![
         s.metadata.name.to_string(),
         phase,
-        or_dash(s.status.end_reason.map(|r| wire_name(&r))),
+        or_dash(s.status.end_reason.map(|r| r.as_str().to_string())),
         age(s.status.created_at),
         removed(&s.status.removed),
     ];
@@ -622,19 +622,19 @@ mod tests {
         let preview: Preview = typed(examples::orphans());
         assert_eq!(
             orphans(&preview, Output::Table),
-            "KIND        NAME       ID             OWNER        REASON          ACTION\n\
-             container   c1         0123456789ab   session/s1   session_ended   remove\n\
-             container   c2         89abcdef0123   session/s3   session_ended   stop (cleanup delayed)\n\
-             path        s1/build   s1/build       -            orphan          remove\n\
-             volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
-             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
-             volume      data-1     data-1         session/s2   orphan          held (blast radius: confirm with `reaper cleanup --yes`)\n"
+            "KIND        NAME       ID             OWNER        REASON         ACTION\n\
+             container   c1         0123456789ab   session/s1   sessionEnded   remove\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded   stop (cleanup delayed)\n\
+             path        s1/build   s1/build       -            orphan         remove\n\
+             volume      v1         v1             -            orphan         wait until 2024-05-02T10:00:00Z\n\
+             network     n2         fedcba987654   agent/a1     orphan         keep (age unknown)\n\
+             volume      data-1     data-1         session/s2   orphan         held (blast radius: confirm with `reaper cleanup --yes`)\n"
         );
         let flat = r#"[
             {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
-             "owner": "session/s1", "reason": "session_ended"},
+             "owner": "session/s1", "reason": "sessionEnded"},
             {"action": "stop (cleanup delayed)", "id": "89abcdef0123", "kind": "container", "name": "c2",
-             "owner": "session/s3", "reason": "session_ended"},
+             "owner": "session/s3", "reason": "sessionEnded"},
             {"action": "remove", "id": "s1/build", "kind": "path", "name": "s1/build",
              "owner": "-", "reason": "orphan"},
             {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
@@ -655,8 +655,8 @@ mod tests {
         assert_eq!(
             removals(&preview.removals),
             "KIND        NAME       ID             OWNER        REASON\n\
-             container   c1         0123456789ab   session/s1   session_ended\n\
-             container   c2         89abcdef0123   session/s3   session_ended\n\
+             container   c1         0123456789ab   session/s1   sessionEnded\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded\n\
              path        s1/build   s1/build       -            orphan\n"
         );
         // A cleanup of one owner says why each object is that owner's.

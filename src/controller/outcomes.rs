@@ -38,7 +38,7 @@ impl<E: Engine> Controller<E> {
             .await;
         match result {
             Ok(_) if expired.load(SeqCst) => {
-                info!(session = %name, reason = ?reason, "Session expired.");
+                info!(session = %name, reason = %reason, "Session expired.");
                 Ok(())
             }
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),

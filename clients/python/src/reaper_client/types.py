@@ -57,13 +57,13 @@ AgentPhase = Literal["Starting", "Running", "Failed", "Stopped"]
 OwnerKind = Literal["session", "agent"]
 ResourceKind = Literal["container", "network", "volume", "image", "path"]
 CleanupReason = Literal[
-    "session_ended",
-    "session_expired",
-    "heartbeat_lost",
-    "session_deleted",
-    "agent_failed",
-    "agent_stopped",
-    "agent_deleted",
+    "sessionEnded",
+    "sessionExpired",
+    "heartbeatLost",
+    "sessionDeleted",
+    "agentFailed",
+    "agentStopped",
+    "agentDeleted",
     "orphan",
     "manual",
 ]
