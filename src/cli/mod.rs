@@ -5,6 +5,7 @@
 
 pub mod output;
 mod register;
+pub mod relative_time;
 pub mod run;
 mod selector;
 mod serve_args;
