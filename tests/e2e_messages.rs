@@ -189,3 +189,39 @@ fn a_second_daemon_or_an_offline_command_says_who_holds_the_store_in_one_line() 
         || r.phase("session", "e2e-first-keeps-working") == "Cleaned",
     );
 }
+
+#[test]
+fn the_api_takes_a_reported_phase_in_any_case_as_the_cli_does() {
+    let r = Reaper::start(&[]);
+    r.apply("apiVersion: reaper/v1\nkind: Agent\nmetadata: {name: e2e-any-case}\n");
+    let report = |phase: &str| {
+        api(
+            &r,
+            "POST",
+            "/v1/agents/e2e-any-case/report",
+            Some(&format!(r#"{{"phase": "{phase}"}}"#)),
+        )
+    };
+    for (sent, shown) in [
+        ("running", "Running"),
+        ("FAILED", "Failed"),
+        ("Stopped", "Stopped"),
+    ] {
+        let (code, record) = report(sent);
+        assert_eq!(code, 200, "{sent}: {record:#}");
+        assert_eq!(record["status"]["phase"], shown, "{sent}: {record:#}");
+        assert_eq!(r.phase("agent", "e2e-any-case"), shown);
+    }
+    let (code, reply) = report("done");
+    assert_eq!(code, 400, "{reply:#}");
+    assert!(
+        reply.to_string().contains("unknown phase")
+            && reply
+                .to_string()
+                .contains("Starting, Running, Failed, Stopped (any case)"),
+        "{reply:#}"
+    );
+    // The CLI, as before: any case.
+    r.cli_ok(&["agent", "report", "e2e-any-case", "RUNNING"]);
+    assert_eq!(r.phase("agent", "e2e-any-case"), "Running");
+}
