@@ -3,6 +3,7 @@
 //! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
 //! daemon's API on its Unix socket.
 
+mod describe;
 pub mod output;
 mod register;
 pub mod relative_time;
@@ -341,13 +342,15 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             }
         }
         Command::Describe { kind, name, output } => {
+            let path = format!("/v1/{}/{name}", kind.plural());
             let described = Described {
-                record: c.get(&format!("/v1/{}/{name}", kind.plural())).await?,
-                objects: c
-                    .get(&format!("/v1/{}/{name}/objects", kind.plural()))
-                    .await?,
+                record: c.get(&path).await?,
+                matches: c.get(&format!("{path}/match")).await?,
+                objects: c.get(&format!("{path}/objects")).await?,
+                events: c.get(&format!("{path}/events")).await?,
             };
-            print!("{}", output::describe(&described, output));
+            let now = crate::core::model::Timestamp::now();
+            print!("{}", output::describe(&described, output, now));
             Ok(())
         }
         Command::Delete {

@@ -274,31 +274,30 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
     r
 }
 
-/// What `reaper describe` received: the record and the objects it claims now.
+/// What `reaper describe` received: the record, its effective match, the objects it claims
+/// now and its recent events.
 #[derive(Debug, Serialize)]
 pub struct Described {
     pub record: RecordView,
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
     pub objects: Vec<DockerObject>,
+    pub events: Vec<crate::core::model::Event>,
 }
 
-pub fn describe(d: &Described, o: Output) -> String {
+pub fn describe(d: &Described, o: Output, now: Timestamp) -> String {
     if let Some(out) = structured(d, o) {
         return out;
     }
-    let mut out = serde_yaml::to_string(&sorted(&d.record)).unwrap_or_default();
-    out.push_str("objects:\n");
-    if d.objects.is_empty() {
-        out.push_str("  <none>\n");
-    }
-    for obj in &d.objects {
-        out.push_str(&format!(
-            "  - {} {} {}\n",
-            obj.kind,
-            obj.name,
-            short_id(&obj.id)
-        ));
-    }
-    out
+    super::describe::text(
+        &super::describe::Shown {
+            record: &d.record,
+            matches: &d.matches,
+            objects: &d.objects,
+            events: &d.events,
+        },
+        now,
+    )
 }
 
 fn owner(o: Option<&OwnerRef>) -> String {
@@ -588,33 +587,24 @@ mod tests {
     }
 
     #[test]
-    fn describe_prints_as_before() {
+    fn describe_prints_as_received_in_json_and_yaml() {
         let record = first(&examples::agents());
+        let events = r#"[{"type": "Warning", "reason": "reported", "message": "agent/a1 reported failed",
+            "count": 2, "firstSeen": "2024-05-01T10:00:00Z", "lastSeen": "2024-05-01T10:05:00Z"}]"#;
         let described = Described {
             record: typed(&record),
+            matches: vec!["label reaper.agent=a1".into()],
             objects: typed(examples::objects()),
+            events: typed(events),
         };
         let received = format!(
-            r#"{{"record": {record}, "objects": {}}}"#,
+            r#"{{"record": {record}, "match": ["label reaper.agent=a1"], "objects": {}, "events": {events}}}"#,
             examples::objects()
         );
+        let now = Timestamp(0);
         for o in [Output::Json, Output::Yaml] {
-            assert_eq!(describe(&described, o), as_received(&received, o));
+            assert_eq!(describe(&described, o, now), as_received(&received, o));
         }
-        let record_yaml = as_received(&record, Output::Yaml);
-        assert_eq!(
-            describe(&described, Output::Table),
-            record_yaml
-                + "objects:\n  - container c1 0123456789ab\n  - image img:1 fedcba987654\n  - network n1 abc\n"
-        );
-        let bare = Described {
-            objects: Vec::new(),
-            ..described
-        };
-        assert_eq!(
-            describe(&bare, Output::Table),
-            as_received(&record, Output::Yaml) + "objects:\n  <none>\n"
-        );
     }
 
     #[test]

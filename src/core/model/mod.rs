@@ -4,6 +4,7 @@
 mod agent;
 mod duration;
 mod engine;
+mod event;
 mod lifecycle;
 mod meta;
 mod resource;
@@ -15,6 +16,7 @@ pub use duration::{Duration, DurationError};
 pub use engine::{
     has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
 };
+pub use event::{record_event, Event, EventReason, EventType, MAX_EVENTS};
 pub use lifecycle::{
     clear_condition, mark_for_deletion, set_condition, CleanupDelays, Refused, StopCause,
     CLEANUP_DELAYED, REMOVAL_FAILING,

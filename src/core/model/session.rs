@@ -170,6 +170,9 @@ pub struct SessionStatus {
     pub removed: ObjectCounts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Recent events, oldest first, at most [`super::MAX_EVENTS`] (`reaper describe`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<super::Event>,
     /// Where the record came from: `api`, or the manifest file that declares it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
