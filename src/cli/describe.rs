@@ -4,9 +4,9 @@
 
 use crate::api::wire::RecordView;
 use crate::core::inventory::{short_id, DockerObject};
-use crate::core::model::{Condition, Event, Labels, ObjectCounts, Timestamp};
+use crate::core::model::{Condition, Event, ObjectCounts, Timestamp};
 
-use super::output::table;
+use super::output::{labels, table};
 use super::relative_time::{age, relative};
 
 /// Everything `describe` shows, as received from the API.
@@ -181,11 +181,6 @@ fn or_none_table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 fn indented(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
-}
-
-fn labels(l: &Labels) -> String {
-    let all: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    or_none(&all.join(","))
 }
 
 fn or_none(s: &str) -> String {

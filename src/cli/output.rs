@@ -114,7 +114,7 @@ fn short(d: std::time::Duration) -> String {
     }
 }
 
-fn labels(labels: &Labels) -> String {
+pub(super) fn labels(labels: &Labels) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }

@@ -48,8 +48,7 @@ impl fmt::Display for ListenAddr {
 
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        crate::core::model::from_string(d)
     }
 }
 

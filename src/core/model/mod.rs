@@ -30,6 +30,18 @@ pub use session::{
 };
 pub use time::Timestamp;
 
+/// Deserialises a value written as a string through its `FromStr`, with its error as the
+/// message (so it reaches the located YAML error): durations, listen addresses.
+pub fn from_string<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
 /// The API version every manifest, record and config carries.
 pub const API_VERSION: &str = "reaper/v1";
 
