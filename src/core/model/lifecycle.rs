@@ -268,7 +268,7 @@ impl Session {
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it (false
     /// if it already was being deleted, since then).
     pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
-        deleting(
+        mark_for_deletion(
             &mut self.status.deleting_since,
             &mut self.status.events,
             now,
@@ -385,7 +385,7 @@ impl Agent {
 
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it.
     pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
-        deleting(
+        mark_for_deletion(
             &mut self.status.deleting_since,
             &mut self.status.events,
             now,
@@ -393,28 +393,25 @@ impl Agent {
     }
 }
 
-fn deleting(since: &mut Option<Timestamp>, events: &mut Vec<Event>, now: Timestamp) -> bool {
-    let marked = mark_for_deletion(since, now);
-    if marked {
-        let message = "deleted: its objects go, then the record".to_string();
-        record_event(
-            events,
-            EventType::Normal,
-            EventReason::Deleting,
-            message,
-            now,
-        );
-    }
-    marked
-}
-
-/// Marks a record for deletion through its `deleting_since` alone, for writers that hold only
-/// the status fields both kinds share. Returns whether this marked it.
-pub fn mark_for_deletion(deleting_since: &mut Option<Timestamp>, now: Timestamp) -> bool {
+/// Marks a record for deletion through its `deleting_since` and events alone, for writers that
+/// hold only the status fields both kinds share. Returns whether this marked it.
+pub fn mark_for_deletion(
+    deleting_since: &mut Option<Timestamp>,
+    events: &mut Vec<Event>,
+    now: Timestamp,
+) -> bool {
     if deleting_since.is_some() {
         return false;
     }
     *deleting_since = Some(now);
+    let message = "deleted: its objects go, then the record".to_string();
+    record_event(
+        events,
+        EventType::Normal,
+        EventReason::Deleting,
+        message,
+        now,
+    );
     true
 }
 
