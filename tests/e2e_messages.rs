@@ -209,8 +209,9 @@ fn the_api_takes_a_reported_phase_in_any_case_as_the_cli_does() {
     ] {
         let (code, record) = report(sent);
         assert_eq!(code, 200, "{sent}: {record:#}");
+        // The reply is the record as written (a Failed agent with nothing left to clean is set
+        // Stopped moments later, so a second read would race).
         assert_eq!(record["status"]["phase"], shown, "{sent}: {record:#}");
-        assert_eq!(r.phase("agent", "e2e-any-case"), shown);
     }
     let (code, reply) = report("done");
     assert_eq!(code, 400, "{reply:#}");

@@ -1,4 +1,4 @@
-//! Over 500 lines: 320 of code; the rest is the tests of every manifest error message, which are its contract.
+//! Over 500 lines: 350 of code; the rest is the tests of every manifest error message, which are its contract.
 //!
 //! Manifests: multi-document YAML in, validated Session and Agent records out, all-or-nothing.
 //! Each document goes through the hardened reader in `yaml.rs`, so every error names the file,

@@ -1,4 +1,4 @@
-//! Over 500 lines: 280 of code (the one place that decides ownership, and by which rule) and its tests.
+//! Over 500 lines: 320 of code (the one place that decides ownership, and by which rule) and its tests.
 //!
 //! "Is this Docker object ours, and who owns it?" decided from labels, names and the records'
 //! own match rules. This is the only place that decides ownership; the planner and the executor's

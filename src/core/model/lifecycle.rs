@@ -1,4 +1,4 @@
-//! Over 500 lines: 350 of code (one method per phase change, each re-checked against the stored record) and their unit tests.
+//! Over 500 lines: 440 of code (one method per phase change, with the event it records, each re-checked against the stored record) and their unit tests.
 //!
 //! The record lifecycle: every change of a phase or of a status timestamp is one of these
 //! methods, so the API, the controller, the manifest directory and tests all move records the
