@@ -834,7 +834,7 @@ mod tests {
         assert_eq!(
             v(
                 "reaper_cleanups_total",
-                &[("resource", "container"), ("reason", "session_ended")]
+                &[("resource", "container"), ("reason", "sessionEnded")]
             ),
             Some(1.0)
         );

@@ -39,11 +39,11 @@ const AGENT: &str = "obs-agent";
 /// `$instance` are substituted by the script, as for the dashboard.
 const EXPECTATIONS: &[&str] = &[
     // Cleanups, by every reason the scenario causes and by every resource kind.
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_ended"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_expired"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="heartbeat_lost"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_deleted"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="agent_failed"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionEnded"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionExpired"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="heartbeatLost"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionDeleted"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="agentFailed"}[10m]) > 0"#,
     r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="orphan"}[10m]) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="container"}[10m])) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="network"}[10m])) > 0"#,

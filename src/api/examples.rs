@@ -22,6 +22,7 @@ pub(crate) fn sessions() -> String {
       "endReason": "ttlExpired", "cleanupAfter": "{c1}", "cleanedAt": "{c1}", "deletingSince": "{c1}",
       "removed": {{"containers": 2, "networks": 1, "volumes": 0, "images": 3, "paths": 1}},
       "conditions": [{{"type": "RemovalFailing", "message": "container c1: busy (5 attempts)", "since": "2024-05-01T10:00:00.123Z"}}],
+      "events": [{{"type": "Warning", "reason": "removalFailed", "message": "container c1: busy (5 attempts)", "count": 2, "firstSeen": "2024-05-01T10:00:00.123Z", "lastSeen": "2024-05-01T10:01:00Z"}}],
       "source": "api"}}}},
   {{"apiVersion": "reaper/v1", "kind": "Session",
     "metadata": {{"name": "s2"}},
@@ -46,6 +47,7 @@ pub(crate) fn agents() -> String {
       "deletingSince": "{c1}",
       "removed": {{"containers": 1, "networks": 0, "volumes": 0, "images": 1, "paths": 1}},
       "conditions": [{{"type": "RemovalFailing", "message": "image img:1: in use (5 attempts)", "since": "2024-05-01T10:00:00Z"}}],
+      "events": [{{"type": "Warning", "reason": "reported", "message": "agent/a1 reported failed", "count": 1, "firstSeen": "2024-05-01T10:00:00Z", "lastSeen": "2024-05-01T10:00:00Z"}}],
       "source": "/etc/reaper/manifests/agents.yaml"}}}},
   {{"apiVersion": "reaper/v1", "kind": "Agent",
     "metadata": {{"name": "a2"}},
@@ -71,10 +73,10 @@ pub(crate) fn orphans() -> &'static str {
     r#"{
   "removals": [
     {"target": {"kind": "container", "id": "0123456789abcdef0123", "name": "c1", "labels": {"reaper.session": "s1"}},
-     "owner": {"kind": "session", "name": "s1"}, "reason": "session_ended", "stopTimeout": "5s"},
+     "owner": {"kind": "session", "name": "s1"}, "reason": "sessionEnded", "stopTimeout": "5s"},
     {"target": {"kind": "container", "id": "89abcdef0123", "name": "c2", "labels": {"reaper.session": "s3"},
       "running": true},
-     "owner": {"kind": "session", "name": "s3"}, "reason": "session_ended", "stopTimeout": "5s",
+     "owner": {"kind": "session", "name": "s3"}, "reason": "sessionEnded", "stopTimeout": "5s",
      "stopOnly": true},
     {"target": {"kind": "path", "id": "s1/build", "name": "s1/build"},
      "owner": null, "reason": "orphan", "stopTimeout": "0s"}

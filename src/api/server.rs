@@ -318,6 +318,12 @@ pub async fn handle_api(daemon: Arc<dyn Daemon>, req: Request<Incoming>) -> Resp
         (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "objects"]) => {
             objects(ctl, kind, name).await
         }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "events"]) => {
+            events(ctl, kind, name)
+        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "match"]) => {
+            effective_match(ctl, kind, name)
+        }
         (&Method::DELETE, ["v1", kind @ ("sessions" | "agents"), name]) => {
             delete(ctl, kind, name).await
         }
@@ -451,14 +457,33 @@ fn list(ctl: &dyn Daemon, plural: &str) -> Reply {
 }
 
 fn get_record(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    ok(RecordView::from(read_record(ctl, plural, name)?))
+}
+
+fn read_record(ctl: &dyn Daemon, plural: &str, name: &str) -> Result<Record, ApiError> {
     let kind = kind_of(plural);
     let record = match kind {
         OwnerKind::Session => ctl.store()?.session(name)?.map(Record::Session),
         OwnerKind::Agent => ctl.store()?.agent(name)?.map(Record::Agent),
     };
-    record
-        .map(|r| ok(RecordView::from(r)))
-        .unwrap_or_else(|| Err(not_found(kind, name)))
+    record.ok_or_else(|| not_found(kind, name))
+}
+
+/// The record's recent events, oldest first (kept in its status, bounded).
+fn events(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    ok(match read_record(ctl, plural, name)? {
+        Record::Session(s) => s.status.events,
+        Record::Agent(a) => a.status.events,
+    })
+}
+
+/// The rules by which objects are the record's, defaults filled in.
+fn effective_match(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    let record = read_record(ctl, plural, name)?;
+    ok(crate::core::ownership::effective_match(
+        &record,
+        &ctl.rules(),
+    ))
 }
 
 async fn objects(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {

@@ -77,10 +77,21 @@ pub struct EndRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {}
 
-/// `POST /v1/agents/{name}/report`.
+/// `POST /v1/agents/{name}/report`. The phase is accepted in any case ("failed", "FAILED"),
+/// as the CLI accepts it; replies spell it as status does ("Failed").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRequest {
+    #[serde(deserialize_with = "phase_in_any_case")]
     pub phase: AgentPhase,
+}
+
+fn phase_in_any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AgentPhase, D::Error> {
+    let s = String::deserialize(d)?;
+    AgentPhase::parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown phase {s:?}: expected one of Starting, Running, Failed, Stopped (any case)"
+        ))
+    })
 }
 
 /// `POST /v1/cleanup`: one owner's objects, or (no owner) everything removable.
@@ -383,6 +394,13 @@ mod tests {
         round_trip::<EndRequest>(r#"{"failed": true}"#);
         round_trip::<HeartbeatRequest>("{}");
         round_trip::<ReportRequest>(r#"{"phase": "Running"}"#);
+        for any_case in ["failed", "FAILED", "fAiLeD"] {
+            let r: ReportRequest =
+                serde_json::from_str(&format!(r#"{{"phase": "{any_case}"}}"#)).unwrap();
+            assert_eq!(r.phase, AgentPhase::Failed);
+        }
+        let e = serde_json::from_str::<ReportRequest>(r#"{"phase": "done"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown phase \"done\""), "{e}");
         round_trip::<CleanupRequest>(r#"{"owner": null, "dryRun": true}"#);
         round_trip::<CleanupRequest>(
             r#"{"owner": {"kind": "agent", "name": "a1"}, "dryRun": false}"#,

@@ -4,6 +4,7 @@
 //! daemon's API on its Unix socket.
 
 mod custom_columns;
+mod describe;
 mod jsonpath;
 pub mod output;
 mod register;
@@ -370,13 +371,15 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             }
         }
         Command::Describe { kind, name, output } => {
+            let path = format!("/v1/{}/{name}", kind.plural());
             let described = Described {
-                record: c.get(&format!("/v1/{}/{name}", kind.plural())).await?,
-                objects: c
-                    .get(&format!("/v1/{}/{name}/objects", kind.plural()))
-                    .await?,
+                record: c.get(&path).await?,
+                matches: c.get(&format!("{path}/match")).await?,
+                objects: c.get(&format!("{path}/objects")).await?,
+                events: c.get(&format!("{path}/events")).await?,
             };
-            print!("{}", output::describe(&described, output));
+            let now = crate::core::model::Timestamp::now();
+            print!("{}", output::describe(&described, output, now));
             Ok(())
         }
         Command::Delete {
@@ -778,14 +781,14 @@ fn cleanup_note(o: &OwnerRef, record: Option<&RecordView>, ends: bool) -> String
 
 async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
     let offline = |dir: &Path| {
-        crate::store::Store::open(&dir.join("store")).map_err(|e| {
-            Failure::new(
-                1,
-                format!(
-                    "cannot open the store in {}: {e} (is the daemon still running?)",
-                    dir.display()
-                ),
-            )
+        let store_dir = dir.join("store");
+        crate::store::Store::open(&store_dir).map_err(|e| {
+            let message = match crate::store::lock::lock_holder(&store_dir) {
+                // The daemon (or another command) holds it: say only that.
+                Some(pid) => crate::store::lock::in_use_message(&store_dir, Some(pid)),
+                None => format!("cannot open the store in {}: {e}", dir.display()),
+            };
+            Failure::new(1, message)
         })
     };
     match cmd {

@@ -135,7 +135,7 @@ pub(super) fn aligned(
     header.iter().chain(rows).map(|r| line(r)).collect()
 }
 
-fn labels(labels: &Labels) -> String {
+pub(super) fn labels(labels: &Labels) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }
@@ -327,7 +327,7 @@ fn session_row(s: &Session, wide: bool, now: Timestamp) -> Vec<String> {
     let mut r = vec![
         s.metadata.name.to_string(),
         phase,
-        or_dash(s.status.end_reason.map(|r| wire_name(&r))),
+        or_dash(s.status.end_reason.map(|r| r.as_str().to_string())),
         age(s.status.created_at, now),
         removed(&s.status.removed),
     ];
@@ -343,31 +343,30 @@ fn session_row(s: &Session, wide: bool, now: Timestamp) -> Vec<String> {
     r
 }
 
-/// What `reaper describe` received: the record and the objects it claims now.
+/// What `reaper describe` received: the record, its effective match, the objects it claims
+/// now and its recent events.
 #[derive(Debug, Serialize)]
 pub struct Described {
     pub record: RecordView,
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
     pub objects: Vec<DockerObject>,
+    pub events: Vec<crate::core::model::Event>,
 }
 
-pub fn describe(d: &Described, o: Output) -> String {
+pub fn describe(d: &Described, o: Output, now: Timestamp) -> String {
     if let Some(out) = structured(d, o) {
         return out;
     }
-    let mut out = serde_yaml::to_string(&sorted(&d.record)).unwrap_or_default();
-    out.push_str("objects:\n");
-    if d.objects.is_empty() {
-        out.push_str("  <none>\n");
-    }
-    for obj in &d.objects {
-        out.push_str(&format!(
-            "  - {} {} {}\n",
-            obj.kind,
-            obj.name,
-            short_id(&obj.id)
-        ));
-    }
-    out
+    super::describe::text(
+        &super::describe::Shown {
+            record: &d.record,
+            matches: &d.matches,
+            objects: &d.objects,
+            events: &d.events,
+        },
+        now,
+    )
 }
 
 fn owner(o: Option<&OwnerRef>) -> String {
@@ -736,33 +735,24 @@ mod tests {
     }
 
     #[test]
-    fn describe_prints_as_before() {
+    fn describe_prints_as_received_in_json_and_yaml() {
         let record = first(&examples::agents());
+        let events = r#"[{"type": "Warning", "reason": "reported", "message": "agent/a1 reported failed",
+            "count": 2, "firstSeen": "2024-05-01T10:00:00Z", "lastSeen": "2024-05-01T10:05:00Z"}]"#;
         let described = Described {
             record: typed(&record),
+            matches: vec!["label reaper.agent=a1".into()],
             objects: typed(examples::objects()),
+            events: typed(events),
         };
         let received = format!(
-            r#"{{"record": {record}, "objects": {}}}"#,
+            r#"{{"record": {record}, "match": ["label reaper.agent=a1"], "objects": {}, "events": {events}}}"#,
             examples::objects()
         );
+        let now = Timestamp(0);
         for o in [Output::Json, Output::Yaml] {
-            assert_eq!(describe(&described, o), as_received(&received, o));
+            assert_eq!(describe(&described, o, now), as_received(&received, o));
         }
-        let record_yaml = as_received(&record, Output::Yaml);
-        assert_eq!(
-            describe(&described, Output::Table),
-            record_yaml
-                + "objects:\n  - container c1 0123456789ab\n  - image img:1 fedcba987654\n  - network n1 abc\n"
-        );
-        let bare = Described {
-            objects: Vec::new(),
-            ..described
-        };
-        assert_eq!(
-            describe(&bare, Output::Table),
-            as_received(&record, Output::Yaml) + "objects:\n  <none>\n"
-        );
     }
 
     #[test]
@@ -770,19 +760,19 @@ mod tests {
         let preview: Preview = typed(examples::orphans());
         assert_eq!(
             orphans(&preview, Output::Table, now()),
-            "KIND        NAME       ID             OWNER        REASON          ACTION\n\
-             container   c1         0123456789ab   session/s1   session_ended   remove\n\
-             container   c2         89abcdef0123   session/s3   session_ended   stop (cleanup delayed)\n\
-             path        s1/build   s1/build       -            orphan          remove\n\
-             volume      v1         v1             -            orphan          wait: removable in 23h\n\
-             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
-             volume      data-1     data-1         session/s2   orphan          held (blast radius: confirm with `reaper cleanup --yes`)\n"
+            "KIND        NAME       ID             OWNER        REASON         ACTION\n\
+             container   c1         0123456789ab   session/s1   sessionEnded   remove\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded   stop (cleanup delayed)\n\
+             path        s1/build   s1/build       -            orphan         remove\n\
+             volume      v1         v1             -            orphan         wait: removable in 23h\n\
+             network     n2         fedcba987654   agent/a1     orphan         keep (age unknown)\n\
+             volume      data-1     data-1         session/s2   orphan         held (blast radius: confirm with `reaper cleanup --yes`)\n"
         );
         let flat = r#"[
             {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
-             "owner": "session/s1", "reason": "session_ended"},
+             "owner": "session/s1", "reason": "sessionEnded"},
             {"action": "stop (cleanup delayed)", "id": "89abcdef0123", "kind": "container", "name": "c2",
-             "owner": "session/s3", "reason": "session_ended"},
+             "owner": "session/s3", "reason": "sessionEnded"},
             {"action": "remove", "id": "s1/build", "kind": "path", "name": "s1/build",
              "owner": "-", "reason": "orphan"},
             {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
@@ -803,8 +793,8 @@ mod tests {
         assert_eq!(
             removals(&preview.removals),
             "KIND        NAME       ID             OWNER        REASON\n\
-             container   c1         0123456789ab   session/s1   session_ended\n\
-             container   c2         89abcdef0123   session/s3   session_ended\n\
+             container   c1         0123456789ab   session/s1   sessionEnded\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded\n\
              path        s1/build   s1/build       -            orphan\n"
         );
         // A cleanup of one owner says why each object is that owner's.

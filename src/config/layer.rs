@@ -2,10 +2,9 @@
 //! optional. What is generic about a layer (how two merge, which keys there are, how a default
 //! reads in `--help`) is derived here from the struct's own field list, so a new key is one field.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{LogFormat, Secret, Source};
+use super::{ListenAddr, LogFormat, Secret, Source};
 use crate::core::model::{Duration, SerialExitsSetting};
 
 /// Declares a struct of config keys exactly as written (its serde and clap attributes pass
@@ -159,7 +158,7 @@ macro_rules! shown_by_display {
         } )*
     };
 }
-shown_by_display!(SocketAddr, Duration, usize, LogFormat, SerialExitsSetting);
+shown_by_display!(ListenAddr, Duration, usize, LogFormat, SerialExitsSetting);
 
 impl Leaf for String {
     fn shown(&self) -> Option<String> {

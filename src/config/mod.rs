@@ -11,6 +11,7 @@
 
 mod file;
 pub mod layer;
+mod listen;
 #[cfg(test)]
 mod tests;
 
@@ -26,10 +27,13 @@ use serde::{Deserialize, Serialize};
 use crate::core::model::{Duration, SerialExitsSetting};
 use crate::core::yaml::{ManifestError, ManifestErrors};
 use layer::config_keys;
+pub use listen::ListenAddr;
 
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-pub const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9733);
+pub const DEFAULT_METRICS_LISTEN: ListenAddr = ListenAddr(SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+    9733,
+));
 pub const DEFAULT_SESSION_LABEL_KEY: &str = "session_id";
 pub const DEFAULT_AGENT_NAME_PREFIX: &str = "anvyl-agent-";
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -69,9 +73,10 @@ config_keys! {
         /// The API's Unix socket: the global `--socket` flag, which client commands share.
         #[arg(skip)]
         pub socket: Option<PathBuf>,
-        /// Where /metrics and /healthz listen; keep it on loopback unless a firewall protects it.
+        /// Where /metrics and /healthz listen, IP:PORT or HOST:PORT; keep it on loopback unless
+        /// a firewall protects it.
         #[arg(long, value_name = "ADDR")]
-        pub metrics_listen: Option<SocketAddr>,
+        pub metrics_listen: Option<ListenAddr>,
         /// Leave alone every object whose `reaper.instance` label names another instance, so
         /// several reapers can share one Docker engine; "" means unscoped.
         #[arg(long, value_name = "NAME")]
@@ -131,7 +136,7 @@ config_keys! {
         /// Also serve the API on this TCP address (default: off); every request on it needs
         /// `Authorization: Bearer <apiToken>`.
         #[arg(long, value_name = "ADDR")]
-        pub api_listen: Option<SocketAddr>,
+        pub api_listen: Option<ListenAddr>,
         #[command(flatten)]
         pub engine_quirks: Option<EngineQuirksFile>,
         /// The file these values came from, for error messages (set by `parse`).
@@ -282,7 +287,7 @@ impl Config {
             docker_host: docker.host?,
             data_dir: c.data_dir?,
             socket: c.socket?,
-            metrics_listen: c.metrics_listen?,
+            metrics_listen: c.metrics_listen?.0,
             instance: c.instance?,
             session_label_keys: adoption.session_label_keys?,
             agent_name_prefix: adoption.agent_name_prefix?,
@@ -300,7 +305,7 @@ impl Config {
             dry_run: c.dry_run?,
             log_format: c.log_format?,
             api_token: c.api_token,
-            api_listen: c.api_listen,
+            api_listen: c.api_listen.map(|a| a.0),
             serial_exits: quirks.serial_exits?,
         })
     }

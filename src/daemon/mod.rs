@@ -28,6 +28,7 @@ use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use crate::store::lock::{in_use_message, lock_holder};
 use crate::store::{SledStore, Store};
 use signals::Signals;
 
@@ -117,7 +118,12 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let (store, store_error) = SledStore::open_or_retry(&config.data_dir.join("store"));
+    let store_dir = config.data_dir.join("store");
+    let (store, store_error) = SledStore::open_or_retry(&store_dir);
+    if let Some(holder) = store_error.as_ref().and_then(|_| lock_holder(&store_dir)) {
+        // Another reaper owns this store: safe mode would only wait for it forever.
+        return Err(in_use_message(&store_dir, Some(holder)));
+    }
     if let Some(e) = store_error {
         metrics.set_safe_mode(true);
         error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
@@ -141,6 +147,10 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
 /// Runs the daemon until SIGTERM or SIGINT (or, with `once`, until a pass has nothing more to
 /// remove); returns the process exit code.
 pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, String> {
+    // First, so a second daemon says only this, before it touches the store or logs anything.
+    if let Some(pid) = serving_on(&config.socket).await {
+        return Err(already_serving(&config.socket, pid));
+    }
     let ctl = controller(&config)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -261,6 +271,21 @@ async fn run_once<E: Engine>(ctl: &Controller<E>) -> i32 {
     i32::from(failed)
 }
 
+/// `Some` when a daemon answers on the socket, with its pid when the kernel tells it.
+async fn serving_on(path: &Path) -> Option<Option<i32>> {
+    let stream = tokio::net::UnixStream::connect(path).await.ok()?;
+    Some(stream.peer_cred().ok().and_then(|c| c.pid()))
+}
+
+fn already_serving(socket: &Path, pid: Option<i32>) -> String {
+    let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    format!(
+        "another reaper is already serving on {}{pid}; stop it first, or give this one another \
+         --socket and --data-dir",
+        socket.display()
+    )
+}
+
 /// Binds the API socket; a stale socket file is replaced, a live daemon's is not.
 async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     if let Some(parent) = path.parent() {
@@ -268,11 +293,8 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(format!(
-                "another reaper daemon is already listening on {}",
-                path.display()
-            ));
+        if let Some(pid) = serving_on(path).await {
+            return Err(already_serving(path, pid));
         }
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;

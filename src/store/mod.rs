@@ -27,6 +27,7 @@
 //! What sled adds (lazy open and reopen, disk-full recovery, the marker file, the on-disk
 //! layout) is described in `sled.rs`.
 
+pub mod lock;
 mod records;
 pub mod sled;
 

@@ -67,9 +67,9 @@ impl Reaper {
         format!("127.0.0.1:{}", self.metrics_port)
     }
 
-    /// The full `serve` command line: the test daemon talks to the private engine and runs as
-    /// instance [`INSTANCE`], unless `extra` names another host (e.g. a
-    /// [`proxy::CountingProxy`]) or instance.
+    /// The full `serve` command line: the test daemon talks to the private engine, runs as
+    /// instance [`INSTANCE`] and serves metrics on [`Reaper::metrics_addr`], unless `extra`
+    /// names another host (e.g. a [`proxy::CountingProxy`]), instance or metrics address.
     pub fn serve_args(&self) -> Vec<String> {
         let names = |flag: &str| {
             self.extra
@@ -82,11 +82,12 @@ impl Reaper {
             self.data_dir().display().to_string(),
             "--socket".into(),
             self.socket().display().to_string(),
-            "--metrics-listen".into(),
-            self.metrics_addr(),
             "--paths-root".into(),
             self.paths_root().display().to_string(),
         ];
+        if !names("--metrics-listen") {
+            args.extend(["--metrics-listen".into(), self.metrics_addr()]);
+        }
         if !names("--docker-host") {
             args.extend(["--docker-host".into(), docker_host()]);
         }

@@ -45,7 +45,7 @@ impl fmt::Display for ResourceKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "camelCase")]
 pub enum CleanupReason {
     SessionEnded,
     SessionExpired,
@@ -72,13 +72,13 @@ impl CleanupReason {
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
-            Self::SessionEnded => "session_ended",
-            Self::SessionExpired => "session_expired",
-            Self::HeartbeatLost => "heartbeat_lost",
-            Self::SessionDeleted => "session_deleted",
-            Self::AgentFailed => "agent_failed",
-            Self::AgentStopped => "agent_stopped",
-            Self::AgentDeleted => "agent_deleted",
+            Self::SessionEnded => "sessionEnded",
+            Self::SessionExpired => "sessionExpired",
+            Self::HeartbeatLost => "heartbeatLost",
+            Self::SessionDeleted => "sessionDeleted",
+            Self::AgentFailed => "agentFailed",
+            Self::AgentStopped => "agentStopped",
+            Self::AgentDeleted => "agentDeleted",
             Self::Orphan => "orphan",
             Self::Manual => "manual",
         }

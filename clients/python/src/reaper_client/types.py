@@ -18,6 +18,7 @@ __all__ = [
     "ObjectMeta",
     "ObjectCounts",
     "Condition",
+    "Event",
     "SessionMatch",
     "SessionCleanup",
     "SessionSpec",
@@ -57,13 +58,13 @@ AgentPhase = Literal["Starting", "Running", "Failed", "Stopped"]
 OwnerKind = Literal["session", "agent"]
 ResourceKind = Literal["container", "network", "volume", "image", "path"]
 CleanupReason = Literal[
-    "session_ended",
-    "session_expired",
-    "heartbeat_lost",
-    "session_deleted",
-    "agent_failed",
-    "agent_stopped",
-    "agent_deleted",
+    "sessionEnded",
+    "sessionExpired",
+    "heartbeatLost",
+    "sessionDeleted",
+    "agentFailed",
+    "agentStopped",
+    "agentDeleted",
     "orphan",
     "manual",
 ]
@@ -99,6 +100,17 @@ class Condition(TypedDict):
     type: str
     message: str
     since: str
+
+
+class Event(TypedDict):
+    """One of a record's recent events (``GET /v1/sessions/NAME/events``)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    count: int
+    firstSeen: str
+    lastSeen: str
 
 
 class SessionMatch(TypedDict):
@@ -137,6 +149,7 @@ class _SessionStatusOptional(TypedDict, total=False):
     cleanedAt: str
     deletingSince: str
     conditions: List[Condition]
+    events: List[Event]
     source: str
 
 
@@ -178,6 +191,7 @@ class _AgentStatusOptional(TypedDict, total=False):
     cleanupAfter: str
     deletingSince: str
     conditions: List[Condition]
+    events: List[Event]
     source: str
 
 
@@ -320,6 +334,7 @@ SCHEMAS: Dict[str, type] = {
     "ObjectMeta": ObjectMeta,
     "ObjectCounts": ObjectCounts,
     "Condition": Condition,
+    "Event": Event,
     "SessionRecord": SessionRecord,
     "SessionSpec": SessionSpec,
     "SessionSpec.match": SessionMatch,
