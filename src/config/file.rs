@@ -188,6 +188,24 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(disk) = &self.disk_pressure {
+            if let (Some(high), Some(low)) = (disk.high_watermark, disk.low_watermark) {
+                if low > high {
+                    out.push((
+                        &["diskPressure", "lowWatermark"],
+                        format!("{low} is above highWatermark ({high}): eviction stops below the low watermark, so it must be at most the high one"),
+                    ));
+                }
+            }
+            for pattern in disk.keep.iter().flatten() {
+                if pattern.is_empty() || pattern.chars().any(char::is_control) {
+                    out.push((
+                        &["diskPressure", "keep"],
+                        format!("invalid pattern {pattern:?}: must be a non-empty image reference pattern such as \"anvyl-agent-base:*\""),
+                    ));
+                }
+            }
+        }
         if self.api_listen.is_some() && self.api_token.is_none() {
             out.push((
                 &["apiListen"],

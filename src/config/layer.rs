@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::{LogFormat, Secret, Source};
-use crate::core::model::{Duration, SerialExitsSetting};
+use crate::core::model::{Duration, Percent, SerialExitsSetting};
 
 /// Declares a struct of config keys exactly as written (its serde and clap attributes pass
 /// through) and derives, from the same field list, how layers of it merge and how its keys are
@@ -159,7 +159,7 @@ macro_rules! shown_by_display {
         } )*
     };
 }
-shown_by_display!(SocketAddr, Duration, usize, LogFormat, SerialExitsSetting);
+shown_by_display!(SocketAddr, Duration, usize, LogFormat, SerialExitsSetting, Percent);
 
 impl Leaf for String {
     fn shown(&self) -> Option<String> {
