@@ -183,6 +183,7 @@ fn controller_with(
         paths_root: dir.path().join("paths"),
         dry_run: false,
         serial_exits,
+        disk_pressure: Default::default(),
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let ctl = Arc::new(Controller::new(store, engine, metrics, settings));

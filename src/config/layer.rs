@@ -159,7 +159,14 @@ macro_rules! shown_by_display {
         } )*
     };
 }
-shown_by_display!(SocketAddr, Duration, usize, LogFormat, SerialExitsSetting, Percent);
+shown_by_display!(
+    SocketAddr,
+    Duration,
+    usize,
+    LogFormat,
+    SerialExitsSetting,
+    Percent
+);
 
 impl Leaf for String {
     fn shown(&self) -> Option<String> {

@@ -45,6 +45,18 @@ pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.85;
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.80;
 pub const DEFAULT_MIN_IMAGE_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// `diskPressure`'s defaults: 85%, 80%, 10m, nothing kept by pattern.
+impl Default for DiskPressureConfig {
+    fn default() -> Self {
+        DiskPressureConfig {
+            high_watermark: Percent::from_ratio(DEFAULT_HIGH_WATERMARK).unwrap_or_default(),
+            low_watermark: Percent::from_ratio(DEFAULT_LOW_WATERMARK).unwrap_or_default(),
+            min_image_age: DEFAULT_MIN_IMAGE_AGE,
+            keep: Vec::new(),
+        }
+    }
+}
 /// The environment variable that may carry `apiToken`, so it stays out of `ps`.
 pub const API_TOKEN_ENV: &str = "REAPER_API_TOKEN";
 
@@ -246,11 +258,14 @@ impl ConfigFile {
             engine_quirks: Some(EngineQuirksFile {
                 serial_exits: Some(SerialExitsSetting::Auto),
             }),
-            disk_pressure: Some(DiskPressureFile {
-                high_watermark: Percent::from_ratio(DEFAULT_HIGH_WATERMARK),
-                low_watermark: Percent::from_ratio(DEFAULT_LOW_WATERMARK),
-                min_image_age: Some(DEFAULT_MIN_IMAGE_AGE),
-                keep: Some(Vec::new()),
+            disk_pressure: Some({
+                let d = DiskPressureConfig::default();
+                DiskPressureFile {
+                    high_watermark: Some(d.high_watermark),
+                    low_watermark: Some(d.low_watermark),
+                    min_image_age: Some(d.min_image_age),
+                    keep: Some(d.keep),
+                }
             }),
             ..ConfigFile::default()
         }

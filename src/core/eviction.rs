@@ -123,6 +123,14 @@ impl ImageFacts {
     }
 }
 
+/// A container (in any state, anyone's) and the image it is made from: that image is in use,
+/// and was last used no earlier than the container's creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUse {
+    pub image_id: String,
+    pub created: Option<Timestamp>,
+}
+
 /// What the planner is given besides the config.
 #[derive(Clone, Debug, Default)]
 pub struct DiskFacts {
@@ -149,10 +157,12 @@ pub struct Eviction {
 }
 
 impl Eviction {
+    /// The removal the executor carries out. On behalf of no owner: an owner may be live, and
+    /// its record is not the eviction's business.
     pub fn removal(&self) -> Removal {
         Removal {
             target: Target::Docker(self.image.clone()),
-            owner: self.owner.clone(),
+            owner: None,
             reason: CleanupReason::DiskPressure,
             stop_timeout: Duration::ZERO,
             because: Vec::new(),
