@@ -638,6 +638,7 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
             time_secs: Timestamp::now().millis() / 1000,
             labelled: true,
             gone: false,
+            created_from: None,
         };
         tx.send(hint).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -688,6 +689,7 @@ async fn network_and_volume_events_of_ours_start_a_pass_and_others_do_not() {
         time_secs: Timestamp::now().millis() / 1000,
         labelled: false,
         gone,
+        created_from: None,
     };
     let passes = || engine.lists.load(Ordering::SeqCst);
     let orphans = |kind| ctl.health().orphans.get(&kind).copied().unwrap_or(0);

@@ -295,7 +295,7 @@ fn evicts_our_idle_images_least_recently_used_first_until_below_the_low_watermar
     }
 
     // Phase 1: no pressure (a watermark of 100% is never passed). reaper measures, and learns
-    // e1's last use from the container listing; the container is gone before reaper restarts.
+    // e1's last use from a container's create event; the container is gone at once.
     let common_args = |extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = [
             "--docker-host",
@@ -328,6 +328,7 @@ fn evicts_our_idle_images_least_recently_used_first_until_below_the_low_watermar
     let addr = reaper.metrics_addr();
     assert_eq!(sample(&addr, "reaper_disk_pressure_available"), Some(1.0));
 
+    // A container created from e1 and removed at once: its `create` event is what tells.
     let user = format!("disk-user-{u}");
     engine.docker_ok(&[
         "create",
@@ -338,15 +339,13 @@ fn evicts_our_idle_images_least_recently_used_first_until_below_the_low_watermar
         &candidates[0],
     ]);
     let used_at = Instant::now();
+    engine.docker_ok(&["rm", &user]);
     let passes =
         |addr: &str| sample(addr, r#"reaper_reconciles_total{result="success"}"#).unwrap_or(0.0);
     let before = passes(&addr);
-    wait_until(
-        "two passes see the container",
-        Duration::from_secs(15),
-        || passes(&addr) >= before + 2.0,
-    );
-    engine.docker_ok(&["rm", &user]);
+    wait_until("two more passes", Duration::from_secs(15), || {
+        passes(&addr) >= before + 2.0
+    });
     reaper.stop();
 
     // Phase 2: watermarks set from the usage now, so that exactly three candidates must go.

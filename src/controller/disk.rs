@@ -14,6 +14,10 @@ pub(super) const DISK_MEASURE_EVERY: Duration = Duration::from_secs(60);
 /// use is a new key (the first sighting of a key wins), and the older one is forgotten.
 const LAST_USE_PREFIX: &str = "last-use/";
 
+/// Container creations noted from events and not yet matched to an image are kept up to this
+/// many: a burst beyond it is still seen by the listing, if its containers live that long.
+const MAX_NOTED_USES: usize = 4096;
+
 /// Whether a sighting key is a last use, which the pass's first sightings leave alone.
 pub(super) fn is_last_use_key(key: &str) -> bool {
     key.starts_with(LAST_USE_PREFIX)
@@ -31,6 +35,15 @@ fn last_use_image(key: &str) -> Option<&str> {
 }
 
 impl<E: Engine> Controller<E> {
+    /// A container was created from the image named `image` (a `create` event): a use, which
+    /// the next pass matches to an image ID and keeps.
+    pub(super) fn note_use(&self, image: &str, time_secs: i64) {
+        let mut noted = lock(&self.created_from);
+        if noted.len() < MAX_NOTED_USES {
+            noted.push((image.to_string(), Timestamp::from_unix_secs(time_secs)));
+        }
+    }
+
     /// Measures, plans and (unless `dry_run`) queues the evictions; shows the result in
     /// `reaper status` and the metrics.
     pub(super) async fn disk_step(
@@ -168,12 +181,17 @@ impl<E: Engine> Controller<E> {
                 entry.1.push(key);
             }
         }
+        // Containers listed now, and those the events saw created (maybe gone since).
+        let noted = std::mem::take(&mut *lock(&self.created_from));
+        let from_events = noted.iter().filter_map(|(name, at)| {
+            let image = images.iter().find(|i| i.named_by(name))?;
+            Some((&image.id, *at))
+        });
+        let listed = uses.iter().filter_map(|u| Some((&u.image_id, u.created?)));
         let mut seen: BTreeMap<String, Timestamp> = BTreeMap::new();
-        for u in uses {
-            if let Some(at) = u.created {
-                let t = seen.entry(u.image_id.clone()).or_insert(at);
-                *t = (*t).max(at);
-            }
+        for (id, at) in listed.chain(from_events) {
+            let t = seen.entry(id.clone()).or_insert(at);
+            *t = (*t).max(at);
         }
         let present: BTreeSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
         let mut new = BTreeMap::new();

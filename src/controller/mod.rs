@@ -119,6 +119,9 @@ pub struct Controller<E: Engine> {
     listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
     /// Evictions queued, with the bytes each frees, for the metrics once it is done.
     evicting: Mutex<BTreeMap<crate::core::inventory::ObjectKey, u64>>,
+    /// Containers created since the last pass, by the image their create call named, with
+    /// when: the uses a container gone before the next listing would hide.
+    created_from: Mutex<Vec<(String, Timestamp)>>,
 }
 
 impl<E: Engine> Controller<E> {
@@ -149,6 +152,7 @@ impl<E: Engine> Controller<E> {
             store_failed: AtomicBool::new(false),
             listed_ours: Mutex::new(BTreeSet::new()),
             evicting: Mutex::new(BTreeMap::new()),
+            created_from: Mutex::new(Vec::new()),
         }
     }
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::core::inventory::DockerObject;
+use crate::core::inventory::{repository_of, DockerObject};
 use crate::core::model::{
     CleanupReason, Duration, Labels, OwnerRef, Percent, ResourceKind, Timestamp,
 };
@@ -99,6 +99,21 @@ pub struct ImageFacts {
 }
 
 impl ImageFacts {
+    /// Whether a container create call that named the image `name` (a reference, a reference
+    /// without its tag, a full or short ID) meant this image.
+    pub fn named_by(&self, name: &str) -> bool {
+        let hex = |id: &str| id.strip_prefix("sha256:").unwrap_or(id).to_string();
+        let by_id = name.len() >= 12
+            && name
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c.is_ascii_lowercase())
+            && hex(&self.id).starts_with(&hex(name));
+        by_id
+            || self.references.iter().any(|r| {
+                r == name || (repository_of(name) == name && *r == format!("{name}:latest"))
+            })
+    }
+
     /// The image as one object per reference (as the inventory lists images), or one untagged.
     fn objects(&self) -> Vec<DockerObject> {
         let object = |name: &str| DockerObject {
@@ -504,6 +519,28 @@ mod tests {
         assert_eq!(evicted(&p), ["anvyl-agent-a:latest"]);
         // Half the bytes in use go, so half the inodes are taken to go with them.
         assert_eq!(p.projected.inodes.used, 450);
+    }
+
+    #[test]
+    fn a_create_call_names_an_image_by_reference_or_id() {
+        let mut image = ours("a", 1, T0);
+        image.id = "sha256:0123456789abcdef".into();
+        for name in [
+            "anvyl-agent-a:latest",
+            "anvyl-agent-a",
+            "sha256:0123456789abcdef",
+            "0123456789ab",
+        ] {
+            assert!(image.named_by(name), "{name}");
+        }
+        for name in [
+            "anvyl-agent-a:2",
+            "anvyl-agent",
+            "0123",
+            "sha256:0123456789ac",
+        ] {
+            assert!(!image.named_by(name), "{name}");
+        }
     }
 
     #[test]

@@ -561,10 +561,15 @@ fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
             time_secs,
             labelled: false,
             gone,
+            created_from: None,
         });
     }
     let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
     let name = attrs.remove("name").unwrap_or_default();
+    let created_from = match action {
+        "create" => attrs.get("image").filter(|i| !i.is_empty()).cloned(),
+        _ => None,
+    };
     for key in NOT_LABELS {
         attrs.remove(key);
     }
@@ -582,6 +587,7 @@ fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
         time_secs,
         labelled: true,
         gone,
+        created_from,
     })
 }
 
@@ -779,6 +785,9 @@ mod tests {
                 "{action}"
             );
             assert_eq!(h.time_secs, 1795777308);
+            // Only a create is a use of the image, for disk pressure.
+            let used = (action == "create").then(|| "reaper-test/busybox:1".to_string());
+            assert_eq!(h.created_from, used, "{action}");
         }
     }
 

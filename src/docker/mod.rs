@@ -91,6 +91,9 @@ pub struct EventHint {
     pub labelled: bool,
     /// The object is gone (destroyed, removed).
     pub gone: bool,
+    /// A container was created from this image, as the create call named it (a reference or
+    /// an ID): a use of the image, which disk pressure orders evictions by.
+    pub created_from: Option<String>,
 }
 
 /// The engine operations reaper uses. The controller is generic over it so tests can inject
