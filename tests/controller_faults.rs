@@ -223,6 +223,26 @@ async fn a_failed_listing_deletes_nothing_and_enters_safe_mode() {
     assert_eq!(metric(&ctl, "reaper_safe_mode "), 0.0);
 }
 
+/// An engine whose data root reaper cannot see (a remote engine; here, one that names none):
+/// disk pressure says it is unavailable, in status and metrics, and the pass goes on.
+#[tokio::test]
+async fn disk_pressure_is_unavailable_when_the_data_root_cannot_be_seen() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(orphan("a"));
+    let (ctl, _dir) = controller(engine.clone());
+
+    let (_, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(report.removed.len(), 1, "the rest of the pass is unaffected");
+    let disk = ctl.health().disk.expect("measured in the pass");
+    assert!(!disk.available && !disk.pressure && disk.evictions.is_empty());
+    assert!(
+        disk.error.as_deref().unwrap_or_default().contains("no data root"),
+        "{disk:?}"
+    );
+    assert_eq!(metric(&ctl, "reaper_disk_pressure_available "), 0.0);
+    assert_eq!(metric(&ctl, "reaper_disk_pressure "), 0.0);
+}
+
 /// Sixty ripe orphans at once, as after a lost store: the guard holds every one of them until
 /// the operator confirms (`reaper cleanup`, a manual pass) or raises the cap.
 #[tokio::test]
