@@ -232,11 +232,18 @@ async fn disk_pressure_is_unavailable_when_the_data_root_cannot_be_seen() {
     let (ctl, _dir) = controller(engine.clone());
 
     let (_, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
-    assert_eq!(report.removed.len(), 1, "the rest of the pass is unaffected");
+    assert_eq!(
+        report.removed.len(),
+        1,
+        "the rest of the pass is unaffected"
+    );
     let disk = ctl.health().disk.expect("measured in the pass");
     assert!(!disk.available && !disk.pressure && disk.evictions.is_empty());
     assert!(
-        disk.error.as_deref().unwrap_or_default().contains("no data root"),
+        disk.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no data root"),
         "{disk:?}"
     );
     assert_eq!(metric(&ctl, "reaper_disk_pressure_available "), 0.0);

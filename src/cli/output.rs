@@ -1,4 +1,4 @@
-//! Over 500 lines: 400 of code (one printer per reply type) and its tests of the printed text.
+//! Over 500 lines: 630 of code (one printer per reply type) and its tests of the printed text.
 //!
 //! How the CLI prints what the API returns: aligned tables for people, JSON or YAML for scripts.
 //! Everything it prints comes from the `wire` types; none of it is looked up by string.

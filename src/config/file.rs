@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{ConfigError, ConfigFile, Source, API_TOKEN_ENV, DEFAULT_DOCKER_HOST, MAX_CONCURRENCY};
+use crate::core::eviction::DiskPressureConfig;
 use crate::core::manifest::validate_name_prefix;
 use crate::core::model::{validate_label, Duration, API_VERSION};
 use crate::core::yaml::{
@@ -189,11 +190,20 @@ impl ConfigFile {
             }
         }
         if let Some(disk) = &self.disk_pressure {
-            if let (Some(high), Some(low)) = (disk.high_watermark, disk.low_watermark) {
+            // Either one alone is checked against the other's default: that is what it runs with.
+            if disk.high_watermark.is_some() || disk.low_watermark.is_some() {
+                let defaults = DiskPressureConfig::default();
+                let high = disk.high_watermark.unwrap_or(defaults.high_watermark);
+                let low = disk.low_watermark.unwrap_or(defaults.low_watermark);
                 if low > high {
+                    // Named where it was set: the one given alone is the one to fix.
+                    let key: &'static [&'static str] = match disk.low_watermark {
+                        Some(_) => &["diskPressure", "lowWatermark"],
+                        None => &["diskPressure", "highWatermark"],
+                    };
                     out.push((
-                        &["diskPressure", "lowWatermark"],
-                        format!("{low} is above highWatermark ({high}): eviction stops below the low watermark, so it must be at most the high one"),
+                        key,
+                        format!("lowWatermark ({low}) is above highWatermark ({high}): eviction stops below the low watermark, so it must be at most the high one"),
                     ));
                 }
             }

@@ -233,3 +233,21 @@ impl<E: Engine> Controller<E> {
 fn format_ratio(r: f64) -> String {
     format!("{:.1}%", r * 100.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_use_keys_name_their_image_and_are_told_from_first_sightings() {
+        let key = last_use_key("sha256:abc", Timestamp(1_700_000_000_123));
+        assert_eq!(key, "last-use/sha256:abc/1700000000123");
+        assert_eq!(last_use_image(&key), Some("sha256:abc"));
+        assert!(is_last_use_key(&key));
+        // First sightings (what orphan grace counts from) are another thing.
+        for sighting in ["image/anvyl-agent-a:1@sha256:abc", "container/0123"] {
+            assert!(!is_last_use_key(sighting));
+            assert_eq!(last_use_image(sighting), None);
+        }
+    }
+}

@@ -1,3 +1,6 @@
+//! Over 500 lines: the loop and the pass, with the state they share; reading the world, writing
+//! outcomes, health, events, disk pressure and the removal queue each have a file of their own.
+//!
 //! The reconcile loop. Level-triggered: every pass reads the whole desired state (store) and the
 //! whole actual state (Docker, paths), plans, persists the status changes that gate deletions,
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
