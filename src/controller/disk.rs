@@ -34,13 +34,35 @@ fn last_use_image(key: &str) -> Option<&str> {
         .map(|(id, _)| id)
 }
 
+/// What disk pressure keeps between passes.
+#[derive(Default)]
+pub(super) struct DiskState {
+    /// Evictions queued, with the bytes each frees, for the metrics once it is done.
+    evicting: BTreeMap<crate::core::inventory::ObjectKey, u64>,
+    /// Containers created since the last listing, by the image their create call named, with
+    /// when: the uses a container gone before the next listing would hide.
+    created_from: Vec<(String, Timestamp)>,
+    /// The data root and when `/info` named it: asked again at most once a minute.
+    root: Option<(String, Instant)>,
+    /// When every image and container was last listed: without pressure and without new
+    /// containers, once a minute is enough to learn last uses, so an idle host's engine is not
+    /// listed whole in every pass.
+    inventoried: Option<Instant>,
+}
+
+/// Whether `at` is within the last `DISK_MEASURE_EVERY`.
+fn recent(at: Option<Instant>) -> bool {
+    at.is_some_and(|t| t.elapsed() < DISK_MEASURE_EVERY)
+}
+
 impl<E: Engine> Controller<E> {
     /// A container was created from the image named `image` (a `create` event): a use, which
     /// the next pass matches to an image ID and keeps.
     pub(super) fn note_use(&self, image: &str, time_secs: i64) {
-        let mut noted = lock(&self.created_from);
-        if noted.len() < MAX_NOTED_USES {
-            noted.push((image.to_string(), Timestamp::from_unix_secs(time_secs)));
+        let mut disk = lock(&self.disk);
+        if disk.created_from.len() < MAX_NOTED_USES {
+            let at = Timestamp::from_unix_secs(time_secs);
+            disk.created_from.push((image.to_string(), at));
         }
     }
 
@@ -80,12 +102,25 @@ impl<E: Engine> Controller<E> {
             }
         };
         status.usage = Some(measured);
-        let plan = match self.disk_facts(measured).await {
-            Ok(facts) => {
-                let rules = &settings.rules;
-                let matchers = Matchers::new(sessions, agents, rules);
-                eviction::plan_evictions(&facts, rules, &matchers, &config, now)
-            }
+        let rules = &settings.rules;
+        let matchers = Matchers::new(sessions, agents, rules);
+        // Usage alone says whether there is pressure: without it, images need listing only to
+        // learn last uses.
+        let usage_only = DiskFacts {
+            usage: measured,
+            ..DiskFacts::default()
+        };
+        let quiet = eviction::plan_evictions(&usage_only, rules, &matchers, &config, now);
+        let skip_listing = !quiet.pressure && {
+            let disk = lock(&self.disk);
+            recent(disk.inventoried) && disk.created_from.is_empty()
+        };
+        let facts = match skip_listing {
+            true => Ok(usage_only),
+            false => self.disk_facts(measured).await,
+        };
+        let plan = match facts {
+            Ok(facts) => eviction::plan_evictions(&facts, rules, &matchers, &config, now),
             Err(e) => {
                 warn!(error = %e, "Could not list images for disk pressure; nothing is evicted this pass.");
                 status.error = Some(e);
@@ -117,7 +152,8 @@ impl<E: Engine> Controller<E> {
                 info!(image = %image, size = e.size, frees = e.frees, last_used = %e.last_used, "Dry run: would evict.");
             } else {
                 let removal = e.removal();
-                lock(&self.evicting).insert(executor::key_of(&removal.target), e.frees);
+                let key = executor::key_of(&removal.target);
+                lock(&self.disk).evicting.insert(key, e.frees);
                 // The outcome comes back through `Hooks::finished`, like every removal's.
                 let _ = self.executor.submit(removal, None);
             }
@@ -130,11 +166,22 @@ impl<E: Engine> Controller<E> {
 
     /// The data root (from `/info`) and its filesystem's usage, or why it cannot be measured.
     async fn measure_disk(&self) -> Result<(String, DiskUsage), (Option<String>, String)> {
-        let root = self
-            .engine
-            .data_root()
-            .await
-            .map_err(|e| (None, format!("the engine named no data root: {e}")))?;
+        let known = lock(&self.disk)
+            .root
+            .clone()
+            .filter(|(_, at)| recent(Some(*at)));
+        let root = match known {
+            Some((root, _)) => root,
+            None => {
+                let root = self
+                    .engine
+                    .data_root()
+                    .await
+                    .map_err(|e| (None, format!("the engine named no data root: {e}")))?;
+                lock(&self.disk).root = Some((root.clone(), Instant::now()));
+                root
+            }
+        };
         let path = std::path::PathBuf::from(&root);
         let usage = tokio::task::spawn_blocking(move || crate::disk::measure(&path))
             .await
@@ -152,6 +199,7 @@ impl<E: Engine> Controller<E> {
             .disk_inventory()
             .await
             .map_err(|e| e.to_string())?;
+        lock(&self.disk).inventoried = Some(Instant::now());
         let last_use = self
             .remember_last_use(&images, &uses)
             .await
@@ -182,7 +230,7 @@ impl<E: Engine> Controller<E> {
             }
         }
         // Containers listed now, and those the events saw created (maybe gone since).
-        let noted = std::mem::take(&mut *lock(&self.created_from));
+        let noted = std::mem::take(&mut lock(&self.disk).created_from);
         let from_events = noted.iter().filter_map(|(name, at)| {
             let image = images.iter().find(|i| i.named_by(name))?;
             Some((&image.id, *at))
@@ -224,9 +272,8 @@ impl<E: Engine> Controller<E> {
 
     /// The bytes an eviction frees once its outcome is known (0 for another removal).
     pub(super) fn evicted(&self, removal: &Removal) -> u64 {
-        lock(&self.evicting)
-            .remove(&executor::key_of(&removal.target))
-            .unwrap_or(0)
+        let key = executor::key_of(&removal.target);
+        lock(&self.disk).evicting.remove(&key).unwrap_or(0)
     }
 }
 

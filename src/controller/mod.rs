@@ -120,11 +120,8 @@ pub struct Controller<E: Engine> {
     /// The networks and volumes of ours in the last listing, by kind and ID: their destroy
     /// events carry no labels to tell.
     listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
-    /// Evictions queued, with the bytes each frees, for the metrics once it is done.
-    evicting: Mutex<BTreeMap<crate::core::inventory::ObjectKey, u64>>,
-    /// Containers created since the last pass, by the image their create call named, with
-    /// when: the uses a container gone before the next listing would hide.
-    created_from: Mutex<Vec<(String, Timestamp)>>,
+    /// What disk pressure keeps between passes (see `disk.rs`).
+    disk: Mutex<disk::DiskState>,
 }
 
 impl<E: Engine> Controller<E> {
@@ -154,8 +151,7 @@ impl<E: Engine> Controller<E> {
             timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
             store_failed: AtomicBool::new(false),
             listed_ours: Mutex::new(BTreeSet::new()),
-            evicting: Mutex::new(BTreeMap::new()),
-            created_from: Mutex::new(Vec::new()),
+            disk: Mutex::new(disk::DiskState::default()),
         }
     }
 
