@@ -184,10 +184,13 @@ impl Leaf for PathBuf {
     }
 }
 
-/// A repeatable flag: its values, as they would be given.
+/// A repeatable flag: its values, as they would be given; "none" for none.
 impl Leaf for Vec<String> {
     fn shown(&self) -> Option<String> {
-        Some(self.join(", "))
+        Some(match self.is_empty() {
+            true => "none".into(),
+            false => self.join(", "),
+        })
     }
 }
 
