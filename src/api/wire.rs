@@ -8,10 +8,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::core::eviction::{DiskUsage, Eviction};
 use crate::core::inventory::DockerObject;
 use crate::core::model::{
-    Agent, AgentPhase, EngineInfo, OwnerRef, Record, ResourceKind, SerialExits, Session, Timestamp,
-    API_VERSION,
+    Agent, AgentPhase, EngineInfo, OwnerRef, Percent, Record, ResourceKind, SerialExits, Session,
+    Timestamp, API_VERSION,
 };
 use crate::core::plan::{Removal, Target, Waiting};
 use crate::store::ApplyOutcome;
@@ -263,6 +264,32 @@ pub struct Health {
     /// `maxOrphanRemovalsPerPass`, and removed none of them. `null` when not held.
     #[serde(default)]
     pub blast_radius_held: Option<BlastRadiusHold>,
+    /// Disk pressure as last measured; `null` before the first measurement.
+    #[serde(default)]
+    pub disk: Option<DiskStatus>,
+}
+
+/// Disk pressure on the filesystem holding Docker's data root, as last measured (every pass,
+/// and at least once a minute): what `reaper status` summarises and `reaper disk` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// reaper can measure the data root. When not (a remote engine), eviction does nothing.
+    pub available: bool,
+    /// Why it is unavailable, or why the last measurement failed.
+    pub error: Option<String>,
+    /// `DockerRootDir`, from the engine's `/info`.
+    pub data_root: Option<String>,
+    pub measured_at: Timestamp,
+    pub usage: Option<DiskUsage>,
+    pub high_watermark: Percent,
+    pub low_watermark: Percent,
+    /// Usage is above the high watermark.
+    pub pressure: bool,
+    /// Under pressure, and evicting all that may go leaves usage at or above the low watermark.
+    pub exhausted: bool,
+    /// What is evicted now (or would be, in a dry run), in order.
+    pub evictions: Vec<Eviction>,
 }
 
 /// Orphan removals the blast-radius guard holds back until the operator confirms

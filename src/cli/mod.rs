@@ -149,6 +149,12 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Disk pressure: usage of the filesystem holding Docker's data root, the watermarks, and
+    /// which of our idle images are evicted now, in order, with sizes (as last measured).
+    Disk {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -454,6 +460,11 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         Command::Status { output } => {
             let status: Status = c.get("/v1/status").await?;
             print!("{}", output::status(&status, output, Timestamp::now()));
+            Ok(())
+        }
+        Command::Disk { output } => {
+            let status: Status = c.get("/v1/status").await?;
+            print!("{}", output::disk(&status.health.disk, output));
             Ok(())
         }
     }

@@ -1,4 +1,4 @@
-//! Over 500 lines: 400 of code (one printer per reply type) and its tests of the printed text.
+//! Over 500 lines: 630 of code (one printer per reply type) and its tests of the printed text.
 //!
 //! How the CLI prints what the API returns: aligned tables for people, JSON or YAML for scripts.
 //! Everything it prints comes from the `wire` types; none of it is looked up by string.
@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use crate::api::wire::{Health, Preview, RecordView, Status};
+use crate::api::wire::{DiskStatus, Health, Preview, RecordView, Status};
 use crate::core::inventory::{short_id, DockerObject};
 use crate::core::model::{
     Agent, CleanupReason, Labels, ObjectCounts, OwnerRef, ResourceKind, Session, Timestamp,
@@ -544,6 +544,9 @@ pub fn status(v: &Status, o: Output, now: Timestamp) -> String {
             held.examples.join(", ")
         ));
     }
+    if let Some(disk) = &h.disk {
+        out.push_str(&format!("disk:       {}\n", disk_summary(disk)));
+    }
     if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
@@ -573,6 +576,131 @@ pub fn status(v: &Status, o: Output, now: Timestamp) -> String {
         out.push_str(&format!("manifest:   INVALID {}: {}\n", e.file, e.error));
     }
     out
+}
+
+/// Disk pressure in one line, for `reaper status`.
+fn disk_summary(d: &DiskStatus) -> String {
+    let Some(usage) = d.usage.filter(|_| d.available) else {
+        let why = d.error.clone().unwrap_or_default();
+        return format!("UNAVAILABLE: {why}; nothing is evicted");
+    };
+    let mut line = format!(
+        "bytes {}, inodes {} (high {}, low {})",
+        percent(usage.bytes.ratio()),
+        percent(usage.inodes.ratio()),
+        d.high_watermark,
+        d.low_watermark
+    );
+    if d.pressure {
+        line.push_str(&format!(
+            ": PRESSURE, {} image references to evict",
+            d.evictions.len()
+        ));
+        if d.exhausted {
+            line.push_str("; what fills the disk is not ours to evict");
+        }
+    }
+    if let Some(e) = &d.error {
+        line.push_str(&format!(" (last error: {e})"));
+    }
+    line
+}
+
+/// `reaper disk`: usage, the watermarks and what is evicted now, in order, with sizes.
+pub fn disk(d: &Option<DiskStatus>, o: Output) -> String {
+    if let Some(out) = structured(d, o) {
+        return out;
+    }
+    let Some(d) = d else {
+        return "disk: not measured yet (the daemon measures in every pass)\n".into();
+    };
+    let mut out = format!(
+        "data root:  {}\n",
+        d.data_root.as_deref().unwrap_or("unknown")
+    );
+    out.push_str(&format!("measured:   {}\n", d.measured_at));
+    match d.usage.filter(|_| d.available) {
+        None => {
+            out.push_str(&format!(
+                "UNAVAILABLE: {}; nothing is evicted\n",
+                d.error.clone().unwrap_or_default()
+            ));
+            return out;
+        }
+        Some(u) => {
+            out.push_str(&format!(
+                "bytes:      {} ({} of {})\n",
+                percent(u.bytes.ratio()),
+                human_bytes(u.bytes.used),
+                human_bytes(u.bytes.total)
+            ));
+            out.push_str(&format!(
+                "inodes:     {} ({} of {})\n",
+                percent(u.inodes.ratio()),
+                u.inodes.used,
+                u.inodes.total
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "watermarks: high {}, low {}\n",
+        d.high_watermark, d.low_watermark
+    ));
+    out.push_str(&format!(
+        "pressure:   {}\n",
+        match (d.pressure, d.exhausted) {
+            (false, _) => "no: nothing is evicted",
+            (true, false) => "YES: evicting the images below, in this order",
+            (true, true) =>
+                "YES, and evicting all of ours that may go is not enough: the rest is not ours",
+        }
+    ));
+    if let Some(e) = &d.error {
+        out.push_str(&format!("error:      {e}\n"));
+    }
+    if d.evictions.is_empty() {
+        return out;
+    }
+    let rows: Vec<Vec<String>> = d
+        .evictions
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            vec![
+                (i + 1).to_string(),
+                e.image.target().to_string(),
+                short_id(&e.image.id).to_string(),
+                human_bytes(e.size),
+                human_bytes(e.frees),
+                e.last_used.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["ORDER", "IMAGE", "ID", "SIZE", "FREES", "LAST USED"],
+        &rows,
+    ));
+    out
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// Bytes in binary units, one decimal: `12.0 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `name=n` pairs, sorted by name.
@@ -807,6 +935,29 @@ mod tests {
     }
 
     #[test]
+    fn disk_prints_usage_watermarks_and_evictions_in_order() {
+        let up: Status = typed(examples::status_up());
+        assert_eq!(
+            disk(&up.health.disk, Output::Table),
+            "data root:  /var/lib/docker\n\
+             measured:   2024-05-01T10:00:00.123Z\n\
+             bytes:      90.0% (83.8 GiB of 93.1 GiB)\n\
+             inodes:     2.0% (120000 of 6000000)\n\
+             watermarks: high 85%, low 80%\n\
+             pressure:   YES: evicting the images below, in this order\n\
+             ORDER   IMAGE                   ID     SIZE      FREES     LAST USED\n\
+             1       anvyl-agent-a1:latest   4f2a   9.3 GiB   9.3 GiB   2024-04-02T09:30:00Z\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&disk(&up.health.disk, Output::Json)).unwrap();
+        assert_eq!(json["evictions"][0]["frees"], 10_000_000_000u64);
+        let down: Status = typed(examples::status_down());
+        assert!(disk(&down.health.disk, Output::Table)
+            .contains("UNAVAILABLE: cannot see /var/lib/docker"));
+        assert_eq!(disk(&None, Output::Json), "null\n");
+    }
+
+    #[test]
     fn status_prints_as_before() {
         assert_eq!(
             status(&typed(examples::status_up()), Output::Table, now()),
@@ -816,6 +967,7 @@ mod tests {
              store:      ok\n\
              safe mode:  off\n\
              held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2m ago); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
+             disk:       bytes 90.0%, inodes 2.0% (high 85%, low 80%): PRESSURE, 1 image references to evict\n\
              dry run:    on (nothing is removed)\n\
              last pass:  59s ago\n\
              last ok:    59s ago\n\
@@ -831,6 +983,7 @@ mod tests {
              docker:     DOWN connection refused\n\
              store:      ERROR corrupt\n\
              safe mode:  ON: nothing is deleted until the store and Docker view are trustworthy\n\
+             disk:       UNAVAILABLE: cannot see /var/lib/docker: No such file or directory (os error 2); nothing is evicted\n\
              last pass:  60s ago\n\
              last ok:    never\n\
              last error: the store cannot be read: corrupt\n\

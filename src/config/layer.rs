@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::{ListenAddr, LogFormat, Secret, Source};
-use crate::core::model::{Duration, SerialExitsSetting};
+use crate::core::model::{Duration, Percent, SerialExitsSetting};
 
 /// Declares a struct of config keys exactly as written (its serde and clap attributes pass
 /// through) and derives, from the same field list, how layers of it merge and how its keys are
@@ -158,7 +158,14 @@ macro_rules! shown_by_display {
         } )*
     };
 }
-shown_by_display!(ListenAddr, Duration, usize, LogFormat, SerialExitsSetting);
+shown_by_display!(
+    ListenAddr,
+    Duration,
+    usize,
+    LogFormat,
+    SerialExitsSetting,
+    Percent
+);
 
 impl Leaf for String {
     fn shown(&self) -> Option<String> {
@@ -176,10 +183,13 @@ impl Leaf for PathBuf {
     }
 }
 
-/// A repeatable flag: its values, as they would be given.
+/// A repeatable flag: its values, as they would be given; "none" for none.
 impl Leaf for Vec<String> {
     fn shown(&self) -> Option<String> {
-        Some(self.join(", "))
+        Some(match self.is_empty() {
+            true => "none".into(),
+            false => self.join(", "),
+        })
     }
 }
 

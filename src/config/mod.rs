@@ -24,7 +24,8 @@ use std::str::FromStr;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::core::model::{Duration, SerialExitsSetting};
+use crate::core::eviction::DiskPressureConfig;
+use crate::core::model::{Duration, Percent, SerialExitsSetting};
 use crate::core::yaml::{ManifestError, ManifestErrors};
 use layer::config_keys;
 pub use listen::ListenAddr;
@@ -45,6 +46,21 @@ pub const DEFAULT_AGENT_RUNNING_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.85;
+pub const DEFAULT_LOW_WATERMARK: f64 = 0.80;
+pub const DEFAULT_MIN_IMAGE_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// `diskPressure`'s defaults: 85%, 80%, 10m, nothing kept by pattern.
+impl Default for DiskPressureConfig {
+    fn default() -> Self {
+        DiskPressureConfig {
+            high_watermark: Percent::from_ratio(DEFAULT_HIGH_WATERMARK).unwrap_or_default(),
+            low_watermark: Percent::from_ratio(DEFAULT_LOW_WATERMARK).unwrap_or_default(),
+            min_image_age: DEFAULT_MIN_IMAGE_AGE,
+            keep: Vec::new(),
+        }
+    }
+}
 /// The environment variable that may carry `apiToken`, so it stays out of `ps`.
 pub const API_TOKEN_ENV: &str = "REAPER_API_TOKEN";
 
@@ -139,6 +155,8 @@ config_keys! {
         pub api_listen: Option<ListenAddr>,
         #[command(flatten)]
         pub engine_quirks: Option<EngineQuirksFile>,
+        #[command(flatten)]
+        pub disk_pressure: Option<DiskPressureFile>,
         /// The file these values came from, for error messages (set by `parse`).
         #[arg(skip)]
         #[serde(skip)]
@@ -186,6 +204,29 @@ config_keys! {
     }
 }
 
+config_keys! {
+    /// `diskPressure:` evicting our idle images, least recently used first, when the filesystem
+    /// holding Docker's data root fills.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct DiskPressureFile {
+        /// Evict when the filesystem holding Docker's data root has more than this share of its
+        /// bytes or inodes in use.
+        #[arg(long = "disk-high-watermark", value_name = "PERCENT")]
+        pub high_watermark: Option<Percent>,
+        /// Evict until usage is below this.
+        #[arg(long = "disk-low-watermark", value_name = "PERCENT")]
+        pub low_watermark: Option<Percent>,
+        /// Never evict an image created or last used more recently than this.
+        #[arg(long = "disk-min-image-age", value_name = "DURATION")]
+        pub min_image_age: Option<Duration>,
+        /// An image reference pattern never evicted (`*` matches anything), e.g.
+        /// "anvyl-agent-base:*"; repeat the flag for more.
+        #[arg(long = "disk-keep", value_name = "PATTERN")]
+        pub keep: Option<Vec<String>>,
+    }
+}
+
 impl ConfigFile {
     /// The defaults, as the lowest layer: the one place a default is written. Keys without
     /// one (manifests, apiToken, apiListen) stay unset. Docker's host and the data dir come
@@ -221,6 +262,15 @@ impl ConfigFile {
             log_format: Some(LogFormat::Text),
             engine_quirks: Some(EngineQuirksFile {
                 serial_exits: Some(SerialExitsSetting::Auto),
+            }),
+            disk_pressure: Some({
+                let d = DiskPressureConfig::default();
+                DiskPressureFile {
+                    high_watermark: Some(d.high_watermark),
+                    low_watermark: Some(d.low_watermark),
+                    min_image_age: Some(d.min_image_age),
+                    keep: Some(d.keep),
+                }
             }),
             ..ConfigFile::default()
         }
@@ -270,6 +320,8 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// `engineQuirks.serialExits`: auto (from the engine's version), on or off.
     pub serial_exits: SerialExitsSetting,
+    /// `diskPressure`: the watermarks, the minimum image age and the keep patterns.
+    pub disk_pressure: DiskPressureConfig,
 }
 
 impl Config {
@@ -283,6 +335,7 @@ impl Config {
     /// a default lost it in [`ConfigFile::defaults`].
     fn from_layer(c: ConfigFile) -> Option<Config> {
         let (docker, adoption, quirks) = (c.docker?, c.adoption?, c.engine_quirks?);
+        let disk = c.disk_pressure?;
         Some(Config {
             docker_host: docker.host?,
             data_dir: c.data_dir?,
@@ -307,6 +360,12 @@ impl Config {
             api_token: c.api_token,
             api_listen: c.api_listen.map(|a| a.0),
             serial_exits: quirks.serial_exits?,
+            disk_pressure: DiskPressureConfig {
+                high_watermark: disk.high_watermark?,
+                low_watermark: disk.low_watermark?,
+                min_image_age: disk.min_image_age?,
+                keep: disk.keep?,
+            },
         })
     }
 }

@@ -2,7 +2,7 @@
 //! expiry, the end of a cleanup delay, Cleaned and Stopped, purges; and the executor's hooks.
 
 use super::*;
-use crate::core::model::{record_event, Event, EventReason, EventType};
+use crate::core::model::{record_event, CleanupReason, Event, EventReason, EventType};
 
 /// What finished removals change on one owner's status.
 #[derive(Default)]
@@ -227,6 +227,16 @@ impl<E: Engine> Hooks for Controller<E> {
         let Some(desired) = self.desired() else {
             return false;
         };
+        // Eviction takes idle images of live owners too: ours, and not kept, is the rule.
+        if r.reason == CleanupReason::DiskPressure {
+            let keep = self.settings().disk_pressure.keep;
+            return crate::core::eviction::may_evict(
+                fresh,
+                &desired.rules,
+                &desired.matchers,
+                &keep,
+            );
+        }
         let now = Timestamp::now();
         let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
         let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
@@ -245,6 +255,12 @@ impl<E: Engine> Hooks for Controller<E> {
         let target = target_label(&e.removal.target);
         let owner = e.removal.owner.as_ref();
         let mut delta = StatusDelta::default();
+        if e.removal.reason == CleanupReason::DiskPressure {
+            let bytes = self.evicted(&e.removal);
+            if e.outcome == Outcome::Removed {
+                self.metrics.disk_evicted(bytes);
+            }
+        }
         match &e.outcome {
             Outcome::Removed => {
                 self.metrics.cleanup_attempted(kind);

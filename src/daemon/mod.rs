@@ -57,6 +57,7 @@ pub fn settings(c: &Config) -> Settings {
         paths_root: c.paths_root.clone(),
         dry_run: c.dry_run,
         serial_exits: c.serial_exits,
+        disk_pressure: c.disk_pressure.clone(),
     }
 }
 

@@ -7,6 +7,7 @@ mod engine;
 mod event;
 mod lifecycle;
 mod meta;
+mod percent;
 mod resource;
 mod session;
 mod time;
@@ -22,6 +23,7 @@ pub use lifecycle::{
     CLEANUP_DELAYED, REMOVAL_FAILING,
 };
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
+pub use percent::Percent;
 pub use resource::{
     CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
 };

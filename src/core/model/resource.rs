@@ -56,10 +56,12 @@ pub enum CleanupReason {
     AgentDeleted,
     Orphan,
     Manual,
+    /// The disk holding Docker's data root passed `diskPressure.highWatermark`.
+    DiskPressure,
 }
 
 impl CleanupReason {
-    pub const ALL: [CleanupReason; 9] = [
+    pub const ALL: [CleanupReason; 10] = [
         Self::SessionEnded,
         Self::SessionExpired,
         Self::HeartbeatLost,
@@ -69,6 +71,7 @@ impl CleanupReason {
         Self::AgentDeleted,
         Self::Orphan,
         Self::Manual,
+        Self::DiskPressure,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -81,6 +84,7 @@ impl CleanupReason {
             Self::AgentDeleted => "agentDeleted",
             Self::Orphan => "orphan",
             Self::Manual => "manual",
+            Self::DiskPressure => "diskPressure",
         }
     }
 }

@@ -67,6 +67,7 @@ CleanupReason = Literal[
     "agentDeleted",
     "orphan",
     "manual",
+    "diskPressure",
 ]
 
 
@@ -267,6 +268,35 @@ class BlastRadiusHold(TypedDict):
     since: str
 
 
+class Usage(TypedDict):
+    used: int
+    total: int
+
+
+DiskUsage = TypedDict("DiskUsage", {"bytes": Usage, "inodes": Usage})
+
+
+class Eviction(TypedDict):
+    image: DockerObject
+    owner: Optional[OwnerRef]
+    size: int
+    frees: int
+    lastUsed: str
+
+
+class DiskStatus(TypedDict):
+    available: bool
+    error: Optional[str]
+    dataRoot: Optional[str]
+    measuredAt: str
+    usage: Optional[DiskUsage]
+    highWatermark: str
+    lowWatermark: str
+    pressure: bool
+    exhausted: bool
+    evictions: List[Eviction]
+
+
 class Health(TypedDict):
     dockerUp: bool
     dockerVersion: Optional[str]
@@ -284,6 +314,7 @@ class Health(TypedDict):
     owned: Dict[str, int]
     orphans: Dict[str, int]
     blastRadiusHeld: Optional[BlastRadiusHold]
+    disk: Optional[DiskStatus]
 
 
 class ManifestError(TypedDict):
@@ -353,6 +384,10 @@ SCHEMAS: Dict[str, type] = {
     "Health.engine": EngineInfo,
     "Health.serialExits": SerialExits,
     "Health.blastRadiusHeld": BlastRadiusHold,
+    "Health.disk": DiskStatus,
+    "Health.disk.usage": DiskUsage,
+    "Health.disk.evictions[]": Eviction,
+    "Usage": Usage,
     "Status": Status,
     "Status.manifestErrors[]": ManifestError,
     "ApplyResponse": ApplyResponse,
