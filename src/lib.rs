@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod core;
 pub mod daemon;
+pub mod disk;
 pub mod docker;
 pub mod error;
 pub mod manifest_dir;

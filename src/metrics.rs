@@ -1,4 +1,4 @@
-//! Over 500 lines: 490 of code, mostly one registration per metric; the rest tests names, labels and zero-initialisation.
+//! Over 500 lines: 590 of code, mostly one registration per metric; the rest tests names, labels and zero-initialisation.
 //!
 //! Every metric reaper exports, in one struct with its own registry.
 //!
@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -30,6 +30,9 @@ const RECONCILE_BUCKETS: &[f64] = &[
 const OWNER_CLEANUP_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+
+/// The `resource` label values of `reaper_disk_usage_ratio`.
+const DISK_RESOURCES: [&str; 2] = ["bytes", "inodes"];
 
 /// All of reaper's metrics. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Clone)]
@@ -57,6 +60,18 @@ pub struct Metrics {
     blast_radius_held: IntGauge,
     engine_info: IntGaugeVec,
     store_up: IntGaugeVec,
+    disk: DiskMetrics,
+}
+
+/// Disk pressure: the filesystem holding Docker's data root, and what was evicted from it.
+#[derive(Clone)]
+struct DiskMetrics {
+    usage_ratio: GaugeVec,
+    pressure: IntGauge,
+    available: IntGauge,
+    evictable: IntGauge,
+    evictions: IntCounter,
+    evicted_bytes: IntCounter,
 }
 
 /// The store backends, the values of `reaper_store_up`'s `backend` label.
@@ -277,6 +292,56 @@ impl Metrics {
                 &["backend"],
             )?,
         )?;
+        let disk = DiskMetrics {
+            usage_ratio: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "reaper_disk_usage_ratio",
+                        "Share of the bytes or inodes in use on the filesystem holding Docker's data root, 0 to 1, at the last measurement.",
+                    ),
+                    &["resource"],
+                )?,
+            )?,
+            pressure: register(
+                r,
+                IntGauge::new(
+                    "reaper_disk_pressure",
+                    "1 when bytes or inodes in use on the filesystem holding Docker's data root are above diskPressure.highWatermark.",
+                )?,
+            )?,
+            available: register(
+                r,
+                IntGauge::new(
+                    "reaper_disk_pressure_available",
+                    "1 when reaper can measure the filesystem holding Docker's data root; 0 when it cannot see that path (a remote engine) and disk-pressure eviction does nothing.",
+                )?,
+            )?,
+            evictable: register(
+                r,
+                IntGauge::new(
+                    "reaper_disk_evictable_images",
+                    "Image references of ours the last measurement planned to evict; 0 under pressure means nothing of ours is left to evict.",
+                )?,
+            )?,
+            evictions: register(
+                r,
+                IntCounter::new(
+                    "reaper_disk_evictions_total",
+                    "Image references of ours removed (untagged) because of disk pressure.",
+                )?,
+            )?,
+            evicted_bytes: register(
+                r,
+                IntCounter::new(
+                    "reaper_disk_evicted_bytes_total",
+                    "Bytes of images removed because of disk pressure (an image's size counts when its last reference goes).",
+                )?,
+            )?,
+        };
+        for resource in DISK_RESOURCES {
+            disk.usage_ratio.with_label_values(&[resource]);
+        }
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -320,6 +385,7 @@ impl Metrics {
             blast_radius_held,
             engine_info,
             store_up,
+            disk,
         };
         metrics.initialise_label_sets();
         Ok(metrics)
@@ -493,6 +559,23 @@ impl Metrics {
     }
 
     /// The blast-radius guard holds orphan removals back (or no longer does).
+    /// A measurement of the filesystem holding Docker's data root (`None`: it cannot be seen).
+    pub fn set_disk(&self, measured: Option<(f64, f64, bool, usize)>) {
+        let d = &self.disk;
+        d.available.set(i64::from(measured.is_some()));
+        let (bytes, inodes, pressure, evictable) = measured.unwrap_or_default();
+        d.usage_ratio.with_label_values(&["bytes"]).set(bytes);
+        d.usage_ratio.with_label_values(&["inodes"]).set(inodes);
+        d.pressure.set(i64::from(pressure));
+        d.evictable.set(evictable as i64);
+    }
+
+    /// An image reference evicted; `bytes` when it was the image's last.
+    pub fn disk_evicted(&self, bytes: u64) {
+        self.disk.evictions.inc();
+        self.disk.evicted_bytes.inc_by(bytes);
+    }
+
     pub fn set_blast_radius_held(&self, on: bool) {
         self.blast_radius_held.set(i64::from(on));
     }
@@ -622,6 +705,8 @@ mod tests {
         m.set_docker_wedged(true);
         m.set_blast_radius_held(true);
         m.set_store_up("etcd", true);
+        m.set_disk(Some((0.9, 0.1, true, 2)));
+        m.disk_evicted(4096);
         m.set_engine(
             Flavour::Docker,
             SerialExits::decide(crate::core::model::SerialExitsSetting::On, None),
@@ -656,6 +741,12 @@ mod tests {
         "reaper_docker_wedged",
         "reaper_blast_radius_held",
         "reaper_store_up",
+        "reaper_disk_usage_ratio",
+        "reaper_disk_pressure",
+        "reaper_disk_pressure_available",
+        "reaper_disk_evictable_images",
+        "reaper_disk_evictions_total",
+        "reaper_disk_evicted_bytes_total",
     ];
 
     #[test]
@@ -874,7 +965,7 @@ mod tests {
         assert_eq!(
             v(
                 "reaper_cleanups_total",
-                &[("resource", "container"), ("reason", "session_ended")]
+                &[("resource", "container"), ("reason", "sessionEnded")]
             ),
             Some(1.0)
         );

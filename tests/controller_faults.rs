@@ -183,6 +183,7 @@ fn controller_with(
         paths_root: dir.path().join("paths"),
         dry_run: false,
         serial_exits,
+        disk_pressure: Default::default(),
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let ctl = Arc::new(Controller::new(store, engine, metrics, settings));
@@ -220,6 +221,33 @@ async fn a_failed_listing_deletes_nothing_and_enters_safe_mode() {
     );
     assert!(!ctl.health().safe_mode);
     assert_eq!(metric(&ctl, "reaper_safe_mode "), 0.0);
+}
+
+/// An engine whose data root reaper cannot see (a remote engine; here, one that names none):
+/// disk pressure says it is unavailable, in status and metrics, and the pass goes on.
+#[tokio::test]
+async fn disk_pressure_is_unavailable_when_the_data_root_cannot_be_seen() {
+    let engine = Arc::new(FakeEngine::default());
+    engine.objects.lock().unwrap().push(orphan("a"));
+    let (ctl, _dir) = controller(engine.clone());
+
+    let (_, report) = ctl.pass(&Scope::Normal, false).await.unwrap();
+    assert_eq!(
+        report.removed.len(),
+        1,
+        "the rest of the pass is unaffected"
+    );
+    let disk = ctl.health().disk.expect("measured in the pass");
+    assert!(!disk.available && !disk.pressure && disk.evictions.is_empty());
+    assert!(
+        disk.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no data root"),
+        "{disk:?}"
+    );
+    assert_eq!(metric(&ctl, "reaper_disk_pressure_available "), 0.0);
+    assert_eq!(metric(&ctl, "reaper_disk_pressure "), 0.0);
 }
 
 /// Sixty ripe orphans at once, as after a lost store: the guard holds every one of them until
@@ -637,6 +665,7 @@ async fn a_burst_of_docker_events_costs_a_few_passes_not_one_each() {
             time_secs: Timestamp::now().millis() / 1000,
             labelled: true,
             gone: false,
+            created_from: None,
         };
         tx.send(hint).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -687,6 +716,7 @@ async fn network_and_volume_events_of_ours_start_a_pass_and_others_do_not() {
         time_secs: Timestamp::now().millis() / 1000,
         labelled: false,
         gone,
+        created_from: None,
     };
     let passes = || engine.lists.load(Ordering::SeqCst);
     let orphans = |kind| ctl.health().orphans.get(&kind).copied().unwrap_or(0);

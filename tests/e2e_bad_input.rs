@@ -62,6 +62,18 @@ const CASES: &[Case] = &[
         words: &["session=id"],
     },
     Case {
+        file: "bad/zero-ttl.yaml",
+        document: 1,
+        lines: &["ttl: 0s"],
+        words: &["spec.ttl: must be greater than 0s"],
+    },
+    Case {
+        file: "bad/zero-heartbeat.yaml",
+        document: 1,
+        lines: &["heartbeatTimeout: 0s"],
+        words: &["spec.heartbeatTimeout: must be greater than 0s"],
+    },
+    Case {
         file: "bad/second-of-two.yaml",
         document: 2,
         lines: &["bulidDir:"],

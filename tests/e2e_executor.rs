@@ -250,7 +250,7 @@ fn a_burst_of_ended_sessions_is_removed_and_counted_exactly_once() {
     }
     let before = metric(
         &r.metrics_addr(),
-        "reaper_cleanups_total{reason=\"session_ended\",resource=\"container\"}",
+        "reaper_cleanups_total{reason=\"sessionEnded\",resource=\"container\"}",
     )
     .unwrap_or(0.0);
 
@@ -272,7 +272,7 @@ fn a_burst_of_ended_sessions_is_removed_and_counted_exactly_once() {
     }
     let after = metric(
         &r.metrics_addr(),
-        "reaper_cleanups_total{reason=\"session_ended\",resource=\"container\"}",
+        "reaper_cleanups_total{reason=\"sessionEnded\",resource=\"container\"}",
     )
     .unwrap_or(0.0);
     assert_eq!(after - before, 48.0, "each container counted once");

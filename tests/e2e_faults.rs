@@ -38,14 +38,10 @@ fn session_doc(name: &str, extra_spec: &str) -> String {
 }
 
 fn session_names(r: &Reaper) -> Vec<String> {
-    let v = r.json(&["get", "sessions", "-o", "json"]);
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["metadata"]["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    r.list("sessions")
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str().map(String::from))
+        .collect()
 }
 
 fn alive(r: &mut Reaper) -> bool {
@@ -419,7 +415,7 @@ fn a_full_disk_fails_writes_clearly_and_recovers_by_itself() {
         have.is_some()
     });
     if let Some(v) = have {
-        let present: Vec<&str> = v
+        let present: Vec<&str> = v["items"]
             .as_array()
             .into_iter()
             .flatten()

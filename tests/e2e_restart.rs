@@ -10,11 +10,7 @@ use std::time::Duration;
 /// `get sessions -o json` and `get agents -o json`, each sorted by name.
 fn snapshot(r: &Reaper) -> (Vec<Value>, Vec<Value>) {
     let list = |kind: &str| {
-        let v = r.json(&["get", kind, "-o", "json"]);
-        let mut items = v
-            .as_array()
-            .unwrap_or_else(|| panic!("get {kind} -o json is not an array: {v:#}"))
-            .clone();
+        let mut items = r.list(kind);
         items.sort_by_key(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string());
         items
     };

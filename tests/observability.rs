@@ -39,11 +39,11 @@ const AGENT: &str = "obs-agent";
 /// `$instance` are substituted by the script, as for the dashboard.
 const EXPECTATIONS: &[&str] = &[
     // Cleanups, by every reason the scenario causes and by every resource kind.
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_ended"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_expired"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="heartbeat_lost"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="session_deleted"}[10m]) > 0"#,
-    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="agent_failed"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionEnded"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionExpired"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="heartbeatLost"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="sessionDeleted"}[10m]) > 0"#,
+    r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="agentFailed"}[10m]) > 0"#,
     r#"increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", reason="orphan"}[10m]) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="container"}[10m])) > 0"#,
     r#"sum(increase(reaper_cleanups_total{job=~"$job", instance=~"$instance", resource="network"}[10m])) > 0"#,
@@ -88,6 +88,9 @@ const EXPECTATIONS: &[&str] = &[
     r#"reaper_safe_mode{job=~"$job", instance=~"$instance"} == 0"#,
     r#"max_over_time(reaper_manifest_errors{job=~"$job", instance=~"$instance"}[10m]) > 0"#,
     r#"reaper_manifest_errors{job=~"$job", instance=~"$instance"} == 0"#,
+    // Disk pressure: the private engine's data root is on this host, so it is measured.
+    r#"reaper_disk_pressure_available{job=~"$job", instance=~"$instance"} == 1"#,
+    r#"reaper_disk_usage_ratio{job=~"$job", instance=~"$instance", resource="bytes"} > 0"#,
 ];
 
 /// The error class a failed removal of a network with active endpoints counts under: the
@@ -143,7 +146,7 @@ fn a_real_prometheus_sees_every_metric_move_and_every_panel_and_rule_works() {
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
     assert_eq!(
-        rules, 10,
+        rules, 11,
         "the alerts file changed: update this count and docs/metrics.md"
     );
     let summary = format!(

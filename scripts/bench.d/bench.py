@@ -1064,7 +1064,7 @@ class Bench:
             t = time.time()
             out = r.cli(["get", "sessions", "-o", "json"])
             times.append(time.time() - t)
-            got = len(json.loads(out.stdout))
+            got = len(json.loads(out.stdout)["items"])
             if got != n_get:
                 raise BenchError(f"get returned {got} records, expected {n_get}")
         took = statistics.median(times)

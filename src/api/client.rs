@@ -79,16 +79,81 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            path: self.socket.clone(),
-            reason,
+        let exchange = async {
+            let resp = self.send(method, path, body).await?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ClientError>((status, body))
         };
+        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+        if !status.is_success() {
+            return Err(self.error_of(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| match serde_json::from_slice::<Value>(&body) {
+            Ok(_) => ClientError::Protocol(e.to_string()),
+            Err(_) => self.not_reaper(status),
+        })
+    }
+
+    /// Follows a stream of newline-delimited JSON (`GET /v1/watch/…`), calling `each` with
+    /// every document until it returns false; `Ok` when the daemon ends the stream.
+    pub async fn watch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut each: impl FnMut(T) -> bool,
+    ) -> Result<(), ClientError> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None::<&()>))
+            .await
+            .map_err(|_| self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?
+                .to_bytes();
+            return Err(self.error_of(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let doc = serde_json::from_slice(&line)
+                    .map_err(|e| ClientError::Protocol(format!("a watch line: {e}")))?;
+                if !each(doc) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects and sends one request; the response's body is the caller's to read.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         tokio::spawn(conn);
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
@@ -101,39 +166,36 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let exchange = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .to_bytes();
-            Ok::<_, ClientError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        sender
+            .send_request(req)
             .await
-            .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
-        let not_reaper = || ClientError::NotReaper {
+            .map_err(|e| self.unreachable(e.to_string()))
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            path: self.socket.clone(),
+            reason,
+        }
+    }
+
+    fn not_reaper(&self, status: StatusCode) -> ClientError {
+        ClientError::NotReaper {
             path: self.socket.clone(),
             status,
-        };
-        if !status.is_success() {
-            // Every reaper error is an `ErrorBody`; anything else is another service.
-            let err: ErrorBody = serde_json::from_slice(&body).map_err(|_| not_reaper())?;
-            return Err(ClientError::Api {
+        }
+    }
+
+    /// A reply that is not 2xx: every reaper error is an `ErrorBody`; anything else is another
+    /// service.
+    fn error_of(&self, status: StatusCode, body: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(err) => ClientError::Api {
                 status,
                 message: err.error,
                 details: err.details,
-            });
+            },
+            Err(_) => self.not_reaper(status),
         }
-        serde_json::from_slice(&body).map_err(|e| match serde_json::from_slice::<Value>(&body) {
-            Ok(_) => ClientError::Protocol(e.to_string()),
-            Err(_) => not_reaper(),
-        })
     }
 }

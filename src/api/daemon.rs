@@ -47,4 +47,6 @@ pub trait Daemon: Send + Sync + 'static {
     fn scrape(&self) -> Scrape;
     /// The config's `cleanupDelay` and `cleanupDelayOnFailure`, for records that set neither.
     fn cleanup_delays(&self) -> crate::core::model::CleanupDelays;
+    /// The daemon-wide ownership rules, for a record's effective match.
+    fn rules(&self) -> crate::core::ownership::Rules;
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod server;
+pub mod watch;
 pub mod wire;
 
 #[cfg(test)]

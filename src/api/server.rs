@@ -4,7 +4,7 @@
 //! Handlers translate requests into store updates and calls on the daemon handle; they decide
 //! nothing about Docker objects themselves. Every body in and out is a `wire` type.
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::daemon::{Daemon, Unavailable};
+use super::watch::{self, LineBody};
 use super::wire::{
     ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest, ErrorBody,
     ImportRequest, ImportResponse, RecordView, ReportRequest, Status,
@@ -118,7 +119,7 @@ impl Listener for tokio::net::TcpListener {
 }
 
 /// Serves HTTP/1 connections from `listener` until shutdown; each connection is a tracked task.
-pub async fn serve<L, F, Fut>(
+pub async fn serve<L, F, Fut, B>(
     listener: L,
     handler: F,
     shutdown: CancellationToken,
@@ -126,7 +127,9 @@ pub async fn serve<L, F, Fut>(
 ) where
     L: Listener,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         let stream = tokio::select! {
@@ -235,6 +238,73 @@ fn not_found(kind: OwnerKind, name: &str) -> ApiError {
     )
 }
 
+/// A reply body: one JSON document, or the lines of a watch.
+pub type ApiBody = Either<Full<Bytes>, LineBody>;
+
+/// The API router for the Unix socket: `GET /v1/watch/sessions|agents` streams (until `stop`
+/// at the latest); every other route is [`handle_api`].
+pub async fn handle_api_streaming(
+    daemon: Arc<dyn Daemon>,
+    stop: CancellationToken,
+    req: Request<Incoming>,
+) -> Response<ApiBody> {
+    if req.method() == Method::GET {
+        if let Some(plural) = req.uri().path().strip_prefix("/v1/watch/") {
+            let reply = start_watch(daemon.as_ref(), plural, req.uri().query(), stop);
+            return reply.unwrap_or_else(|e| respond(Err(e)).map(Either::Left));
+        }
+    }
+    handle_api(daemon, req).await.map(Either::Left)
+}
+
+/// The longest `timeoutSeconds` a watch takes (a day); without it a watch has no end.
+const MAX_WATCH_SECONDS: u64 = 86_400;
+
+fn start_watch(
+    ctl: &dyn Daemon,
+    plural: &str,
+    query: Option<&str>,
+    stop: CancellationToken,
+) -> Result<Response<ApiBody>, ApiError> {
+    let kind = match plural.trim_end_matches('/') {
+        "sessions" => OwnerKind::Session,
+        "agents" => OwnerKind::Agent,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: GET /v1/watch/{plural}; try /v1/watch/sessions or /v1/watch/agents"),
+            ))
+        }
+    };
+    let mut timeout = None;
+    for (key, value) in query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        if key == "timeoutSeconds" {
+            let secs = value
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=MAX_WATCH_SECONDS).contains(s));
+            let Some(secs) = secs else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("timeoutSeconds must be a whole number from 1 to {MAX_WATCH_SECONDS}, got {value:?}"),
+                ));
+            };
+            timeout = Some(Duration::from_secs(secs));
+        }
+    }
+    let body = watch::watch(ctl.store()?, kind, timeout, stop);
+    let mut resp = Response::new(Either::Right(body));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(watch::CONTENT_TYPE),
+    );
+    Ok(resp)
+}
+
 /// The API router for the Unix socket.
 pub async fn handle_api(daemon: Arc<dyn Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let ctl = daemon.as_ref();
@@ -247,6 +317,12 @@ pub async fn handle_api(daemon: Arc<dyn Daemon>, req: Request<Incoming>) -> Resp
         (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name]) => get_record(ctl, kind, name),
         (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "objects"]) => {
             objects(ctl, kind, name).await
+        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "events"]) => {
+            events(ctl, kind, name)
+        }
+        (&Method::GET, ["v1", kind @ ("sessions" | "agents"), name, "match"]) => {
+            effective_match(ctl, kind, name)
         }
         (&Method::DELETE, ["v1", kind @ ("sessions" | "agents"), name]) => {
             delete(ctl, kind, name).await
@@ -381,14 +457,33 @@ fn list(ctl: &dyn Daemon, plural: &str) -> Reply {
 }
 
 fn get_record(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    ok(RecordView::from(read_record(ctl, plural, name)?))
+}
+
+fn read_record(ctl: &dyn Daemon, plural: &str, name: &str) -> Result<Record, ApiError> {
     let kind = kind_of(plural);
     let record = match kind {
         OwnerKind::Session => ctl.store()?.session(name)?.map(Record::Session),
         OwnerKind::Agent => ctl.store()?.agent(name)?.map(Record::Agent),
     };
-    record
-        .map(|r| ok(RecordView::from(r)))
-        .unwrap_or_else(|| Err(not_found(kind, name)))
+    record.ok_or_else(|| not_found(kind, name))
+}
+
+/// The record's recent events, oldest first (kept in its status, bounded).
+fn events(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    ok(match read_record(ctl, plural, name)? {
+        Record::Session(s) => s.status.events,
+        Record::Agent(a) => a.status.events,
+    })
+}
+
+/// The rules by which objects are the record's, defaults filled in.
+fn effective_match(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
+    let record = read_record(ctl, plural, name)?;
+    ok(crate::core::ownership::effective_match(
+        &record,
+        &ctl.rules(),
+    ))
 }
 
 async fn objects(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
@@ -572,8 +667,9 @@ async fn cleanup(ctl: &dyn Daemon, req: CleanupRequest) -> Reply {
 pub async fn handle_api_with_token(
     daemon: Arc<dyn Daemon>,
     token: Arc<str>,
+    stop: CancellationToken,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let presented = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -588,9 +684,9 @@ pub async fn handle_api_with_token(
             hyper::header::WWW_AUTHENTICATE,
             hyper::header::HeaderValue::from_static("Bearer"),
         );
-        return resp;
+        return resp.map(Either::Left);
     }
-    handle_api(daemon, req).await
+    handle_api_streaming(daemon, stop, req).await
 }
 
 /// Compares without an early exit, so response timing does not reveal the token.

@@ -8,10 +8,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::core::eviction::{DiskUsage, Eviction};
 use crate::core::inventory::DockerObject;
 use crate::core::model::{
-    Agent, AgentPhase, EngineInfo, OwnerRef, Record, ResourceKind, SerialExits, Session, Timestamp,
-    API_VERSION,
+    Agent, AgentPhase, EngineInfo, OwnerRef, Percent, Record, ResourceKind, SerialExits, Session,
+    Timestamp, API_VERSION,
 };
 use crate::core::plan::{Removal, Target, Waiting};
 use crate::store::ApplyOutcome;
@@ -77,10 +78,21 @@ pub struct EndRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {}
 
-/// `POST /v1/agents/{name}/report`.
+/// `POST /v1/agents/{name}/report`. The phase is accepted in any case ("failed", "FAILED"),
+/// as the CLI accepts it; replies spell it as status does ("Failed").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRequest {
+    #[serde(deserialize_with = "phase_in_any_case")]
     pub phase: AgentPhase,
+}
+
+fn phase_in_any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AgentPhase, D::Error> {
+    let s = String::deserialize(d)?;
+    AgentPhase::parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown phase {s:?}: expected one of Starting, Running, Failed, Stopped (any case)"
+        ))
+    })
 }
 
 /// `POST /v1/cleanup`: one owner's objects, or (no owner) everything removable.
@@ -252,6 +264,32 @@ pub struct Health {
     /// `maxOrphanRemovalsPerPass`, and removed none of them. `null` when not held.
     #[serde(default)]
     pub blast_radius_held: Option<BlastRadiusHold>,
+    /// Disk pressure as last measured; `null` before the first measurement.
+    #[serde(default)]
+    pub disk: Option<DiskStatus>,
+}
+
+/// Disk pressure on the filesystem holding Docker's data root, as last measured (every pass,
+/// and at least once a minute): what `reaper status` summarises and `reaper disk` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// reaper can measure the data root. When not (a remote engine), eviction does nothing.
+    pub available: bool,
+    /// Why it is unavailable, or why the last measurement failed.
+    pub error: Option<String>,
+    /// `DockerRootDir`, from the engine's `/info`.
+    pub data_root: Option<String>,
+    pub measured_at: Timestamp,
+    pub usage: Option<DiskUsage>,
+    pub high_watermark: Percent,
+    pub low_watermark: Percent,
+    /// Usage is above the high watermark.
+    pub pressure: bool,
+    /// Under pressure, and evicting all that may go leaves usage at or above the low watermark.
+    pub exhausted: bool,
+    /// What is evicted now (or would be, in a dry run), in order.
+    pub evictions: Vec<Eviction>,
 }
 
 /// Orphan removals the blast-radius guard holds back until the operator confirms
@@ -317,6 +355,29 @@ pub struct FailedRemoval {
 /// `GET /v1/{sessions,agents}/{name}/objects`: the Docker objects the owner claims now.
 pub type Objects = Vec<DockerObject>;
 
+/// One line of `GET /v1/watch/sessions|agents`: a record that was added, modified or deleted
+/// (with its last state); `BOOKMARK` once the records that existed at the start were sent;
+/// `ERROR` (with `error`) just before the stream ends because the store cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub kind: WatchEventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<RecordView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+    Bookmark,
+    Error,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +421,13 @@ mod tests {
         round_trip::<EndRequest>(r#"{"failed": true}"#);
         round_trip::<HeartbeatRequest>("{}");
         round_trip::<ReportRequest>(r#"{"phase": "Running"}"#);
+        for any_case in ["failed", "FAILED", "fAiLeD"] {
+            let r: ReportRequest =
+                serde_json::from_str(&format!(r#"{{"phase": "{any_case}"}}"#)).unwrap();
+            assert_eq!(r.phase, AgentPhase::Failed);
+        }
+        let e = serde_json::from_str::<ReportRequest>(r#"{"phase": "done"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown phase \"done\""), "{e}");
         round_trip::<CleanupRequest>(r#"{"owner": null, "dryRun": true}"#);
         round_trip::<CleanupRequest>(
             r#"{"owner": {"kind": "agent", "name": "a1"}, "dryRun": false}"#,

@@ -3,11 +3,16 @@
 //! The command line: `reaper serve` runs the daemon; every other verb is a thin client of the
 //! daemon's API on its Unix socket.
 
+mod custom_columns;
+mod describe;
+mod jsonpath;
 pub mod output;
 mod register;
+pub mod relative_time;
 pub mod run;
 mod selector;
 mod serve_args;
+mod watch;
 
 use serve_args::socket_help;
 pub use serve_args::{serve_overrides, ServeArgs};
@@ -22,7 +27,7 @@ use crate::api::wire::{
     self, ApplyFile, ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest,
     HeartbeatRequest, ImportRequest, ImportResponse, Preview, RecordView, ReportRequest, Status,
 };
-use crate::core::model::{Name, OwnerKind, OwnerRef};
+use crate::core::model::{Name, OwnerKind, OwnerRef, Timestamp};
 use output::{Described, ListOutput, Listed, Output};
 use selector::Selector;
 
@@ -51,7 +56,10 @@ pub enum Command {
     /// List records: all of a kind, or the NAMEs given, filtered by labels.
     #[command(
         after_help = "Examples:\n  reaper get sessions\n  reaper get sessions tdd-run-42 tdd-run-43 -o wide\n  \
-        reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name"
+        reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name\n  \
+        reaper get sessions -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'\n  \
+        reaper get sessions -o custom-columns=NAME:.metadata.name,PHASE:.status.phase\n  \
+        reaper get sessions -w    # then a row each time a session changes; Ctrl-C ends it"
     )]
     Get {
         what: Plural,
@@ -60,7 +68,8 @@ pub enum Command {
         /// (all must hold), repeatable.
         #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
         selector: Vec<String>,
-        #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+        #[arg(short = 'o', long, value_parser = ListOutput::parse, default_value = "table",
+              help = ListOutput::HELP)]
         output: ListOutput,
         /// Tables without their header line.
         #[arg(long)]
@@ -68,6 +77,10 @@ pub enum Command {
         /// A NAME that does not exist is not an error.
         #[arg(long)]
         ignore_not_found: bool,
+        /// After the current records, print a row (or document) each time one changes, until
+        /// interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show a record, its status and conditions, and the Docker objects it owns now.
     Describe {
@@ -133,6 +146,12 @@ pub enum Command {
     },
     /// Daemon, store and Docker health, with counts.
     Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Disk pressure: usage of the filesystem holding Docker's data root, the watermarks, and
+    /// which of our idle images are evicted now, in order, with sizes (as last measured).
+    Disk {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -316,9 +335,21 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             output,
             no_headers,
             ignore_not_found,
+            watch,
         } => {
             let selector = Selector::parse(selector.iter().map(String::as_str))
                 .map_err(|e| Failure::new(2, e))?;
+            if watch {
+                let w = watch::Watch {
+                    plural: plural_of(what),
+                    names: &names,
+                    selector: &selector,
+                    output: &output,
+                    no_headers,
+                    ignore_not_found,
+                };
+                return watch::run(&c, w).await;
+            }
             let (listed, missing) = get(&c, what, &names, ignore_not_found).await?;
             let listed = match listed {
                 Listed::One(r) if !selector.matches(r.labels()) => Listed::All(Vec::new()),
@@ -331,7 +362,13 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             if !listed.items().is_empty() || missing.is_empty() {
                 print!(
                     "{}",
-                    output::records_as(&listed, what == Plural::Agents, output, no_headers)
+                    output::records_as(
+                        &listed,
+                        what == Plural::Agents,
+                        &output,
+                        no_headers,
+                        Timestamp::now(),
+                    )
                 );
             }
             match missing.is_empty() {
@@ -340,13 +377,15 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             }
         }
         Command::Describe { kind, name, output } => {
+            let path = format!("/v1/{}/{name}", kind.plural());
             let described = Described {
-                record: c.get(&format!("/v1/{}/{name}", kind.plural())).await?,
-                objects: c
-                    .get(&format!("/v1/{}/{name}/objects", kind.plural()))
-                    .await?,
+                record: c.get(&path).await?,
+                matches: c.get(&format!("{path}/match")).await?,
+                objects: c.get(&format!("{path}/objects")).await?,
+                events: c.get(&format!("{path}/events")).await?,
             };
-            print!("{}", output::describe(&described, output));
+            let now = crate::core::model::Timestamp::now();
+            print!("{}", output::describe(&described, output, now));
             Ok(())
         }
         Command::Delete {
@@ -410,7 +449,7 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         }
         Command::Orphans { output } => {
             let preview: Preview = c.get("/v1/orphans").await?;
-            print!("{}", output::orphans(&preview, output));
+            print!("{}", output::orphans(&preview, output, Timestamp::now()));
             Ok(())
         }
         Command::Cleanup {
@@ -420,7 +459,12 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
         } => cleanup(&c, &target, yes, dry_run).await,
         Command::Status { output } => {
             let status: Status = c.get("/v1/status").await?;
-            print!("{}", output::status(&status, output));
+            print!("{}", output::status(&status, output, Timestamp::now()));
+            Ok(())
+        }
+        Command::Disk { output } => {
+            let status: Status = c.get("/v1/status").await?;
+            print!("{}", output::disk(&status.health.disk, output));
             Ok(())
         }
     }
@@ -748,14 +792,14 @@ fn cleanup_note(o: &OwnerRef, record: Option<&RecordView>, ends: bool) -> String
 
 async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
     let offline = |dir: &Path| {
-        crate::store::Store::open(&dir.join("store")).map_err(|e| {
-            Failure::new(
-                1,
-                format!(
-                    "cannot open the store in {}: {e} (is the daemon still running?)",
-                    dir.display()
-                ),
-            )
+        let store_dir = dir.join("store");
+        crate::store::Store::open(&store_dir).map_err(|e| {
+            let message = match crate::store::lock::lock_holder(&store_dir) {
+                // The daemon (or another command) holds it: say only that.
+                Some(pid) => crate::store::lock::in_use_message(&store_dir, Some(pid)),
+                None => format!("cannot open the store in {}: {e}", dir.display()),
+            };
+            Failure::new(1, message)
         })
     };
     match cmd {

@@ -1,4 +1,4 @@
-//! Over 500 lines: 400 of code (one printer per reply type) and its tests of the printed text.
+//! Over 500 lines: 630 of code (one printer per reply type) and its tests of the printed text.
 //!
 //! How the CLI prints what the API returns: aligned tables for people, JSON or YAML for scripts.
 //! Everything it prints comes from the `wire` types; none of it is looked up by string.
@@ -8,12 +8,17 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use crate::api::wire::{Health, Preview, RecordView, Status};
+use crate::api::wire::{DiskStatus, Health, Preview, RecordView, Status};
 use crate::core::inventory::{short_id, DockerObject};
 use crate::core::model::{
     Agent, CleanupReason, Labels, ObjectCounts, OwnerRef, ResourceKind, Session, Timestamp,
+    API_VERSION,
 };
 use crate::core::plan::{Removal, Target};
+
+use super::custom_columns::Columns;
+use super::jsonpath::{Template, TemplateError};
+use super::relative_time::{age, relative, relative_or_never};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -23,31 +28,61 @@ pub enum Output {
     Yaml,
 }
 
-/// `reaper get -o`: the shared formats, and `name` (`session/NAME` per line, for scripts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// `reaper get -o`: the shared formats, `name` (`session/NAME` per line, for scripts), and
+/// kubectl's `jsonpath=TEMPLATE` and `custom-columns=HEADER:.path,…`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ListOutput {
     Table,
     Wide,
     Json,
     Yaml,
     Name,
+    JsonPath(Template),
+    CustomColumns(Columns),
 }
 
 impl ListOutput {
-    fn shared(self) -> Option<Output> {
-        match self {
-            ListOutput::Table => Some(Output::Table),
-            ListOutput::Wide => Some(Output::Wide),
-            ListOutput::Json => Some(Output::Json),
-            ListOutput::Yaml => Some(Output::Yaml),
-            ListOutput::Name => None,
+    /// What `-o` names in `reaper get --help`.
+    pub const HELP: &'static str = "table, wide, json, yaml, name, jsonpath=TEMPLATE \
+        (e.g. '{.items[*].metadata.name}'), custom-columns=HEADER:.path,… \
+        (e.g. NAME:.metadata.name,PHASE:.status.phase)";
+
+    /// Parses `-o`'s value; a bad template says at which column of the value and why.
+    pub fn parse(value: &str) -> Result<ListOutput, String> {
+        let with_caret = |e: TemplateError| {
+            let pad = " ".repeat(e.column.saturating_sub(1));
+            format!("{e}\n  {value}\n  {pad}^")
+        };
+        if let Some(t) = value.strip_prefix("jsonpath=") {
+            return Template::parse(t, "jsonpath=".len())
+                .map(ListOutput::JsonPath)
+                .map_err(with_caret);
         }
+        if let Some(c) = value.strip_prefix("custom-columns=") {
+            return Columns::parse(c, "custom-columns=".len())
+                .map(ListOutput::CustomColumns)
+                .map_err(with_caret);
+        }
+        Ok(match value {
+            "table" => ListOutput::Table,
+            "wide" => ListOutput::Wide,
+            "json" => ListOutput::Json,
+            "yaml" => ListOutput::Yaml,
+            "name" => ListOutput::Name,
+            "jsonpath" | "custom-columns" => {
+                return Err(format!(
+                    "{value} needs a template: {value}=…; one of {}",
+                    Self::HELP
+                ))
+            }
+            _ => return Err(format!("expected one of {}", Self::HELP)),
+        })
     }
 }
 
 /// JSON or YAML of what was received. Through a `Value`, whose keys are sorted, so the text
 /// does not depend on the order in which a type declares its fields.
-fn structured(v: &impl Serialize, o: Output) -> Option<String> {
+pub(super) fn structured(v: &impl Serialize, o: Output) -> Option<String> {
     match o {
         Output::Json => Some(serde_json::to_string_pretty(&sorted(v)).unwrap_or_default() + "\n"),
         Output::Yaml => Some(serde_yaml::to_string(&sorted(v)).unwrap_or_default()),
@@ -55,7 +90,7 @@ fn structured(v: &impl Serialize, o: Output) -> Option<String> {
     }
 }
 
-fn sorted(v: &impl Serialize) -> Value {
+pub(super) fn sorted(v: &impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
@@ -69,13 +104,24 @@ fn wire_name(v: &impl Serialize) -> String {
 
 /// Renders rows as a left-aligned table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    aligned(Some(header), rows, &mut Vec::new())
+}
+
+/// Rows (after `header`, if any) left-aligned to `widths`, which grow to fit them: `get
+/// --watch` keeps its widths, so later rows line up with the first ones.
+pub(super) fn aligned(
+    header: Option<&[&str]>,
+    rows: &[Vec<String>],
+    widths: &mut Vec<usize>,
+) -> String {
+    let header: Option<Vec<String>> = header.map(|h| h.iter().map(|c| c.to_string()).collect());
+    for r in header.iter().chain(rows) {
+        widths.resize(widths.len().max(r.len()), 0);
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &[String]| {
         let mut out = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -86,35 +132,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
         out.trim_end().to_string() + "\n"
     };
-    let mut out = line(header.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
+    header.iter().chain(rows).map(|r| line(r)).collect()
 }
 
-/// "3m", "2h" since an instant.
-fn age(t: Timestamp) -> String {
-    short(Timestamp::now().since(t))
-}
-
-/// "in 4m": the time left until an instant.
-fn time_left(t: Timestamp) -> String {
-    format!("in {}", short(t.since(Timestamp::now())))
-}
-
-/// A duration in its largest whole unit, as kubectl prints ages.
-fn short(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        7200..=172_799 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
-}
-
-fn labels(labels: &Labels) -> String {
+pub(super) fn labels(labels: &Labels) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }
@@ -148,39 +169,76 @@ impl Listed {
             Listed::All(v) => v,
         }
     }
+
+    /// What `-o json|yaml` prints: one named record as itself, a list as kubectl prints one
+    /// (`apiVersion`, `kind: List`, `items`), so a script reads every list the same way.
+    fn document(&self) -> Value {
+        match self {
+            Listed::One(r) => sorted(r),
+            Listed::All(items) => sorted(&RecordList {
+                api_version: API_VERSION,
+                kind: "List",
+                items,
+            }),
+        }
+    }
 }
 
-pub fn records(listed: &Listed, agents: bool, o: Output) -> String {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordList<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: &'a [RecordView],
+}
+
+pub fn records(listed: &Listed, agents: bool, o: Output, now: Timestamp) -> String {
     let o = match o {
         Output::Table => ListOutput::Table,
         Output::Wide => ListOutput::Wide,
         Output::Json => ListOutput::Json,
         Output::Yaml => ListOutput::Yaml,
     };
-    records_as(listed, agents, o, false)
+    records_as(listed, agents, &o, false, now)
 }
 
 /// `records`, with `reaper get`'s own choices: `-o name`, and `--no-headers` for tables.
-pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool) -> String {
-    let Some(o) = o.shared() else {
-        return listed
-            .items()
-            .iter()
-            .map(|r| format!("{}\n", r.owner()))
-            .collect();
+pub fn records_as(
+    listed: &Listed,
+    agents: bool,
+    o: &ListOutput,
+    no_headers: bool,
+    now: Timestamp,
+) -> String {
+    let printed = match o {
+        ListOutput::Name => {
+            return listed
+                .items()
+                .iter()
+                .map(|r| format!("{}\n", r.owner()))
+                .collect()
+        }
+        ListOutput::JsonPath(t) => return t.render(&listed.document()),
+        ListOutput::Json => {
+            return structured(&listed.document(), Output::Json).unwrap_or_default()
+        }
+        ListOutput::Yaml => {
+            return structured(&listed.document(), Output::Yaml).unwrap_or_default()
+        }
+        _ if listed.items().is_empty() => {
+            return match no_headers {
+                true => String::new(),
+                false => "No records.\n".into(),
+            }
+        }
+        ListOutput::CustomColumns(c) => {
+            let items: Vec<Value> = listed.items().iter().map(sorted).collect();
+            let (header, rows) = c.rows(&items);
+            table(&header, &rows)
+        }
+        ListOutput::Wide => records_table(listed.items(), agents, Output::Wide, now),
+        ListOutput::Table => records_table(listed.items(), agents, Output::Table, now),
     };
-    if let Some(out) = structured(listed, o) {
-        return out;
-    }
-    let items = listed.items();
-    if items.is_empty() {
-        return if no_headers {
-            String::new()
-        } else {
-            "No records.\n".into()
-        };
-    }
-    let printed = records_table(items, agents, o);
     if no_headers {
         return printed
             .split_once('\n')
@@ -190,41 +248,52 @@ pub fn records_as(listed: &Listed, agents: bool, o: ListOutput, no_headers: bool
     printed
 }
 
-fn records_table(items: &[RecordView], agents: bool, o: Output) -> String {
-    let wide = o == Output::Wide;
+fn records_table(items: &[RecordView], agents: bool, o: Output, now: Timestamp) -> String {
+    let (header, rows) = records_columns(items, agents, o == Output::Wide, now);
+    table(&header, &rows)
+}
+
+/// The header and rows of `get`'s table (`wide` adds columns); records of the other kind are
+/// left out.
+pub(super) fn records_columns(
+    items: &[RecordView],
+    agents: bool,
+    wide: bool,
+    now: Timestamp,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     if agents {
         let mut header = vec!["NAME", "PHASE", "SINCE", "REMOVED"];
         if wide {
             header.extend(["PREFIX", "BUILD-DIR", "CLEANUP-IN", "SOURCE", "LABELS"]);
         }
-        let rows: Vec<Vec<String>> = items
+        let rows = items
             .iter()
             .filter_map(|r| match r {
-                RecordView::Agent { agent, .. } => Some(agent_row(agent, wide)),
+                RecordView::Agent { agent, .. } => Some(agent_row(agent, wide, now)),
                 RecordView::Session { .. } => None,
             })
             .collect();
-        return table(&header, &rows);
+        return (header, rows);
     }
     let mut header = vec!["NAME", "PHASE", "REASON", "AGE", "REMOVED"];
     if wide {
         header.extend(["TTL", "HEARTBEAT", "CLEANUP-IN", "SOURCE", "LABELS"]);
     }
-    let rows: Vec<Vec<String>> = items
+    let rows = items
         .iter()
         .filter_map(|r| match r {
-            RecordView::Session { session, .. } => Some(session_row(session, wide)),
+            RecordView::Session { session, .. } => Some(session_row(session, wide, now)),
             RecordView::Agent { .. } => None,
         })
         .collect();
-    table(&header, &rows)
+    (header, rows)
 }
 
-fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
+fn agent_row(a: &Agent, wide: bool, now: Timestamp) -> Vec<String> {
     let mut r = vec![
         a.metadata.name.to_string(),
         wire_name(&a.status.phase),
-        age(a.status.phase_since),
+        age(a.status.phase_since, now),
         removed(&a.status.removed),
     ];
     if wide {
@@ -240,7 +309,7 @@ fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            or_dash(a.cleanup_delayed(Timestamp::now()).map(time_left)),
+            or_dash(a.cleanup_delayed(now).map(|t| relative(t, now))),
             a.status.source.clone().unwrap_or_default(),
             labels(&a.metadata.labels),
         ]);
@@ -248,7 +317,7 @@ fn agent_row(a: &Agent, wide: bool) -> Vec<String> {
     r
 }
 
-fn session_row(s: &Session, wide: bool) -> Vec<String> {
+fn session_row(s: &Session, wide: bool, now: Timestamp) -> Vec<String> {
     let phase = wire_name(&s.status.phase);
     let phase = if s.status.deleting_since.is_some() {
         format!("{phase} (deleting)")
@@ -258,15 +327,15 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
     let mut r = vec![
         s.metadata.name.to_string(),
         phase,
-        or_dash(s.status.end_reason.map(|r| wire_name(&r))),
-        age(s.status.created_at),
+        or_dash(s.status.end_reason.map(|r| r.as_str().to_string())),
+        age(s.status.created_at, now),
         removed(&s.status.removed),
     ];
     if wide {
         r.extend([
             or_dash(s.spec.ttl.map(|d| d.to_string())),
             or_dash(s.spec.heartbeat_timeout.map(|d| d.to_string())),
-            or_dash(s.cleanup_delayed(Timestamp::now()).map(time_left)),
+            or_dash(s.cleanup_delayed(now).map(|t| relative(t, now))),
             s.status.source.clone().unwrap_or_default(),
             labels(&s.metadata.labels),
         ]);
@@ -274,31 +343,30 @@ fn session_row(s: &Session, wide: bool) -> Vec<String> {
     r
 }
 
-/// What `reaper describe` received: the record and the objects it claims now.
+/// What `reaper describe` received: the record, its effective match, the objects it claims
+/// now and its recent events.
 #[derive(Debug, Serialize)]
 pub struct Described {
     pub record: RecordView,
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
     pub objects: Vec<DockerObject>,
+    pub events: Vec<crate::core::model::Event>,
 }
 
-pub fn describe(d: &Described, o: Output) -> String {
+pub fn describe(d: &Described, o: Output, now: Timestamp) -> String {
     if let Some(out) = structured(d, o) {
         return out;
     }
-    let mut out = serde_yaml::to_string(&sorted(&d.record)).unwrap_or_default();
-    out.push_str("objects:\n");
-    if d.objects.is_empty() {
-        out.push_str("  <none>\n");
-    }
-    for obj in &d.objects {
-        out.push_str(&format!(
-            "  - {} {} {}\n",
-            obj.kind,
-            obj.name,
-            short_id(&obj.id)
-        ));
-    }
-    out
+    super::describe::text(
+        &super::describe::Shown {
+            record: &d.record,
+            matches: &d.matches,
+            objects: &d.objects,
+            events: &d.events,
+        },
+        now,
+    )
 }
 
 fn owner(o: Option<&OwnerRef>) -> String {
@@ -349,7 +417,20 @@ struct OrphanRow {
     name: String,
     owner: String,
     reason: CleanupReason,
+    /// As scripts read it: "wait until <RFC 3339>".
     action: String,
+    /// For the table, which says "wait: removable in 4m" instead.
+    #[serde(skip)]
+    removable_at: Option<Timestamp>,
+}
+
+impl OrphanRow {
+    fn action_for_people(&self, now: Timestamp) -> String {
+        match self.removable_at {
+            Some(t) => format!("wait: removable {}", relative(t, now)),
+            None => self.action.clone(),
+        }
+    }
 }
 
 fn removal_row(r: &Removal, action: String) -> OrphanRow {
@@ -361,11 +442,12 @@ fn removal_row(r: &Removal, action: String) -> OrphanRow {
         owner: owner(r.owner.as_ref()),
         reason: r.reason,
         action,
+        removable_at: None,
     }
 }
 
 /// `reaper orphans`: a flat list with an ACTION column (remove now, or wait until).
-pub fn orphans(p: &Preview, o: Output) -> String {
+pub fn orphans(p: &Preview, o: Output, now: Timestamp) -> String {
     let remove = p.removals.iter().map(|r| {
         let action = match r.stop_only {
             true => "stop (cleanup delayed)",
@@ -383,6 +465,7 @@ pub fn orphans(p: &Preview, o: Output) -> String {
             Some(t) => format!("wait until {t}"),
             None => "keep (age unknown)".into(),
         },
+        removable_at: w.removable_at,
     });
     let held = p.held.iter().map(|r| {
         removal_row(
@@ -406,14 +489,14 @@ pub fn orphans(p: &Preview, o: Output) -> String {
                 short_id(&r.id).to_string(),
                 r.owner.clone(),
                 r.reason.to_string(),
-                r.action.clone(),
+                r.action_for_people(now),
             ]
         })
         .collect();
     table(&["KIND", "NAME", "ID", "OWNER", "REASON", "ACTION"], &rows)
 }
 
-pub fn status(v: &Status, o: Output) -> String {
+pub fn status(v: &Status, o: Output, now: Timestamp) -> String {
     if let Some(out) = structured(v, o) {
         return out;
     }
@@ -457,15 +540,24 @@ pub fn status(v: &Status, o: Output) -> String {
              the rule\n",
             held.orphans,
             held.limit,
-            held.since,
+            relative(held.since, now),
             held.examples.join(", ")
         ));
+    }
+    if let Some(disk) = &h.disk {
+        out.push_str(&format!("disk:       {}\n", disk_summary(disk)));
     }
     if h.dry_run {
         out.push_str("dry run:    on (nothing is removed)\n");
     }
-    out.push_str(&format!("last pass:  {}\n", or_never(h.last_pass)));
-    out.push_str(&format!("last ok:    {}\n", or_never(h.last_success)));
+    out.push_str(&format!(
+        "last pass:  {}\n",
+        relative_or_never(h.last_pass, now)
+    ));
+    out.push_str(&format!(
+        "last ok:    {}\n",
+        relative_or_never(h.last_success, now)
+    ));
     if let Some(e) = h.last_error.as_ref().filter(|s| !s.is_empty()) {
         out.push_str(&format!("last error: {e}\n"));
     }
@@ -486,6 +578,131 @@ pub fn status(v: &Status, o: Output) -> String {
     out
 }
 
+/// Disk pressure in one line, for `reaper status`.
+fn disk_summary(d: &DiskStatus) -> String {
+    let Some(usage) = d.usage.filter(|_| d.available) else {
+        let why = d.error.clone().unwrap_or_default();
+        return format!("UNAVAILABLE: {why}; nothing is evicted");
+    };
+    let mut line = format!(
+        "bytes {}, inodes {} (high {}, low {})",
+        percent(usage.bytes.ratio()),
+        percent(usage.inodes.ratio()),
+        d.high_watermark,
+        d.low_watermark
+    );
+    if d.pressure {
+        line.push_str(&format!(
+            ": PRESSURE, {} image references to evict",
+            d.evictions.len()
+        ));
+        if d.exhausted {
+            line.push_str("; what fills the disk is not ours to evict");
+        }
+    }
+    if let Some(e) = &d.error {
+        line.push_str(&format!(" (last error: {e})"));
+    }
+    line
+}
+
+/// `reaper disk`: usage, the watermarks and what is evicted now, in order, with sizes.
+pub fn disk(d: &Option<DiskStatus>, o: Output) -> String {
+    if let Some(out) = structured(d, o) {
+        return out;
+    }
+    let Some(d) = d else {
+        return "disk: not measured yet (the daemon measures in every pass)\n".into();
+    };
+    let mut out = format!(
+        "data root:  {}\n",
+        d.data_root.as_deref().unwrap_or("unknown")
+    );
+    out.push_str(&format!("measured:   {}\n", d.measured_at));
+    match d.usage.filter(|_| d.available) {
+        None => {
+            out.push_str(&format!(
+                "UNAVAILABLE: {}; nothing is evicted\n",
+                d.error.clone().unwrap_or_default()
+            ));
+            return out;
+        }
+        Some(u) => {
+            out.push_str(&format!(
+                "bytes:      {} ({} of {})\n",
+                percent(u.bytes.ratio()),
+                human_bytes(u.bytes.used),
+                human_bytes(u.bytes.total)
+            ));
+            out.push_str(&format!(
+                "inodes:     {} ({} of {})\n",
+                percent(u.inodes.ratio()),
+                u.inodes.used,
+                u.inodes.total
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "watermarks: high {}, low {}\n",
+        d.high_watermark, d.low_watermark
+    ));
+    out.push_str(&format!(
+        "pressure:   {}\n",
+        match (d.pressure, d.exhausted) {
+            (false, _) => "no: nothing is evicted",
+            (true, false) => "YES: evicting the images below, in this order",
+            (true, true) =>
+                "YES, and evicting all of ours that may go is not enough: the rest is not ours",
+        }
+    ));
+    if let Some(e) = &d.error {
+        out.push_str(&format!("error:      {e}\n"));
+    }
+    if d.evictions.is_empty() {
+        return out;
+    }
+    let rows: Vec<Vec<String>> = d
+        .evictions
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            vec![
+                (i + 1).to_string(),
+                e.image.target().to_string(),
+                short_id(&e.image.id).to_string(),
+                human_bytes(e.size),
+                human_bytes(e.frees),
+                e.last_used.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["ORDER", "IMAGE", "ID", "SIZE", "FREES", "LAST USED"],
+        &rows,
+    ));
+    out
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// Bytes in binary units, one decimal: `12.0 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// `name=n` pairs, sorted by name.
 fn counts<'a>(pairs: impl Iterator<Item = (&'a str, i64)>) -> String {
     pairs
@@ -494,10 +711,6 @@ fn counts<'a>(pairs: impl Iterator<Item = (&'a str, i64)>) -> String {
         .map(|(k, n)| format!("{k}={n}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn or_never(t: Option<Timestamp>) -> String {
-    t.map_or_else(|| "never".into(), |t| t.to_string())
 }
 
 #[cfg(test)]
@@ -521,6 +734,11 @@ mod tests {
         }
     }
 
+    /// A minute after the examples' fixed times (2024-05-01T10:00:00Z).
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2024-05-01T10:01:00Z").expect("RFC 3339")
+    }
+
     fn first(list: &str) -> String {
         let v: Vec<Value> = typed(list);
         v[0].to_string()
@@ -531,110 +749,158 @@ mod tests {
         let sessions = Listed::All(typed(&examples::sessions()));
         let agents = Listed::All(typed(&examples::agents()));
         assert_eq!(
-            records(&sessions, false, Output::Table),
+            records(&sessions, false, Output::Table, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED\n\
              s1     Ended (deleting)   ttlExpired   10m   7\n\
              s2     Active             -            3h    0\n"
         );
         assert_eq!(
-            records(&sessions, false, Output::Wide),
+            records(&sessions, false, Output::Wide, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED   TTL   HEARTBEAT   CLEANUP-IN   SOURCE   LABELS\n\
              s1     Ended (deleting)   ttlExpired   10m   7         2h    1m          -            api      b=2,team=tdd\n\
              s2     Active             -            3h    0         -     -           -                     <none>\n"
         );
         assert_eq!(
-            records(&agents, true, Output::Table),
+            records(&agents, true, Output::Table, Timestamp::now()),
             "NAME   PHASE     SINCE   REMOVED\n\
              a1     Failed    3d      3\n\
              a2     Running   5m      0\n"
         );
         assert_eq!(
-            records(&agents, true, Output::Wide),
+            records(&agents, true, Output::Wide, Timestamp::now()),
             "NAME   PHASE     SINCE   REMOVED   PREFIX           BUILD-DIR   CLEANUP-IN   SOURCE                              LABELS\n\
              a1     Failed    3d      3         anvyl-agent-a1   a1/build    -            /etc/reaper/manifests/agents.yaml   team=x\n\
              a2     Running   5m      0         <default>                    -                                                <none>\n"
         );
         let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
         assert_eq!(
-            records(&one, false, Output::Table),
+            records(&one, false, Output::Table, Timestamp::now()),
             "NAME   PHASE              REASON       AGE   REMOVED\n\
              s1     Ended (deleting)   ttlExpired   10m   7\n"
         );
         assert_eq!(
-            records(&Listed::All(Vec::new()), false, Output::Table),
+            records(
+                &Listed::All(Vec::new()),
+                false,
+                Output::Table,
+                Timestamp::now()
+            ),
             "No records.\n"
         );
     }
 
     #[test]
-    fn get_prints_json_and_yaml_as_received() {
+    fn get_prints_a_list_as_kind_list_and_one_record_as_itself() {
         for o in [Output::Json, Output::Yaml] {
             for list in [examples::sessions(), examples::agents()] {
+                let wrapped =
+                    format!(r#"{{"apiVersion": "reaper/v1", "kind": "List", "items": {list}}}"#);
                 assert_eq!(
-                    records(&Listed::All(typed(&list)), false, o),
-                    as_received(&list, o)
+                    records(&Listed::All(typed(&list)), false, o, Timestamp::now()),
+                    as_received(&wrapped, o)
                 );
                 let one = first(&list);
                 assert_eq!(
-                    records(&Listed::One(Box::new(typed(&one))), true, o),
+                    records(
+                        &Listed::One(Box::new(typed(&one))),
+                        true,
+                        o,
+                        Timestamp::now()
+                    ),
                     as_received(&one, o)
                 );
             }
             assert_eq!(
-                records(&Listed::All(Vec::new()), false, o),
-                as_received("[]", o)
+                records(&Listed::All(Vec::new()), false, o, Timestamp::now()),
+                as_received(
+                    r#"{"apiVersion": "reaper/v1", "kind": "List", "items": []}"#,
+                    o
+                )
             );
         }
     }
 
     #[test]
-    fn describe_prints_as_before() {
+    fn get_prints_jsonpath_and_custom_columns() {
+        let sessions = Listed::All(typed(&examples::sessions()));
+        let now = Timestamp::now();
+        let o = |v: &str| ListOutput::parse(v).expect("parses");
+        let names = o("jsonpath={range .items[*]}{.metadata.name}:{.status.phase}{\"\\n\"}{end}");
+        assert_eq!(
+            records_as(&sessions, false, &names, false, now),
+            "s1:Ended\ns2:Active\n"
+        );
+        let one = Listed::One(Box::new(typed(&first(&examples::sessions()))));
+        let phase = o("jsonpath={.status.phase}");
+        assert_eq!(records_as(&one, false, &phase, false, now), "Ended");
+        let cols = o("custom-columns=NAME:.metadata.name,TEAM:.metadata.labels.team");
+        assert_eq!(
+            records_as(&sessions, false, &cols, false, now),
+            "NAME   TEAM\ns1     tdd\ns2     <none>\n"
+        );
+        assert_eq!(
+            records_as(&sessions, false, &cols, true, now),
+            "s1     tdd\ns2     <none>\n"
+        );
+    }
+
+    #[test]
+    fn bad_output_formats_say_where_and_why() {
+        let e = ListOutput::parse("jsonpath={.items[*}").expect_err("refused");
+        assert_eq!(
+            e,
+            "at column 19: expected ']'\n  jsonpath={.items[*}\n                    ^"
+        );
+        let e = ListOutput::parse("custom-columns=NAME").expect_err("refused");
+        assert!(
+            e.starts_with("at column 16: column \"NAME\" has no ':'"),
+            "{e}"
+        );
+        let e = ListOutput::parse("jsonpath").expect_err("refused");
+        assert!(e.starts_with("jsonpath needs a template"), "{e}");
+        let e = ListOutput::parse("xml").expect_err("refused");
+        assert!(e.starts_with("expected one of table, wide"), "{e}");
+    }
+
+    #[test]
+    fn describe_prints_as_received_in_json_and_yaml() {
         let record = first(&examples::agents());
+        let events = r#"[{"type": "Warning", "reason": "reported", "message": "agent/a1 reported failed",
+            "count": 2, "firstSeen": "2024-05-01T10:00:00Z", "lastSeen": "2024-05-01T10:05:00Z"}]"#;
         let described = Described {
             record: typed(&record),
+            matches: vec!["label reaper.agent=a1".into()],
             objects: typed(examples::objects()),
+            events: typed(events),
         };
         let received = format!(
-            r#"{{"record": {record}, "objects": {}}}"#,
+            r#"{{"record": {record}, "match": ["label reaper.agent=a1"], "objects": {}, "events": {events}}}"#,
             examples::objects()
         );
+        let now = Timestamp(0);
         for o in [Output::Json, Output::Yaml] {
-            assert_eq!(describe(&described, o), as_received(&received, o));
+            assert_eq!(describe(&described, o, now), as_received(&received, o));
         }
-        let record_yaml = as_received(&record, Output::Yaml);
-        assert_eq!(
-            describe(&described, Output::Table),
-            record_yaml
-                + "objects:\n  - container c1 0123456789ab\n  - image img:1 fedcba987654\n  - network n1 abc\n"
-        );
-        let bare = Described {
-            objects: Vec::new(),
-            ..described
-        };
-        assert_eq!(
-            describe(&bare, Output::Table),
-            as_received(&record, Output::Yaml) + "objects:\n  <none>\n"
-        );
     }
 
     #[test]
     fn orphans_and_removals_print_as_before() {
         let preview: Preview = typed(examples::orphans());
         assert_eq!(
-            orphans(&preview, Output::Table),
-            "KIND        NAME       ID             OWNER        REASON          ACTION\n\
-             container   c1         0123456789ab   session/s1   session_ended   remove\n\
-             container   c2         89abcdef0123   session/s3   session_ended   stop (cleanup delayed)\n\
-             path        s1/build   s1/build       -            orphan          remove\n\
-             volume      v1         v1             -            orphan          wait until 2024-05-02T10:00:00Z\n\
-             network     n2         fedcba987654   agent/a1     orphan          keep (age unknown)\n\
-             volume      data-1     data-1         session/s2   orphan          held (blast radius: confirm with `reaper cleanup --yes`)\n"
+            orphans(&preview, Output::Table, now()),
+            "KIND        NAME       ID             OWNER        REASON         ACTION\n\
+             container   c1         0123456789ab   session/s1   sessionEnded   remove\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded   stop (cleanup delayed)\n\
+             path        s1/build   s1/build       -            orphan         remove\n\
+             volume      v1         v1             -            orphan         wait: removable in 23h\n\
+             network     n2         fedcba987654   agent/a1     orphan         keep (age unknown)\n\
+             volume      data-1     data-1         session/s2   orphan         held (blast radius: confirm with `reaper cleanup --yes`)\n"
         );
         let flat = r#"[
             {"action": "remove", "id": "0123456789abcdef0123", "kind": "container", "name": "c1",
-             "owner": "session/s1", "reason": "session_ended"},
+             "owner": "session/s1", "reason": "sessionEnded"},
             {"action": "stop (cleanup delayed)", "id": "89abcdef0123", "kind": "container", "name": "c2",
-             "owner": "session/s3", "reason": "session_ended"},
+             "owner": "session/s3", "reason": "sessionEnded"},
             {"action": "remove", "id": "s1/build", "kind": "path", "name": "s1/build",
              "owner": "-", "reason": "orphan"},
             {"action": "wait until 2024-05-02T10:00:00Z", "id": "v1", "kind": "volume", "name": "v1",
@@ -645,18 +911,18 @@ mod tests {
              "kind": "volume", "name": "data-1", "owner": "session/s2", "reason": "orphan"}
         ]"#;
         for o in [Output::Json, Output::Yaml] {
-            assert_eq!(orphans(&preview, o), as_received(flat, o));
+            assert_eq!(orphans(&preview, o, now()), as_received(flat, o));
         }
-        assert!(orphans(&preview, Output::Yaml).contains("  owner: '-'\n"));
+        assert!(orphans(&preview, Output::Yaml, now()).contains("  owner: '-'\n"));
         let none: Preview = typed(r#"{"removals": [], "waiting": []}"#);
-        assert_eq!(orphans(&none, Output::Table), "Nothing to remove.\n");
-        assert_eq!(orphans(&none, Output::Json), "[]\n");
-        assert_eq!(orphans(&none, Output::Yaml), "[]\n");
+        assert_eq!(orphans(&none, Output::Table, now()), "Nothing to remove.\n");
+        assert_eq!(orphans(&none, Output::Json, now()), "[]\n");
+        assert_eq!(orphans(&none, Output::Yaml, now()), "[]\n");
         assert_eq!(
             removals(&preview.removals),
             "KIND        NAME       ID             OWNER        REASON\n\
-             container   c1         0123456789ab   session/s1   session_ended\n\
-             container   c2         89abcdef0123   session/s3   session_ended\n\
+             container   c1         0123456789ab   session/s1   sessionEnded\n\
+             container   c2         89abcdef0123   session/s3   sessionEnded\n\
              path        s1/build   s1/build       -            orphan\n"
         );
         // A cleanup of one owner says why each object is that owner's.
@@ -669,18 +935,42 @@ mod tests {
     }
 
     #[test]
+    fn disk_prints_usage_watermarks_and_evictions_in_order() {
+        let up: Status = typed(examples::status_up());
+        assert_eq!(
+            disk(&up.health.disk, Output::Table),
+            "data root:  /var/lib/docker\n\
+             measured:   2024-05-01T10:00:00.123Z\n\
+             bytes:      90.0% (83.8 GiB of 93.1 GiB)\n\
+             inodes:     2.0% (120000 of 6000000)\n\
+             watermarks: high 85%, low 80%\n\
+             pressure:   YES: evicting the images below, in this order\n\
+             ORDER   IMAGE                   ID     SIZE      FREES     LAST USED\n\
+             1       anvyl-agent-a1:latest   4f2a   9.3 GiB   9.3 GiB   2024-04-02T09:30:00Z\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&disk(&up.health.disk, Output::Json)).unwrap();
+        assert_eq!(json["evictions"][0]["frees"], 10_000_000_000u64);
+        let down: Status = typed(examples::status_down());
+        assert!(disk(&down.health.disk, Output::Table)
+            .contains("UNAVAILABLE: cannot see /var/lib/docker"));
+        assert_eq!(disk(&None, Output::Json), "null\n");
+    }
+
+    #[test]
     fn status_prints_as_before() {
         assert_eq!(
-            status(&typed(examples::status_up()), Output::Table),
+            status(&typed(examples::status_up()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     up, Docker 24.0.7 (API 1.43)\n\
              exits:      off: container stops run at full concurrency\n\
              store:      ok\n\
              safe mode:  off\n\
-             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2024-05-01T09:59:00Z); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
+             held:       BLAST RADIUS: 60 orphans due for removal, more than maxOrphanRemovalsPerPass (50), so none is removed (since 2m ago); e.g. container web-1 (0123456789ab), volume data-1. Check `reaper orphans`, then confirm with `reaper cleanup --yes`, raise the cap, or fix the rule\n\
+             disk:       bytes 90.0%, inodes 2.0% (high 85%, low 80%): PRESSURE, 1 image references to evict\n\
              dry run:    on (nothing is removed)\n\
-             last pass:  2024-05-01T10:00:00.123Z\n\
-             last ok:    2024-05-01T10:00:00.123Z\n\
+             last pass:  59s ago\n\
+             last ok:    59s ago\n\
              sessions:   active=1 cleaned=0 ended=2 ending=0 expired=0\n\
              agents:     failed=0 running=1 starting=0 stopped=3\n\
              owned:      container=2 image=3 network=1 path=1 volume=0\n\
@@ -688,12 +978,13 @@ mod tests {
              manifest:   INVALID /m/a.yaml: a.yaml: document 1, line 3: unknown field\n"
         );
         assert_eq!(
-            status(&typed(examples::status_down()), Output::Table),
+            status(&typed(examples::status_down()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     DOWN connection refused\n\
              store:      ERROR corrupt\n\
              safe mode:  ON: nothing is deleted until the store and Docker view are trustworthy\n\
-             last pass:  2024-05-01T10:00:00Z\n\
+             disk:       UNAVAILABLE: cannot see /var/lib/docker: No such file or directory (os error 2); nothing is evicted\n\
+             last pass:  60s ago\n\
              last ok:    never\n\
              last error: the store cannot be read: corrupt\n\
              sessions:   unknown\n\
@@ -702,7 +993,7 @@ mod tests {
              orphans:    \n"
         );
         assert_eq!(
-            status(&typed(examples::status_wedged()), Output::Table),
+            status(&typed(examples::status_wedged()), Output::Table, now()),
             "reaper 0.1.0\n\
              docker:     WEDGED: /_ping answers but listings time out; no removals are sent (see the log)\n\
              exits:      on: at most one container stop at a time\n\
@@ -721,7 +1012,7 @@ mod tests {
             examples::status_wedged(),
         ] {
             for o in [Output::Json, Output::Yaml] {
-                assert_eq!(status(&typed(example), o), as_received(example, o));
+                assert_eq!(status(&typed(example), o, now()), as_received(example, o));
             }
         }
     }

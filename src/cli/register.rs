@@ -31,9 +31,11 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|e: crate::core::model::DurationError| e.to_string())?;
     if d.0.is_zero() {
-        return Err(format!(
-            "{s:?} is zero: the session would end at once; give a positive duration such as 30s"
-        ));
+        return Err(
+            "must be greater than 0s: the session would expire the moment it starts; \
+                    give a positive duration such as 30s"
+                .into(),
+        );
     }
     Ok(d)
 }

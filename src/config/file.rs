@@ -8,6 +8,7 @@ use super::{
     ConfigError, ConfigFile, EtcdFile, Source, StoreBackend, API_TOKEN_ENV, DEFAULT_DOCKER_HOST,
     MAX_CONCURRENCY,
 };
+use crate::core::eviction::DiskPressureConfig;
 use crate::core::manifest::validate_name_prefix;
 use crate::core::model::{validate_label, Duration, API_VERSION};
 use crate::core::yaml::{
@@ -189,6 +190,33 @@ impl ConfigFile {
                     &["concurrency"],
                     format!("{n} is out of range: must be 1 to {MAX_CONCURRENCY}"),
                 ));
+            }
+        }
+        if let Some(disk) = &self.disk_pressure {
+            // Either one alone is checked against the other's default: that is what it runs with.
+            if disk.high_watermark.is_some() || disk.low_watermark.is_some() {
+                let defaults = DiskPressureConfig::default();
+                let high = disk.high_watermark.unwrap_or(defaults.high_watermark);
+                let low = disk.low_watermark.unwrap_or(defaults.low_watermark);
+                if low > high {
+                    // Named where it was set: the one given alone is the one to fix.
+                    let key: &'static [&'static str] = match disk.low_watermark {
+                        Some(_) => &["diskPressure", "lowWatermark"],
+                        None => &["diskPressure", "highWatermark"],
+                    };
+                    out.push((
+                        key,
+                        format!("lowWatermark ({low}) is above highWatermark ({high}): eviction stops below the low watermark, so it must be at most the high one"),
+                    ));
+                }
+            }
+            for pattern in disk.keep.iter().flatten() {
+                if pattern.is_empty() || pattern.chars().any(char::is_control) {
+                    out.push((
+                        &["diskPressure", "keep"],
+                        format!("invalid pattern {pattern:?}: must be a non-empty image reference pattern such as \"anvyl-agent-base:*\""),
+                    ));
+                }
             }
         }
         if self.api_listen.is_some() && self.api_token.is_none() {

@@ -2,11 +2,10 @@
 //! optional. What is generic about a layer (how two merge, which keys there are, how a default
 //! reads in `--help`) is derived here from the struct's own field list, so a new key is one field.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{LogFormat, Secret, Source, StoreBackend};
-use crate::core::model::{Duration, SerialExitsSetting};
+use super::{ListenAddr, LogFormat, Secret, Source, StoreBackend};
+use crate::core::model::{Duration, Percent, SerialExitsSetting};
 
 /// Declares a struct of config keys exactly as written (its serde and clap attributes pass
 /// through) and derives, from the same field list, how layers of it merge and how its keys are
@@ -160,12 +159,13 @@ macro_rules! shown_by_display {
     };
 }
 shown_by_display!(
-    SocketAddr,
+    ListenAddr,
     Duration,
     usize,
     LogFormat,
     SerialExitsSetting,
-    StoreBackend
+    StoreBackend,
+    Percent
 );
 
 impl Leaf for String {
@@ -184,10 +184,13 @@ impl Leaf for PathBuf {
     }
 }
 
-/// A repeatable flag: its values, as they would be given.
+/// A repeatable flag: its values, as they would be given; "none" for none.
 impl Leaf for Vec<String> {
     fn shown(&self) -> Option<String> {
-        Some(self.join(", "))
+        Some(match self.is_empty() {
+            true => "none".into(),
+            false => self.join(", "),
+        })
     }
 }
 

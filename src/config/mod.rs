@@ -11,6 +11,7 @@
 
 mod file;
 pub mod layer;
+mod listen;
 #[cfg(test)]
 mod tests;
 
@@ -23,13 +24,17 @@ use std::str::FromStr;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::core::model::{Duration, SerialExitsSetting};
+use crate::core::eviction::DiskPressureConfig;
+use crate::core::model::{Duration, Percent, SerialExitsSetting};
 use crate::core::yaml::{ManifestError, ManifestErrors};
 use layer::config_keys;
+pub use listen::ListenAddr;
 
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-pub const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9733);
+pub const DEFAULT_METRICS_LISTEN: ListenAddr = ListenAddr(SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+    9733,
+));
 pub const DEFAULT_SESSION_LABEL_KEY: &str = "session_id";
 pub const DEFAULT_AGENT_NAME_PREFIX: &str = "anvyl-agent-";
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -43,6 +48,21 @@ pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every key a fleet's reapers write in etcd lives under it.
 pub const DEFAULT_ETCD_PREFIX: &str = "/reaper";
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.85;
+pub const DEFAULT_LOW_WATERMARK: f64 = 0.80;
+pub const DEFAULT_MIN_IMAGE_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// `diskPressure`'s defaults: 85%, 80%, 10m, nothing kept by pattern.
+impl Default for DiskPressureConfig {
+    fn default() -> Self {
+        DiskPressureConfig {
+            high_watermark: Percent::from_ratio(DEFAULT_HIGH_WATERMARK).unwrap_or_default(),
+            low_watermark: Percent::from_ratio(DEFAULT_LOW_WATERMARK).unwrap_or_default(),
+            min_image_age: DEFAULT_MIN_IMAGE_AGE,
+            keep: Vec::new(),
+        }
+    }
+}
 /// The environment variable that may carry `apiToken`, so it stays out of `ps`.
 pub const API_TOKEN_ENV: &str = "REAPER_API_TOKEN";
 
@@ -71,9 +91,10 @@ config_keys! {
         /// The API's Unix socket: the global `--socket` flag, which client commands share.
         #[arg(skip)]
         pub socket: Option<PathBuf>,
-        /// Where /metrics and /healthz listen; keep it on loopback unless a firewall protects it.
+        /// Where /metrics and /healthz listen, IP:PORT or HOST:PORT; keep it on loopback unless
+        /// a firewall protects it.
         #[arg(long, value_name = "ADDR")]
-        pub metrics_listen: Option<SocketAddr>,
+        pub metrics_listen: Option<ListenAddr>,
         /// Leave alone every object whose `reaper.instance` label names another instance, so
         /// several reapers can share one Docker engine; "" means unscoped.
         #[arg(long, value_name = "NAME")]
@@ -133,7 +154,7 @@ config_keys! {
         /// Also serve the API on this TCP address (default: off); every request on it needs
         /// `Authorization: Bearer <apiToken>`.
         #[arg(long, value_name = "ADDR")]
-        pub api_listen: Option<SocketAddr>,
+        pub api_listen: Option<ListenAddr>,
         #[command(flatten)]
         pub engine_quirks: Option<EngineQuirksFile>,
         #[command(flatten)]
@@ -142,6 +163,8 @@ config_keys! {
         /// Its first sightings of objects live under it in a shared store.
         #[arg(long, value_name = "NAME")]
         pub host_name: Option<String>,
+        #[command(flatten)]
+        pub disk_pressure: Option<DiskPressureFile>,
         /// The file these values came from, for error messages (set by `parse`).
         #[arg(skip)]
         #[serde(skip)]
@@ -229,6 +252,29 @@ config_keys! {
     }
 }
 
+config_keys! {
+    /// `diskPressure:` evicting our idle images, least recently used first, when the filesystem
+    /// holding Docker's data root fills.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize, Args)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct DiskPressureFile {
+        /// Evict when the filesystem holding Docker's data root has more than this share of its
+        /// bytes or inodes in use.
+        #[arg(long = "disk-high-watermark", value_name = "PERCENT")]
+        pub high_watermark: Option<Percent>,
+        /// Evict until usage is below this.
+        #[arg(long = "disk-low-watermark", value_name = "PERCENT")]
+        pub low_watermark: Option<Percent>,
+        /// Never evict an image created or last used more recently than this.
+        #[arg(long = "disk-min-image-age", value_name = "DURATION")]
+        pub min_image_age: Option<Duration>,
+        /// An image reference pattern never evicted (`*` matches anything), e.g.
+        /// "anvyl-agent-base:*"; repeat the flag for more.
+        #[arg(long = "disk-keep", value_name = "PATTERN")]
+        pub keep: Option<Vec<String>>,
+    }
+}
+
 impl ConfigFile {
     /// The defaults, as the lowest layer: the one place a default is written. Keys without
     /// one (manifests, apiToken, apiListen) stay unset. Docker's host and the data dir come
@@ -274,6 +320,15 @@ impl ConfigFile {
             }),
             // Only a fleet needs it to be unique; resolving refuses the fallback for etcd.
             host_name: Some(env.host_name.clone().unwrap_or_else(|| "localhost".into())),
+            disk_pressure: Some({
+                let d = DiskPressureConfig::default();
+                DiskPressureFile {
+                    high_watermark: Some(d.high_watermark),
+                    low_watermark: Some(d.low_watermark),
+                    min_image_age: Some(d.min_image_age),
+                    keep: Some(d.keep),
+                }
+            }),
             ..ConfigFile::default()
         }
     }
@@ -326,6 +381,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `hostName`: this host's name in a fleet.
     pub host_name: String,
+    /// `diskPressure`: the watermarks, the minimum image age and the keep patterns.
+    pub disk_pressure: DiskPressureConfig,
 }
 
 /// Where the records live.
@@ -399,11 +456,12 @@ impl Config {
         let (docker, adoption, quirks) = (c.docker?, c.adoption?, c.engine_quirks?);
         let store = c.store?;
         let etcd = store.etcd?;
+        let disk = c.disk_pressure?;
         Some(Config {
             docker_host: docker.host?,
             data_dir: c.data_dir?,
             socket: c.socket?,
-            metrics_listen: c.metrics_listen?,
+            metrics_listen: c.metrics_listen?.0,
             instance: c.instance?,
             session_label_keys: adoption.session_label_keys?,
             agent_name_prefix: adoption.agent_name_prefix?,
@@ -421,7 +479,7 @@ impl Config {
             dry_run: c.dry_run?,
             log_format: c.log_format?,
             api_token: c.api_token,
-            api_listen: c.api_listen,
+            api_listen: c.api_listen.map(|a| a.0),
             serial_exits: quirks.serial_exits?,
             store: StoreConfig {
                 backend: store.backend?,
@@ -434,6 +492,12 @@ impl Config {
                 },
             },
             host_name: c.host_name?,
+            disk_pressure: DiskPressureConfig {
+                high_watermark: disk.high_watermark?,
+                low_watermark: disk.low_watermark?,
+                min_image_age: disk.min_image_age?,
+                keep: disk.keep?,
+            },
         })
     }
 }

@@ -383,6 +383,24 @@ fn semantic_checks_name_line_and_field() {
         ("docker:\n  host: \"\"\n", 4, "docker.host", "non-empty"),
         ("dataDir: \"\"\n", 3, "dataDir", "empty"),
         ("apiToken: \"a b\"\n", 3, "apiToken", "whitespace"),
+        (
+            "diskPressure:\n  highWatermark: 70%\n",
+            4,
+            "diskPressure.highWatermark",
+            "lowWatermark (80%) is above highWatermark (70%)",
+        ),
+        (
+            "diskPressure:\n  highWatermark: 101%\n",
+            4,
+            "diskPressure.highWatermark",
+            "0% to 100%",
+        ),
+        (
+            "diskPressure:\n  keep: [\"\"]\n",
+            4,
+            "diskPressure.keep",
+            "non-empty",
+        ),
     ] {
         let e = one_problem(&format!("{HEAD}{text}"));
         assert_eq!(

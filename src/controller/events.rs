@@ -37,6 +37,9 @@ impl<E: Engine> Controller<E> {
                         Some(Ok(hint)) => {
                             backoff = PASS_BACKOFF_MIN;
                             since = since.max(hint.time_secs);
+                            if let Some(image) = &hint.created_from {
+                                self.note_use(image, hint.time_secs);
+                            }
                             // A nudge already held back covers this event: its pass lists
                             // after it.
                             held.is_none() && self.event_is_ours(&hint, &looked)

@@ -394,7 +394,7 @@ async fn remove_docker<E: Engine>(
         .map_err(fail)
 }
 
-fn key_of(t: &Target) -> ObjectKey {
+pub(crate) fn key_of(t: &Target) -> ObjectKey {
     match t {
         Target::Docker(o) => o.key(),
         Target::Path { path } => ObjectKey {

@@ -1,3 +1,6 @@
+//! Over 500 lines: the loop and the pass, with the state they share; reading the world, writing
+//! outcomes, health, events, disk pressure and the removal queue each have a file of their own.
+//!
 //! The reconcile loop. Level-triggered: every pass reads the whole desired state (store) and the
 //! whole actual state (Docker, paths), plans, persists the status changes that gate deletions,
 //! and hands the removals to the executor's queue without waiting for them, so a session ended
@@ -13,6 +16,7 @@
 //! removals and transitions change, health.rs keeps the loop's own health and gauges,
 //! events.rs follows Docker's events, executor.rs is the removal queue.
 
+mod disk;
 mod events;
 pub mod executor;
 mod health;
@@ -73,6 +77,7 @@ pub struct Settings {
     pub paths_root: std::path::PathBuf,
     pub dry_run: bool,
     pub serial_exits: SerialExitsSetting,
+    pub disk_pressure: crate::core::eviction::DiskPressureConfig,
 }
 
 /// The outcome of one pass, for logs, `--once` and `reaper cleanup`.
@@ -115,6 +120,8 @@ pub struct Controller<E: Engine> {
     /// The networks and volumes of ours in the last listing, by kind and ID: their destroy
     /// events carry no labels to tell.
     listed_ours: Mutex<BTreeSet<(ResourceKind, String)>>,
+    /// What disk pressure keeps between passes (see `disk.rs`).
+    disk: Mutex<disk::DiskState>,
 }
 
 impl<E: Engine> Controller<E> {
@@ -144,6 +151,7 @@ impl<E: Engine> Controller<E> {
             timeouts_while_pinging: std::sync::atomic::AtomicU32::new(0),
             store_failed: AtomicBool::new(false),
             listed_ours: Mutex::new(BTreeSet::new()),
+            disk: Mutex::new(disk::DiskState::default()),
         }
     }
 
@@ -241,7 +249,8 @@ impl<E: Engine> Controller<E> {
             self.store_failed.store(false, SeqCst);
             let started = Instant::now();
             let settings = self.settings();
-            let mut wake_at = started + settings.resync_interval;
+            // The disk is measured in every pass: pass at least once a minute.
+            let mut wake_at = started + settings.resync_interval.min(disk::DISK_MEASURE_EVERY);
             // Removals run on in the executor; it wakes this loop when its queue runs empty.
             let result = self.reconcile(&Scope::Normal, settings.dry_run).await;
             if self.store_failed.load(SeqCst) || matches!(result, Err(Error::Store(_))) {
@@ -443,6 +452,11 @@ impl<E: Engine> Controller<E> {
                 let ticket = self.executor.submit(r.clone(), forced.clone());
                 tickets.push((r.target.clone(), ticket));
             }
+        }
+
+        // Queued after this pass's removals: images they free count before anything is evicted.
+        if *scope == Scope::Normal {
+            self.disk_step(&sessions, &agents, dry_run, now).await;
         }
 
         // An owner with removals queued, running, or finished but not yet written is not done,

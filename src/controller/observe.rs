@@ -113,6 +113,8 @@ impl<E: Engine> Controller<E> {
             .filter(|k| !known.contains_key(*k))
             .map(|k| (k.clone(), now))
             .collect();
+        // Last uses of images are kept beside first sightings; `disk` forgets those.
+        known.retain(|k, _| !disk::is_last_use_key(k));
         let gone: Vec<String> = known
             .keys()
             .filter(|k| !listed.contains(*k))

@@ -2,12 +2,54 @@
 //! expiry, the end of a cleanup delay, Cleaned and Stopped, purges; and the executor's hooks.
 
 use super::*;
+use crate::core::model::{record_event, CleanupReason, Event, EventReason, EventType};
 
 /// What finished removals change on one owner's status.
 #[derive(Default)]
 pub(super) struct StatusDelta {
     pub(super) removed: ObjectCounts,
     pub(super) failing: Option<Condition>,
+    /// What went, as `kind name (reason)`, for the owner's `removed` event.
+    pub(super) removed_what: Vec<String>,
+}
+
+/// A `removed` event names at most this many objects, then counts the rest.
+const NAMED_PER_EVENT: usize = 5;
+
+impl StatusDelta {
+    fn merge(&mut self, other: StatusDelta) {
+        self.removed.merge(&other.removed);
+        self.failing = other.failing.or(self.failing.take());
+        self.removed_what.extend(other.removed_what);
+    }
+
+    /// Its events, written with its counts in the same update: no write of its own.
+    fn record_events(&self, events: &mut Vec<Event>, now: Timestamp) {
+        if !self.removed_what.is_empty() {
+            let n = self.removed_what.len();
+            let mut named = self.removed_what[..n.min(NAMED_PER_EVENT)].join(", ");
+            if n > NAMED_PER_EVENT {
+                named.push_str(&format!(" and {} more", n - NAMED_PER_EVENT));
+            }
+            record_event(
+                events,
+                EventType::Normal,
+                EventReason::Removed,
+                format!("removed {named}"),
+                now,
+            );
+        }
+        if let Some(failing) = &self.failing {
+            let message = failing.message.clone();
+            record_event(
+                events,
+                EventType::Warning,
+                EventReason::RemovalFailed,
+                message,
+                now,
+            );
+        }
+    }
 }
 
 impl<E: Engine> Controller<E> {
@@ -38,7 +80,7 @@ impl<E: Engine> Controller<E> {
             .await;
         match result {
             Ok(_) if expired.load(SeqCst) => {
-                info!(session = %name, reason = ?reason, "Session expired.");
+                info!(session = %name, reason = %reason, "Session expired.");
                 Ok(())
             }
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
@@ -67,6 +109,7 @@ impl<E: Engine> Controller<E> {
         if deltas.is_empty() {
             return;
         }
+        let now = Timestamp::now();
         let writes = deltas.into_iter().map(|(owner, delta)| async move {
             let r = self
                 .own
@@ -75,6 +118,7 @@ impl<E: Engine> Controller<E> {
                     if let Some(failing) = &delta.failing {
                         set_condition(st.conditions, failing.clone());
                     }
+                    delta.record_events(st.events, now);
                     Ok(())
                 })
                 .await;
@@ -183,6 +227,16 @@ impl<E: Engine> Hooks for Controller<E> {
         let Some(desired) = self.desired() else {
             return false;
         };
+        // Eviction takes idle images of live owners too: ours, and not kept, is the rule.
+        if r.reason == CleanupReason::DiskPressure {
+            let keep = self.settings().disk_pressure.keep;
+            return crate::core::eviction::may_evict(
+                fresh,
+                &desired.rules,
+                &desired.matchers,
+                &keep,
+            );
+        }
         let now = Timestamp::now();
         let claims = ownership::claims(fresh, &desired.rules, &desired.matchers);
         let owner_ok = r.owner.as_ref().is_none_or(|o| claims.contains(o));
@@ -201,12 +255,21 @@ impl<E: Engine> Hooks for Controller<E> {
         let target = target_label(&e.removal.target);
         let owner = e.removal.owner.as_ref();
         let mut delta = StatusDelta::default();
+        if e.removal.reason == CleanupReason::DiskPressure {
+            let bytes = self.evicted(&e.removal);
+            if e.outcome == Outcome::Removed {
+                self.metrics.disk_evicted(bytes);
+            }
+        }
         match &e.outcome {
             Outcome::Removed => {
                 self.metrics.cleanup_attempted(kind);
                 self.metrics.cleanup_succeeded(kind, e.removal.reason);
                 info!(kind = %kind, target = %target, owner = %display_owner(owner), reason = %e.removal.reason, "Removed.");
                 delta.removed.add(kind, 1);
+                delta
+                    .removed_what
+                    .push(format!("{kind} {target} ({})", e.removal.reason));
                 self.look_again.store(true, SeqCst);
             }
             Outcome::Failed {
@@ -238,9 +301,7 @@ impl<E: Engine> Hooks for Controller<E> {
         let Some(owner) = owner else { return };
         if delta.removed.total() > 0 || delta.failing.is_some() {
             let mut unrecorded = lock(&self.unrecorded);
-            let entry = unrecorded.entry(owner.clone()).or_default();
-            entry.removed.merge(&delta.removed);
-            entry.failing = delta.failing.or(entry.failing.take());
+            unrecorded.entry(owner.clone()).or_default().merge(delta);
         }
     }
 

@@ -1,4 +1,4 @@
-//! Over 500 lines: 320 of code; the rest is the tests of every manifest error message, which are its contract.
+//! Over 500 lines: 350 of code; the rest is the tests of every manifest error message, which are its contract.
 //!
 //! Manifests: multi-document YAML in, validated Session and Agent records out, all-or-nothing.
 //! Each document goes through the hardened reader in `yaml.rs`, so every error names the file,
@@ -10,7 +10,8 @@ use serde::de::{self, IgnoredAny};
 use serde::Deserialize;
 
 use crate::core::model::{
-    validate_label, Agent, AgentSpec, Labels, ObjectMeta, Record, Session, SessionSpec, API_VERSION,
+    validate_label, Agent, AgentSpec, Duration, Labels, ObjectMeta, Record, Session, SessionSpec,
+    API_VERSION,
 };
 use crate::core::yaml::{check_and_walk, documents, locate, typed, Document, Problem, Shape};
 pub use crate::core::yaml::{decode_utf8, ManifestError, ManifestErrors, MAX_DOCUMENT_BYTES};
@@ -182,6 +183,13 @@ fn parse_document(doc: &Document<'_>) -> Result<Option<(Record, bool)>, Vec<Prob
                 &["spec", "match", "labels"],
                 &mut problems,
             );
+            check_positive(doc, "ttl", spec.ttl, &mut problems);
+            check_positive(
+                doc,
+                "heartbeatTimeout",
+                spec.heartbeat_timeout,
+                &mut problems,
+            );
             if !problems.is_empty() {
                 return Err(problems);
             }
@@ -232,6 +240,26 @@ fn check_labels(doc: &Document<'_>, labels: &Labels, path: &[&str], problems: &m
             at.push(key);
             problems.push(Problem::at(locate(doc, &at), Some(path.join(".")), message));
         }
+    }
+}
+
+/// A session's `ttl` or `heartbeatTimeout` of zero would expire it the moment it is applied,
+/// and its objects would go at once: refused rather than obeyed.
+fn check_positive(
+    doc: &Document<'_>,
+    key: &str,
+    value: Option<Duration>,
+    problems: &mut Vec<Problem>,
+) {
+    if value.is_some_and(|d| d.0.is_zero()) {
+        problems.push(Problem::at(
+            locate(doc, &["spec", key]),
+            Some(format!("spec.{key}")),
+            format!(
+                "must be greater than 0s: a session with {key} 0s would expire the moment it \
+                 is applied; give a positive duration such as 30m, or leave {key} out"
+            ),
+        ));
     }
 }
 
@@ -370,6 +398,26 @@ mod tests {
     }
 
     const AGENT: &str = "apiVersion: reaper/v1\nkind: Agent\nmetadata: {name: a1}\n";
+
+    #[test]
+    fn a_zero_ttl_or_heartbeat_is_refused_at_its_line() {
+        let e = one_error(&session("s1", "  ttl: 0s\n"));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(6), Some("spec.ttl")),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("spec.ttl: must be greater than 0s"),
+            "{e}"
+        );
+        let e = one_error(&session("s1", "  ttl: 1h\n  heartbeatTimeout: 0ms\n"));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(7), Some("spec.heartbeatTimeout")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_examples_are_valid() {

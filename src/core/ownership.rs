@@ -1,4 +1,4 @@
-//! Over 500 lines: 280 of code (the one place that decides ownership, and by which rule) and its tests.
+//! Over 500 lines: 320 of code (the one place that decides ownership, and by which rule) and its tests.
 //!
 //! "Is this Docker object ours, and who owns it?" decided from labels, names and the records'
 //! own match rules. This is the only place that decides ownership; the planner and the executor's
@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::inventory::{repository_of, DockerObject};
-use crate::core::model::{Agent, Labels, Name, OwnerKind, OwnerRef, ResourceKind, Session};
+use crate::core::model::{Agent, Labels, Name, OwnerKind, OwnerRef, Record, ResourceKind, Session};
 use crate::core::reference::canonical_repository;
 
 pub const SESSION_LABEL: &str = "reaper.session";
@@ -194,6 +194,46 @@ pub fn claims_with_basis<'a>(
     out
 }
 
+/// The rules by which Docker objects are this record's, as people read them, with the defaults
+/// filled in (an agent's `namePrefix` when its manifest sets none): what `reaper describe`
+/// shows as the effective match.
+pub fn effective_match(record: &Record, rules: &Rules) -> Vec<String> {
+    let mut out = Vec::new();
+    match record {
+        Record::Session(s) => {
+            let name = &s.metadata.name;
+            out.push(format!("label {SESSION_LABEL}={name}"));
+            for key in &rules.session_label_keys {
+                out.push(format!("label {key}={name} (adoption.sessionLabelKeys)"));
+            }
+            if !s.spec.match_.labels.is_empty() {
+                out.push(Basis::MatchLabels(&s.spec.match_.labels).to_string());
+            }
+        }
+        Record::Agent(a) => {
+            out.push(format!("label {AGENT_LABEL}={}", a.metadata.name));
+            let prefix = a.name_prefix(&rules.agent_name_prefix);
+            let from = match a.spec.match_.name_prefix {
+                Some(_) => "spec.match.namePrefix".to_string(),
+                None => format!(
+                    "default namePrefix: adoption.agentNamePrefix {:?} + name",
+                    rules.agent_name_prefix
+                ),
+            };
+            out.push(format!(
+                "container names and image repositories starting with {prefix} ({from})"
+            ));
+        }
+    }
+    if !rules.instance.is_empty() {
+        out.push(format!(
+            "only objects without {INSTANCE_LABEL}, or with {INSTANCE_LABEL}={}",
+            rules.instance
+        ));
+    }
+    out
+}
+
 pub fn is_ours(obj: &DockerObject, rules: &Rules, matchers: &Matchers) -> bool {
     !claims_with_basis(obj, rules, matchers).is_empty()
 }
@@ -291,6 +331,25 @@ mod tests {
             .iter()
             .map(|o| o.to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_effective_match_fills_in_the_default_name_prefix() {
+        let agent = Record::Agent(Agent::named(Name::new("a1").unwrap()));
+        let shown = effective_match(&agent, &Rules::default());
+        assert_eq!(shown[0], "label reaper.agent=a1");
+        assert!(
+            shown[1].starts_with("container names and image repositories starting with anvyl-agent-a1 (default namePrefix"),
+            "{shown:?}"
+        );
+        let session = Record::Session(session("s1").build());
+        assert_eq!(
+            effective_match(&session, &Rules::default()),
+            [
+                "label reaper.session=s1",
+                "label session_id=s1 (adoption.sessionLabelKeys)"
+            ]
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl<E: Engine> Daemon for Controller<E> {
         self.settings().cleanup_delays
     }
 
+    fn rules(&self) -> crate::core::ownership::Rules {
+        self.settings().rules.clone()
+    }
+
     fn scrape(&self) -> Scrape {
         Scrape {
             content_type: self.metrics.content_type(),

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::api::server::{handle_api, handle_api_with_token, handle_metrics, serve as serve_http};
+use crate::api::server::{
+    handle_api_streaming, handle_api_with_token, handle_metrics, serve as serve_http,
+};
 use crate::config::{Config, Secret, StoreBackend};
 use crate::controller::{Controller, Settings};
 use crate::core::ownership::Rules;
@@ -26,6 +28,7 @@ use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use crate::store::lock::{in_use_message, lock_holder};
 use crate::store::{EtcdSettings, EtcdStore, EtcdTls, RecordStore, SledStore, Store};
 use signals::Signals;
 
@@ -54,6 +57,7 @@ pub fn settings(c: &Config) -> Settings {
         paths_root: c.paths_root.clone(),
         dry_run: c.dry_run,
         serial_exits: c.serial_exits,
+        disk_pressure: c.disk_pressure.clone(),
     }
 }
 
@@ -138,7 +142,12 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
 fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
     match config.store.backend {
         StoreBackend::Sled => {
-            let (store, store_error) = SledStore::open_or_retry(&config.data_dir.join("store"));
+            let store_dir = config.data_dir.join("store");
+            let (store, store_error) = SledStore::open_or_retry(&store_dir);
+            if let Some(holder) = store_error.as_ref().and_then(|_| lock_holder(&store_dir)) {
+                // Another reaper owns this store: safe mode would only wait for it forever.
+                return Err(in_use_message(&store_dir, Some(holder)));
+            }
             if let Some(e) = store_error {
                 metrics.set_safe_mode(true);
                 metrics.set_store_up(store.backend(), false);
@@ -174,6 +183,10 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
 /// Runs the daemon until SIGTERM or SIGINT (or, with `once`, until a pass has nothing more to
 /// remove); returns the process exit code.
 pub async fn run(config: Config, once: bool, reload: Reloader) -> Result<i32, String> {
+    // First, so a second daemon says only this, before it touches the store or logs anything.
+    if let Some(pid) = serving_on(&config.socket).await {
+        return Err(already_serving(&config.socket, pid));
+    }
     let ctl = controller(&config)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -226,10 +239,10 @@ pub async fn serve<E: Engine>(
     tracker.spawn(ctl.clone().run(stop.clone()));
     tracker.spawn(ctl.clone().run_removals(stop.clone()));
     tracker.spawn(ctl.clone().watch_events(stop.clone()));
-    let c = ctl.clone();
+    let (c, watching) = (ctl.clone(), stop.clone());
     tracker.spawn(serve_http(
         listeners.api,
-        move |req| handle_api(c.clone(), req),
+        move |req| handle_api_streaming(c.clone(), watching.clone(), req),
         stop.clone(),
         tracker.clone(),
     ));
@@ -239,7 +252,9 @@ pub async fn serve<E: Engine>(
         }
         let token: Arc<str> = Arc::from(token.expose());
         let c = ctl.clone();
-        let handler = move |req| handle_api_with_token(c.clone(), token.clone(), req);
+        let watching = stop.clone();
+        let handler =
+            move |req| handle_api_with_token(c.clone(), token.clone(), watching.clone(), req);
         tracker.spawn(serve_http(listener, handler, stop.clone(), tracker.clone()));
     }
     let c = ctl.clone();
@@ -292,6 +307,21 @@ async fn run_once<E: Engine>(ctl: &Controller<E>) -> i32 {
     i32::from(failed)
 }
 
+/// `Some` when a daemon answers on the socket, with its pid when the kernel tells it.
+async fn serving_on(path: &Path) -> Option<Option<i32>> {
+    let stream = tokio::net::UnixStream::connect(path).await.ok()?;
+    Some(stream.peer_cred().ok().and_then(|c| c.pid()))
+}
+
+fn already_serving(socket: &Path, pid: Option<i32>) -> String {
+    let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    format!(
+        "another reaper is already serving on {}{pid}; stop it first, or give this one another \
+         --socket and --data-dir",
+        socket.display()
+    )
+}
+
 /// Binds the API socket; a stale socket file is replaced, a live daemon's is not.
 async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
     if let Some(parent) = path.parent() {
@@ -299,11 +329,8 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, String> {
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(format!(
-                "another reaper daemon is already listening on {}",
-                path.display()
-            ));
+        if let Some(pid) = serving_on(path).await {
+            return Err(already_serving(path, pid));
         }
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::exit_gate::{ExitGate, NetworkPermit};
 use super::{DockerError, Engine, EventHint, Selectors};
+use crate::core::eviction::{ContainerUse, ImageFacts};
 use crate::core::inventory::DockerObject;
 use crate::core::model::{DockerOp, EngineInfo, Flavour, Labels, ResourceKind, Timestamp};
 use crate::metrics::Metrics;
@@ -440,6 +441,57 @@ impl Engine for Docker {
             })
             .right_stream()
     }
+
+    async fn data_root(&self) -> Result<String, DockerError> {
+        let info = self
+            .call(DockerOp::Ping, self.timeout, self.client()?.info())
+            .await?;
+        info.docker_root_dir
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| DockerError::Other("the engine's /info names no DockerRootDir".into()))
+    }
+
+    async fn disk_inventory(&self) -> Result<(Vec<ImageFacts>, Vec<ContainerUse>), DockerError> {
+        let c = &self.client()?;
+        let t = self.timeout;
+        let images = ListImagesOptionsBuilder::default().all(false).build();
+        let images = self
+            .call(DockerOp::List, t, c.list_images(Some(images)))
+            .await?;
+        let containers = ListContainersOptionsBuilder::default()
+            .all(true)
+            .size(false)
+            .build();
+        let containers = self
+            .call(DockerOp::List, t, c.list_containers(Some(containers)))
+            .await?;
+        Ok((
+            images.into_iter().map(image_facts).collect(),
+            containers.into_iter().filter_map(container_use).collect(),
+        ))
+    }
+}
+
+/// An image as disk-pressure eviction sees it: all its references, its size.
+fn image_facts(i: bollard::models::ImageSummary) -> ImageFacts {
+    ImageFacts {
+        references: i
+            .repo_tags
+            .into_iter()
+            .filter(|t| t != "<none>:<none>")
+            .collect(),
+        id: i.id,
+        labels: i.labels.into_iter().collect(),
+        created: Some(whole_second(i.created)),
+        size: u64::try_from(i.size).unwrap_or(0),
+    }
+}
+
+fn container_use(c: bollard::models::ContainerSummary) -> Option<ContainerUse> {
+    Some(ContainerUse {
+        image_id: c.image_id.filter(|i| !i.is_empty())?,
+        created: c.created.map(whole_second),
+    })
 }
 
 /// Podman's Docker-compatible service names itself among the version's components.
@@ -509,10 +561,15 @@ fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
             time_secs,
             labelled: false,
             gone,
+            created_from: None,
         });
     }
     let mut attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
     let name = attrs.remove("name").unwrap_or_default();
+    let created_from = match action {
+        "create" => attrs.get("image").filter(|i| !i.is_empty()).cloned(),
+        _ => None,
+    };
     for key in NOT_LABELS {
         attrs.remove(key);
     }
@@ -530,6 +587,7 @@ fn event_hint(m: bollard::models::EventMessage) -> Option<EventHint> {
         time_secs,
         labelled: true,
         gone,
+        created_from,
     })
 }
 
@@ -727,6 +785,9 @@ mod tests {
                 "{action}"
             );
             assert_eq!(h.time_secs, 1795777308);
+            // Only a create is a use of the image, for disk pressure.
+            let used = (action == "create").then(|| "reaper-test/busybox:1".to_string());
+            assert_eq!(h.created_from, used, "{action}");
         }
     }
 

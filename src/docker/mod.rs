@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::core::eviction::{ContainerUse, ImageFacts};
 use crate::core::inventory::DockerObject;
 use crate::core::model::{EngineInfo, ErrorClass};
 
@@ -90,6 +91,9 @@ pub struct EventHint {
     pub labelled: bool,
     /// The object is gone (destroyed, removed).
     pub gone: bool,
+    /// A container was created from this image, as the create call named it (a reference or
+    /// an ID): a use of the image, which disk pressure orders evictions by.
+    pub created_from: Option<String>,
 }
 
 /// The engine operations reaper uses. The controller is generic over it so tests can inject
@@ -126,6 +130,27 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         since_secs: i64,
     ) -> impl Stream<Item = Result<EventHint, DockerError>> + Send + 'static;
+    /// `GET /info`'s `DockerRootDir`: where the engine keeps images and containers, as the
+    /// engine's host sees it. (Fault-injecting engines need not have one.)
+    fn data_root(&self) -> impl Future<Output = Result<String, DockerError>> + Send {
+        async {
+            Err(DockerError::Other(
+                "this engine reports no data root".into(),
+            ))
+        }
+    }
+    /// Every image (anyone's) with its size and references, and every container (in any state,
+    /// anyone's) with the image it is made from: what disk-pressure eviction plans with.
+    fn disk_inventory(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<ImageFacts>, Vec<ContainerUse>), DockerError>> + Send
+    {
+        async {
+            Err(DockerError::Other(
+                "this engine lists no image sizes".into(),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -335,15 +335,17 @@ impl ManifestDir {
     /// still belongs to `source`.
     async fn delete(&self, owner: &OwnerRef, source: &str) -> Result<bool, StoreError> {
         let now = Timestamp::now();
-        let mark = |src: Option<&str>, since: &mut Option<Timestamp>| {
-            if src != Some(source) || !mark_for_deletion(since, now) {
+        let mark = |src: Option<&str>, since: &mut Option<Timestamp>, events: &mut Vec<_>| {
+            if src != Some(source) || !mark_for_deletion(since, events, now) {
                 return Err(StoreError::Conflict("changed meanwhile".into()));
             }
             Ok(())
         };
         let r = self
             .store
-            .update_owner(owner, |c| mark(c.source.as_deref(), c.deleting_since))
+            .update_owner(owner, |c| {
+                mark(c.source.as_deref(), c.deleting_since, c.events)
+            })
             .await;
         match r {
             Ok(()) => {

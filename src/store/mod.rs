@@ -17,7 +17,9 @@
 //!   whenever what was read before may no longer hold), never for a write that changed nothing.
 //!   It is how the controller learns of changes: writers never poke it.
 //! - First sightings of Docker objects ([`RecordStore::sightings`]) are kept beside the
-//!   records, so that an orphan's grace period survives a restart. They are not records: no
+//!   records, so that an orphan's grace period survives a restart. Images' last uses (disk
+//!   pressure's LRU order) ride on the same mechanism, under `last-use/` keys (see
+//!   `controller/disk.rs`). They are not records: no
 //!   revisions, not exported, durable only with the next flush, and writing them never moves
 //!   the change stream. The first time written for a key is kept until the key is forgotten.
 //! - Reads answer from what the backend holds locally (sled's pages; etcd's watch-fed cache,
@@ -32,6 +34,7 @@
 mod codec;
 pub mod etcd;
 pub mod host_lease;
+pub mod lock;
 mod records;
 pub mod sled;
 

@@ -47,6 +47,7 @@ pub struct CommonStatus<'a> {
     pub deleting_since: &'a mut Option<Timestamp>,
     pub removed: &'a mut ObjectCounts,
     pub conditions: &'a mut Vec<Condition>,
+    pub events: &'a mut Vec<crate::core::model::Event>,
 }
 
 /// What `apply` did to one record, as kubectl reports it.
@@ -505,6 +506,7 @@ macro_rules! shared_kind_methods {
                 deleting_since: &mut self.status.deleting_since,
                 removed: &mut self.status.removed,
                 conditions: &mut self.status.conditions,
+                events: &mut self.status.events,
             }
         }
     };

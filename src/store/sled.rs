@@ -677,9 +677,9 @@ fn io_error(dir: &Path, what: &str, e: &std::io::Error) -> StoreError {
             dir.display()
         ))
     } else if is_lock_error(e) {
-        StoreError::Io(format!(
-            "the store at {} is locked by another process (is another reaper running?): {e}",
-            dir.display()
+        StoreError::Io(super::lock::in_use_message(
+            dir,
+            super::lock::lock_holder(dir),
         ))
     } else {
         StoreError::Io(format!("could not {what} at {}: {e}", dir.display()))

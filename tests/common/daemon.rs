@@ -67,9 +67,9 @@ impl Reaper {
         format!("127.0.0.1:{}", self.metrics_port)
     }
 
-    /// The full `serve` command line: the test daemon talks to the private engine and runs as
-    /// instance [`INSTANCE`], unless `extra` names another host (e.g. a
-    /// [`proxy::CountingProxy`]) or instance.
+    /// The full `serve` command line: the test daemon talks to the private engine, runs as
+    /// instance [`INSTANCE`] and serves metrics on [`Reaper::metrics_addr`], unless `extra`
+    /// names another host (e.g. a [`proxy::CountingProxy`]), instance or metrics address.
     pub fn serve_args(&self) -> Vec<String> {
         let names = |flag: &str| {
             self.extra
@@ -82,11 +82,12 @@ impl Reaper {
             self.data_dir().display().to_string(),
             "--socket".into(),
             self.socket().display().to_string(),
-            "--metrics-listen".into(),
-            self.metrics_addr(),
             "--paths-root".into(),
             self.paths_root().display().to_string(),
         ];
+        if !names("--metrics-listen") {
+            args.extend(["--metrics-listen".into(), self.metrics_addr()]);
+        }
         if !names("--docker-host") {
             args.extend(["--docker-host".into(), docker_host()]);
         }
@@ -226,6 +227,11 @@ impl Reaper {
     /// `get agents NAME -o json`, parsed.
     pub fn agent(&self, name: &str) -> Value {
         self.json(&["get", "agents", name, "-o", "json"])
+    }
+
+    /// `get KIND -o json`: the items of the `kind: List` it prints.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        list_items(&self.json(&["get", kind, "-o", "json"]))
     }
 
     /// Runs a client verb that prints JSON and parses it.
@@ -412,4 +418,15 @@ pub fn removed_counts(record: &Value) -> (u64, u64, u64, u64, u64) {
         n("images"),
         n("paths"),
     )
+}
+
+/// The items of a `kind: List` document as `reaper get -o json` prints a list; panics on
+/// anything else.
+pub fn list_items(v: &Value) -> Vec<Value> {
+    assert_eq!(v["kind"], "List", "not a kind: List document: {v:#}");
+    assert_eq!(v["apiVersion"], "reaper/v1", "{v:#}");
+    v["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a List without items: {v:#}"))
+        .clone()
 }

@@ -99,6 +99,9 @@ pub struct AgentStatus {
     pub removed: ObjectCounts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Recent events, oldest first, at most [`super::MAX_EVENTS`] (`reaper describe`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<super::Event>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }

@@ -1,4 +1,4 @@
-//! Over 500 lines: 350 of code (one method per phase change, each re-checked against the stored record) and their unit tests.
+//! Over 500 lines: 440 of code (one method per phase change, with the event it records, each re-checked against the stored record) and their unit tests.
 //!
 //! The record lifecycle: every change of a phase or of a status timestamp is one of these
 //! methods, so the API, the controller, the manifest directory and tests all move records the
@@ -7,8 +7,8 @@
 //! from that. Time is passed in: the core never reads a clock.
 
 use super::{
-    Agent, AgentPhase, Condition, Duration, EndReason, Name, Session, SessionPhase, Timestamp,
-    API_SOURCE,
+    record_event, Agent, AgentPhase, Condition, Duration, EndReason, Event, EventReason, EventType,
+    Name, Session, SessionPhase, Timestamp, API_SOURCE,
 };
 
 /// The condition a record carries while one of its removals keeps failing.
@@ -128,6 +128,18 @@ impl Session {
         self.status.phase = SessionPhase::Ended;
         self.status.ended_at = Some(now);
         self.status.end_reason = Some(reason);
+        let type_ = match reason {
+            EndReason::Failed => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        let message = format!("session/{} ended ({reason})", self.metadata.name);
+        record_event(
+            &mut self.status.events,
+            type_,
+            EventReason::Ended,
+            message,
+            now,
+        );
         self.begin_delay(now, delay, now);
         true
     }
@@ -139,7 +151,11 @@ impl Session {
         let until = from.plus(delay);
         self.status.phase = SessionPhase::Ending;
         self.status.cleanup_after = Some(until);
-        set_condition(&mut self.status.conditions, delayed(until, now));
+        let held = delayed(until, now);
+        let message = held.message.clone();
+        set_condition(&mut self.status.conditions, held);
+        let (events, reason) = (&mut self.status.events, EventReason::CleanupDelayed);
+        record_event(events, EventType::Normal, reason, message, now);
     }
 
     /// Its cleanup delay passed (or an operator skips it: `now` then): from `Ending` on to
@@ -190,6 +206,19 @@ impl Session {
         self.status.phase = SessionPhase::Expired;
         self.status.ended_at = Some(at);
         self.status.end_reason = Some(reason);
+        let why = match (reason, self.spec.heartbeat_timeout, self.spec.ttl) {
+            (EndReason::HeartbeatLost, Some(hb), _) => format!("no heartbeat for {hb}"),
+            (_, _, Some(ttl)) => format!("its ttl of {ttl} passed"),
+            _ => "its deadline passed".into(),
+        };
+        let message = format!("session/{} expired ({reason}): {why}", self.metadata.name);
+        record_event(
+            &mut self.status.events,
+            EventType::Warning,
+            EventReason::Expired,
+            message,
+            now,
+        );
         // A delay that already passed (reaper was down) leaves it Expired.
         if at.plus(delay) > now {
             self.begin_delay(at, delay, now);
@@ -222,13 +251,28 @@ impl Session {
         self.status.phase = SessionPhase::Cleaned;
         self.status.cleaned_at = Some(now);
         clear_condition(&mut self.status.conditions, REMOVAL_FAILING);
+        let message = format!(
+            "everything it owned is gone ({} objects removed)",
+            self.status.removed.total()
+        );
+        record_event(
+            &mut self.status.events,
+            EventType::Normal,
+            EventReason::Cleaned,
+            message,
+            now,
+        );
         true
     }
 
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it (false
     /// if it already was being deleted, since then).
     pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
-        mark_for_deletion(&mut self.status.deleting_since, now)
+        mark_for_deletion(
+            &mut self.status.deleting_since,
+            &mut self.status.events,
+            now,
+        )
     }
 
     /// Whether the stored session may take a re-applied manifest of the same name. Only a
@@ -269,10 +313,26 @@ impl Agent {
         self.status.phase_since = now;
         self.status.cleanup_after = None;
         clear_condition(&mut self.status.conditions, CLEANUP_DELAYED);
+        let type_ = match phase {
+            AgentPhase::Failed => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        let message = format!("agent/{} reported {}", self.metadata.name, phase.as_str());
+        record_event(
+            &mut self.status.events,
+            type_,
+            EventReason::Reported,
+            message,
+            now,
+        );
         if phase == AgentPhase::Failed && !failure_delay.0.is_zero() {
             let until = now.plus(failure_delay);
             self.status.cleanup_after = Some(until);
-            set_condition(&mut self.status.conditions, delayed(until, now));
+            let held = delayed(until, now);
+            let message = held.message.clone();
+            set_condition(&mut self.status.conditions, held);
+            let (events, reason) = (&mut self.status.events, EventReason::CleanupDelayed);
+            record_event(events, EventType::Normal, reason, message, now);
         }
         Ok(true)
     }
@@ -301,6 +361,21 @@ impl Agent {
         self.status.phase_since = now;
         self.status.cleanup_after = None;
         clear_condition(&mut self.status.conditions, CLEANUP_DELAYED);
+        let why = match cause {
+            StopCause::FailureCleanedUp { .. } => "the cleanup of its failure finished",
+            StopCause::NoRunningContainer => {
+                "it was reported running, but none of its containers runs"
+            }
+            StopCause::Manual => "an operator cleaned it up",
+        };
+        let message = format!("set Stopped: {why}");
+        record_event(
+            &mut self.status.events,
+            EventType::Normal,
+            EventReason::Stopped,
+            message,
+            now,
+        );
         // A manual stop says nothing about whether the removals that kept failing succeeded.
         if cause != StopCause::Manual {
             clear_condition(&mut self.status.conditions, REMOVAL_FAILING);
@@ -310,17 +385,33 @@ impl Agent {
 
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it.
     pub fn mark_for_deletion(&mut self, now: Timestamp) -> bool {
-        mark_for_deletion(&mut self.status.deleting_since, now)
+        mark_for_deletion(
+            &mut self.status.deleting_since,
+            &mut self.status.events,
+            now,
+        )
     }
 }
 
-/// Marks a record for deletion through its `deleting_since` alone, for writers that hold only
-/// the status fields both kinds share. Returns whether this marked it.
-pub fn mark_for_deletion(deleting_since: &mut Option<Timestamp>, now: Timestamp) -> bool {
+/// Marks a record for deletion through its `deleting_since` and events alone, for writers that
+/// hold only the status fields both kinds share. Returns whether this marked it.
+pub fn mark_for_deletion(
+    deleting_since: &mut Option<Timestamp>,
+    events: &mut Vec<Event>,
+    now: Timestamp,
+) -> bool {
     if deleting_since.is_some() {
         return false;
     }
     *deleting_since = Some(now);
+    let message = "deleted: its objects go, then the record".to_string();
+    record_event(
+        events,
+        EventType::Normal,
+        EventReason::Deleting,
+        message,
+        now,
+    );
     true
 }
 

@@ -4,8 +4,10 @@
 mod agent;
 mod duration;
 mod engine;
+mod event;
 mod lifecycle;
 mod meta;
+mod percent;
 mod resource;
 mod session;
 mod time;
@@ -15,11 +17,13 @@ pub use duration::{Duration, DurationError};
 pub use engine::{
     has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
 };
+pub use event::{record_event, Event, EventReason, EventType, MAX_EVENTS};
 pub use lifecycle::{
     clear_condition, mark_for_deletion, set_condition, CleanupDelays, Refused, StopCause,
     CLEANUP_DELAYED, REMOVAL_FAILING,
 };
 pub use meta::{validate_label, validate_labels, validate_name, Labels, Name, ObjectMeta, RelPath};
+pub use percent::Percent;
 pub use resource::{
     CleanupReason, Condition, DockerOp, ErrorClass, ObjectCounts, OwnerKind, OwnerRef, ResourceKind,
 };
@@ -27,6 +31,18 @@ pub use session::{
     CleanupSpec, EndReason, Session, SessionMatch, SessionPhase, SessionSpec, SessionStatus,
 };
 pub use time::Timestamp;
+
+/// Deserialises a value written as a string through its `FromStr`, with its error as the
+/// message (so it reaches the located YAML error): durations, listen addresses.
+pub fn from_string<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
 
 /// The API version every manifest, record and config carries.
 pub const API_VERSION: &str = "reaper/v1";

@@ -45,7 +45,7 @@ impl fmt::Display for ResourceKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "camelCase")]
 pub enum CleanupReason {
     SessionEnded,
     SessionExpired,
@@ -56,10 +56,12 @@ pub enum CleanupReason {
     AgentDeleted,
     Orphan,
     Manual,
+    /// The disk holding Docker's data root passed `diskPressure.highWatermark`.
+    DiskPressure,
 }
 
 impl CleanupReason {
-    pub const ALL: [CleanupReason; 9] = [
+    pub const ALL: [CleanupReason; 10] = [
         Self::SessionEnded,
         Self::SessionExpired,
         Self::HeartbeatLost,
@@ -69,18 +71,20 @@ impl CleanupReason {
         Self::AgentDeleted,
         Self::Orphan,
         Self::Manual,
+        Self::DiskPressure,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
-            Self::SessionEnded => "session_ended",
-            Self::SessionExpired => "session_expired",
-            Self::HeartbeatLost => "heartbeat_lost",
-            Self::SessionDeleted => "session_deleted",
-            Self::AgentFailed => "agent_failed",
-            Self::AgentStopped => "agent_stopped",
-            Self::AgentDeleted => "agent_deleted",
+            Self::SessionEnded => "sessionEnded",
+            Self::SessionExpired => "sessionExpired",
+            Self::HeartbeatLost => "heartbeatLost",
+            Self::SessionDeleted => "sessionDeleted",
+            Self::AgentFailed => "agentFailed",
+            Self::AgentStopped => "agentStopped",
+            Self::AgentDeleted => "agentDeleted",
             Self::Orphan => "orphan",
             Self::Manual => "manual",
+            Self::DiskPressure => "diskPressure",
         }
     }
 }

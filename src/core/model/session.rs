@@ -127,6 +127,25 @@ pub enum EndReason {
     Manual,
 }
 
+impl EndReason {
+    /// The one spelling, as in status, the CLI, logs and events (serde's camelCase).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TtlExpired => "ttlExpired",
+            Self::HeartbeatLost => "heartbeatLost",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStatus {
@@ -151,6 +170,9 @@ pub struct SessionStatus {
     pub removed: ObjectCounts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Recent events, oldest first, at most [`super::MAX_EVENTS`] (`reaper describe`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<super::Event>,
     /// Where the record came from: `api`, or the manifest file that declares it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -195,5 +217,38 @@ impl Session {
         self.status.phase == SessionPhase::Active
             && self.status.deleting_since.is_none()
             && self.deadline(restarted_at).is_none_or(|(at, _)| now < at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::CleanupReason;
+
+    fn serde_name(v: &impl Serialize) -> String {
+        serde_json::to_value(v)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// One spelling per reason: what status and the API carry is what logs, metrics and the
+    /// CLI print, camelCase throughout.
+    #[test]
+    fn each_reason_is_spelled_one_way() {
+        use EndReason::*;
+        for r in [Succeeded, Failed, TtlExpired, HeartbeatLost, Manual] {
+            assert_eq!(serde_name(&r), r.as_str());
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        for r in CleanupReason::ALL {
+            assert_eq!(serde_name(&r), r.as_str());
+            assert!(!r.as_str().contains('_'), "{r}");
+        }
+        assert_eq!(
+            CleanupReason::HeartbeatLost.as_str(),
+            HeartbeatLost.as_str()
+        );
     }
 }

@@ -18,6 +18,7 @@ __all__ = [
     "ObjectMeta",
     "ObjectCounts",
     "Condition",
+    "Event",
     "SessionMatch",
     "SessionCleanup",
     "SessionSpec",
@@ -57,15 +58,16 @@ AgentPhase = Literal["Starting", "Running", "Failed", "Stopped"]
 OwnerKind = Literal["session", "agent"]
 ResourceKind = Literal["container", "network", "volume", "image", "path"]
 CleanupReason = Literal[
-    "session_ended",
-    "session_expired",
-    "heartbeat_lost",
-    "session_deleted",
-    "agent_failed",
-    "agent_stopped",
-    "agent_deleted",
+    "sessionEnded",
+    "sessionExpired",
+    "heartbeatLost",
+    "sessionDeleted",
+    "agentFailed",
+    "agentStopped",
+    "agentDeleted",
     "orphan",
     "manual",
+    "diskPressure",
 ]
 
 
@@ -99,6 +101,17 @@ class Condition(TypedDict):
     type: str
     message: str
     since: str
+
+
+class Event(TypedDict):
+    """One of a record's recent events (``GET /v1/sessions/NAME/events``)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    count: int
+    firstSeen: str
+    lastSeen: str
 
 
 class SessionMatch(TypedDict):
@@ -137,6 +150,7 @@ class _SessionStatusOptional(TypedDict, total=False):
     cleanedAt: str
     deletingSince: str
     conditions: List[Condition]
+    events: List[Event]
     source: str
 
 
@@ -178,6 +192,7 @@ class _AgentStatusOptional(TypedDict, total=False):
     cleanupAfter: str
     deletingSince: str
     conditions: List[Condition]
+    events: List[Event]
     source: str
 
 
@@ -253,6 +268,35 @@ class BlastRadiusHold(TypedDict):
     since: str
 
 
+class Usage(TypedDict):
+    used: int
+    total: int
+
+
+DiskUsage = TypedDict("DiskUsage", {"bytes": Usage, "inodes": Usage})
+
+
+class Eviction(TypedDict):
+    image: DockerObject
+    owner: Optional[OwnerRef]
+    size: int
+    frees: int
+    lastUsed: str
+
+
+class DiskStatus(TypedDict):
+    available: bool
+    error: Optional[str]
+    dataRoot: Optional[str]
+    measuredAt: str
+    usage: Optional[DiskUsage]
+    highWatermark: str
+    lowWatermark: str
+    pressure: bool
+    exhausted: bool
+    evictions: List[Eviction]
+
+
 class Health(TypedDict):
     dockerUp: bool
     dockerVersion: Optional[str]
@@ -270,6 +314,7 @@ class Health(TypedDict):
     owned: Dict[str, int]
     orphans: Dict[str, int]
     blastRadiusHeld: Optional[BlastRadiusHold]
+    disk: Optional[DiskStatus]
 
 
 class ManifestError(TypedDict):
@@ -320,6 +365,7 @@ SCHEMAS: Dict[str, type] = {
     "ObjectMeta": ObjectMeta,
     "ObjectCounts": ObjectCounts,
     "Condition": Condition,
+    "Event": Event,
     "SessionRecord": SessionRecord,
     "SessionSpec": SessionSpec,
     "SessionSpec.match": SessionMatch,
@@ -338,6 +384,10 @@ SCHEMAS: Dict[str, type] = {
     "Health.engine": EngineInfo,
     "Health.serialExits": SerialExits,
     "Health.blastRadiusHeld": BlastRadiusHold,
+    "Health.disk": DiskStatus,
+    "Health.disk.usage": DiskUsage,
+    "Health.disk.evictions[]": Eviction,
+    "Usage": Usage,
     "Status": Status,
     "Status.manifestErrors[]": ManifestError,
     "ApplyResponse": ApplyResponse,
