@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::path::Path;
 
 /// One bad manifest and what its error must say.
@@ -113,11 +112,10 @@ fn mentions_line(stderr: &str, n: usize) -> bool {
 
 fn assert_nothing_applied(r: &Reaper, after: &str) {
     for kind in ["sessions", "agents"] {
-        let list = r.json(&["get", kind, "-o", "json"]);
-        assert_eq!(
-            list,
-            Value::Array(vec![]),
-            "after {after}, get {kind} shows applied records: {list:#}"
+        let list = r.list(kind);
+        assert!(
+            list.is_empty(),
+            "after {after}, get {kind} shows applied records: {list:#?}"
         );
     }
 }

@@ -37,14 +37,10 @@ fn serve_exits(args: &[&str]) -> Output {
 }
 
 fn session_names(r: &Reaper) -> Vec<String> {
-    r.json(&["get", "sessions", "-o", "json"])
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    r.list("sessions")
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
