@@ -454,11 +454,6 @@ impl<E: Engine> Controller<E> {
             }
         }
 
-        // Queued after this pass's removals: images they free count before anything is evicted.
-        if *scope == Scope::Normal {
-            self.disk_step(&sessions, &agents, dry_run, now).await;
-        }
-
         // An owner with removals queued, running, or finished but not yet written is not done,
         // whatever this pass's listing showed; a later pass finishes it.
         let busy: BTreeSet<OwnerRef> = self
@@ -475,6 +470,14 @@ impl<E: Engine> Controller<E> {
             if let Err(e) = self.note_store(self.apply_transition(t, now).await) {
                 warn!(error = %e, "Could not record a status change; it will be retried next pass.");
             }
+        }
+
+        // Last: listing every image and container can be slow (a Cleaned transition once
+        // waited over 10 s behind it on a loaded Podman), and no status change should wait for
+        // it. Queued after this pass's removals, so the images they free
+        // count before anything is evicted.
+        if *scope == Scope::Normal {
+            self.disk_step(&sessions, &agents, dry_run, now).await;
         }
         Ok((plan, tickets))
     }
