@@ -266,7 +266,7 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr_of(&out).contains(&format!(
-            "refusing to end session {s} and remove 1 object(s) without confirmation"
+            "refusing to end session/{s} and remove 1 object(s) without confirmation"
         )),
         "{}",
         stderr_of(&out)
@@ -318,7 +318,7 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
     let out = r.cli(&["cleanup", "session", empty]);
     assert!(
         stderr_of(&out).contains(&format!(
-            "refusing to end session {empty} without confirmation"
+            "refusing to end session/{empty} without confirmation"
         )),
         "{}",
         stderr_of(&out)

@@ -73,7 +73,7 @@ fn a_finished_session_name_is_refused_until_its_record_is_deleted() {
         stdout_of(&out)
     );
     for part in [
-        format!("session {run} ended at {ended_at} and is cleaned now"),
+        format!("session/{run} ended at {ended_at} and is cleaned now"),
         format!("`reaper delete session {run} --wait`"),
         "choose a new name".to_string(),
     ] {

@@ -698,9 +698,9 @@ async fn cleanup(c: &Client, target: &[String], yes: bool, dry_run: bool) -> Out
         return Ok(());
     }
     let what = match (&owner, ends) {
-        (Some(o), true) if planned.is_empty() => format!("end session {}", o.name),
+        (Some(o), true) if planned.is_empty() => format!("end session/{}", o.name),
         (Some(o), true) => format!(
-            "end session {} and remove {} object(s)",
+            "end session/{} and remove {} object(s)",
             o.name,
             planned.len()
         ),

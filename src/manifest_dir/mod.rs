@@ -975,7 +975,7 @@ mod tests {
         assert_eq!(errors[0].0, a);
         let e = &errors[0].1;
         for part in [
-            "session s1 ended at 2023-11-14T22:13:20Z and is cleaned now",
+            "session/s1 ended at 2023-11-14T22:13:20Z and is cleaned now",
             &format!("Remove it from {a}"),
             "give it a new name",
         ] {

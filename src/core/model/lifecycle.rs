@@ -67,9 +67,9 @@ fn delayed(until: Timestamp, since: Timestamp) -> Condition {
 /// A lifecycle change the record's state does not allow; the API answers it with 409.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("session {name} is {}; a heartbeat cannot revive it", phase.as_str())]
+    #[error("session/{name} is {}; a heartbeat cannot revive it", phase.as_str())]
     HeartbeatNotLive { name: Name, phase: SessionPhase },
-    #[error("agent {name} is being deleted")]
+    #[error("agent/{name} is being deleted")]
     AgentDeleting { name: Name },
     /// A session's name is not reused: applying a session that has ended would not start a
     /// new one (its new objects would be removed at once), so it is refused.
@@ -90,8 +90,8 @@ fn session_over(
     source: Option<&str>,
 ) -> String {
     let ended = match ended_at {
-        Some(at) => format!("session {name} ended at {at} and is {} now", phase.as_str()),
-        None => format!("session {name} has ended and is {} now", phase.as_str()),
+        Some(at) => format!("session/{name} ended at {at} and is {} now", phase.as_str()),
+        None => format!("session/{name} has ended and is {} now", phase.as_str()),
     };
     match source.filter(|s| *s != API_SOURCE) {
         Some(file) => format!(
@@ -528,7 +528,7 @@ mod tests {
         let err = ended.heartbeat(at(8)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "session e is ended; a heartbeat cannot revive it"
+            "session/e is ended; a heartbeat cannot revive it"
         );
         assert_eq!(ended.status.last_heartbeat, None);
 
@@ -593,7 +593,7 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.starts_with(&format!(
-                "session run-1 ended at {} and is cleaned now; ",
+                "session/run-1 ended at {} and is cleaned now; ",
                 at(60)
             )),
             "{msg}"
@@ -688,7 +688,7 @@ mod tests {
         let err = a
             .report(AgentPhase::Running, at(2), Duration::ZERO)
             .unwrap_err();
-        assert_eq!(err.to_string(), "agent a is being deleted");
+        assert_eq!(err.to_string(), "agent/a is being deleted");
         assert_eq!(a, before);
     }
 
