@@ -279,7 +279,7 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
     // At a terminal, the question says it too; "no" ends and removes nothing.
     let asked = with_tty(&r, &["cleanup", "session", s], "n\n");
     assert!(
-        asked.contains(&format!("End session {s} and remove 1 object(s)? [y/N]")),
+        asked.contains(&format!("End session/{s} and remove 1 object(s)? [y/N]")),
         "{asked}"
     );
     assert!(asked.contains("Nothing removed."), "{asked}");
