@@ -325,7 +325,7 @@ fn cleanup_of_a_live_session_says_it_ends_it_for_good() {
     );
     let done = with_tty(&r, &["cleanup", "session", empty], "y\n");
     assert!(
-        done.contains(&format!("End session {empty}? [y/N]"))
+        done.contains(&format!("End session/{empty}? [y/N]"))
             && done.contains(&format!("session/{empty} ended (reason manual)")),
         "{done}"
     );
