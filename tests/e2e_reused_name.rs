@@ -164,7 +164,7 @@ fn a_manifest_file_that_declares_an_ended_session_is_reported_not_applied() {
         Duration::from_secs(5),
         || {
             let status = r.cli_ok(&["status", "-o", "json"]);
-            status.contains(&shown) && status.contains("session e2e-rm-run ended at")
+            status.contains(&shown) && status.contains("session/e2e-rm-run ended at")
         },
     );
     let status = r.cli_ok(&["status", "-o", "json"]);
