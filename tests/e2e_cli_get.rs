@@ -424,3 +424,55 @@ fn the_watch_endpoint_streams_lines_and_ends_after_timeout_seconds() {
     let reply = get("/v1/watch/nothing");
     assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
 }
+
+/// Help that teaches, as a user reads it: every verb's `--help`, run as a process, ends with
+/// examples (the unit test in `cli/mod.rs` checks every argument's description).
+#[test]
+fn every_verb_shows_examples_in_its_help() {
+    let verbs: &[&[&str]] = &[
+        &["serve"],
+        &["apply"],
+        &["get"],
+        &["describe"],
+        &["delete"],
+        &["run"],
+        &["session", "start"],
+        &["session", "end"],
+        &["session", "heartbeat"],
+        &["agent", "report"],
+        &["orphans"],
+        &["cleanup"],
+        &["status"],
+        &["disk"],
+        &["config", "check"],
+        &["completion"],
+        &["store", "export"],
+        &["store", "import"],
+    ];
+    for verb in verbs {
+        let out = run_with_timeout(
+            std::process::Command::new(Reaper::bin())
+                .args(*verb)
+                .arg("--help"),
+            None,
+            CLI_TIMEOUT,
+        );
+        let help = stdout_of(&out);
+        assert!(out.status.success(), "{verb:?} --help: {}", stderr_of(&out));
+        assert!(
+            help.contains("\nExample:\n  reaper ") || help.contains("\nExamples:\n  reaper "),
+            "{verb:?} --help shows no examples:\n{help}"
+        );
+    }
+    // agent report lists the phases it takes.
+    let out = run_with_timeout(
+        std::process::Command::new(Reaper::bin()).args(["agent", "report", "--help"]),
+        None,
+        CLI_TIMEOUT,
+    );
+    let help = stdout_of(&out);
+    assert!(
+        help.contains("starting, running, failed, stopped"),
+        "{help}"
+    );
+}

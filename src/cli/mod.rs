@@ -47,9 +47,19 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller daemon.
+    #[command(
+        after_help = "Examples:\n  reaper serve                              # the embedded defaults\n  \
+        reaper serve --config /etc/reaper/config.yaml\n  \
+        reaper serve --dry-run                    # logs what it would remove, removes nothing\n  \
+        reaper serve --once                       # passes until nothing more is removed, then exits"
+    )]
     Serve(Box<ServeArgs>),
     /// Apply Session and Agent manifests (a file, a directory of *.yaml/*.yml, or - for stdin).
+    #[command(after_help = "Examples:\n  reaper apply -f session.yaml\n  \
+        reaper apply -f manifests/\n  \
+        cat session.yaml | reaper apply -f -")]
     Apply {
+        /// A manifest file, a directory of *.yaml/*.yml files, or - for stdin; repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
@@ -62,7 +72,9 @@ pub enum Command {
         reaper get sessions -w    # then a row each time a session changes; Ctrl-C ends it"
     )]
     Get {
+        /// sessions or agents.
         what: Plural,
+        /// Only these records (all of the kind when none is given).
         names: Vec<String>,
         /// Only records whose labels match: key=value, key!=value, key, !key; comma-separated
         /// (all must hold), repeatable.
@@ -83,15 +95,26 @@ pub enum Command {
         watch: bool,
     },
     /// Show a record, its status and conditions, and the Docker objects it owns now.
+    #[command(after_help = "Examples:\n  reaper describe session tdd-run-42\n  \
+        reaper describe agent my-agent -o yaml")]
     Describe {
+        /// session or agent.
         kind: Kind,
+        /// The record's name.
         name: String,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Delete a record; its objects are removed first.
+    #[command(
+        after_help = "Examples:\n  reaper delete session tdd-run-42 --wait\n  \
+        reaper delete agent my-agent --ignore-not-found"
+    )]
     Delete {
+        /// session or agent.
         kind: Kind,
+        /// The record's name.
         name: String,
         /// Wait until the record (and so its objects) is gone.
         #[arg(long)]
@@ -99,6 +122,7 @@ pub enum Command {
         /// A record that does not exist is not an error.
         #[arg(long)]
         ignore_not_found: bool,
+        /// How long --wait waits.
         #[arg(long, default_value = "5m")]
         timeout: crate::core::model::Duration,
     },
@@ -112,13 +136,23 @@ pub enum Command {
         cannot be executed or is not found.")]
     Run(Box<run::RunArgs>),
     /// Session lifecycle: start, end, heartbeat.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  reaper session start tdd-run-42 --ttl 2h\n  \
+        reaper session heartbeat tdd-run-42\n  reaper session end tdd-run-42"
+    )]
     Session(SessionCommand),
     /// Agent lifecycle: report a phase.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  reaper agent report my-agent failed"
+    )]
     Agent(AgentCommand),
     /// Show what would be removed right now, and why, without removing it.
+    #[command(after_help = "Examples:\n  reaper orphans\n  \
+        reaper orphans -o json")]
     Orphans {
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -133,6 +167,11 @@ pub enum Command {
     /// `<agentNamePrefix>NAME` container and image names), but no build dir or path. The preview
     /// lists each object and why it is NAME's; without a terminal on stdin it refuses unless
     /// --yes is given.
+    #[command(
+        after_help = "Examples:\n  reaper cleanup --dry-run                  # what would go now\n  \
+        reaper cleanup session tdd-run-42         # asks first at a terminal\n  \
+        reaper cleanup agent my-agent --yes"
+    )]
     Cleanup {
         /// `session NAME` or `agent NAME`; nothing for everything removable.
         #[arg(num_args = 0..=2, value_names = ["KIND", "NAME"])]
@@ -145,18 +184,27 @@ pub enum Command {
         dry_run: bool,
     },
     /// Daemon, store and Docker health, with counts.
+    #[command(after_help = "Examples:\n  reaper status\n  \
+        reaper status -o json")]
     Status {
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Disk pressure: usage of the filesystem holding Docker's data root, the watermarks, and
     /// which of our idle images are evicted now, in order, with sizes (as last measured).
+    #[command(after_help = "Examples:\n  reaper disk\n  \
+        reaper disk -o json")]
     Disk {
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Daemon config files.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  reaper config check /etc/reaper/config.yaml"
+    )]
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh or fish).
     #[command(
@@ -164,25 +212,36 @@ pub enum Command {
         reaper completion zsh > \"${fpath[1]}/_reaper\"\n  \
         reaper completion fish > ~/.config/fish/completions/reaper.fish"
     )]
-    Completion { shell: clap_complete::Shell },
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff), e.g. `reaper man | man -l -`.
     #[command(hide = true)]
     Man,
     /// Save or restore every record with its status, as YAML.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  reaper store export > records.yaml\n  reaper store import -f records.yaml"
+    )]
     Store(StoreCommand),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Print every record with its status as multi-document YAML.
+    #[command(after_help = "Examples:\n  reaper store export > records.yaml\n  \
+        reaper store export --data-dir /var/lib/reaper > records.yaml   # daemon stopped")]
     Export {
         /// Read the store directly instead of asking the daemon (the daemon must be stopped).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
     /// Restore records (with status) from an export; existing records of the same name are replaced.
+    #[command(after_help = "Examples:\n  reaper store import -f records.yaml\n  \
+        reaper store import -f records.yaml --data-dir /var/lib/reaper   # daemon stopped")]
     Import {
+        /// An export (`reaper store export`), or - for stdin.
         #[arg(short = 'f', long = "filename")]
         file: String,
         /// Write the store directly instead of through the daemon (the daemon must be stopped).
@@ -198,6 +257,7 @@ pub enum SessionCommand {
         after_help = "Example:\n  reaper session start tdd-run-42 --ttl 2h --heartbeat 60s --label team=tdd"
     )]
     Start {
+        /// The new session's name (refused when in use, even by a finished session).
         #[arg(value_parser = register::session_name)]
         name: Name,
         #[command(flatten)]
@@ -207,14 +267,23 @@ pub enum SessionCommand {
         heartbeat: Option<crate::core::model::Duration>,
     },
     /// The workflow is over: clean up now.
+    #[command(after_help = "Examples:\n  reaper session end tdd-run-42\n  \
+        reaper session end tdd-run-42 --failed")]
     End {
+        /// The session's name.
         name: String,
         /// The workflow failed (recorded in status; cleanup is the same).
         #[arg(long)]
         failed: bool,
     },
     /// Renew the session's heartbeat.
-    Heartbeat { name: String },
+    #[command(
+        after_help = "Example:\n  reaper session heartbeat tdd-run-42   # within every heartbeatTimeout"
+    )]
+    Heartbeat {
+        /// The session's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,7 +292,9 @@ pub enum AgentCommand {
     #[command(after_help = "Examples:\n  reaper agent report my-agent running\n  \
         reaper agent report my-agent failed    # its containers, images and build dir go")]
     Report {
+        /// The agent's name.
         name: String,
+        /// The agent's new phase.
         #[arg(value_enum, ignore_case = true)]
         phase: PhaseArg,
     },
@@ -253,7 +324,11 @@ impl From<PhaseArg> for crate::core::model::AgentPhase {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate a config file without starting anything.
-    Check { file: PathBuf },
+    #[command(after_help = "Example:\n  reaper config check /etc/reaper/config.yaml")]
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -856,5 +931,36 @@ async fn store_command(c: &Client, cmd: StoreCommand) -> Outcome {
             println!("Imported {n} record(s).");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Help that teaches: every command a user can reach shows examples, and every argument
+    /// says what it is.
+    #[test]
+    fn every_command_has_examples_and_every_argument_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+                let path = format!("{path} {}", sub.get_name());
+                let examples = sub.get_after_help().map(|h| h.to_string());
+                if !examples.is_some_and(|h| h.starts_with("Example")) {
+                    missing.push(format!("{path}: no example section"));
+                }
+                for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                    let id = arg.get_id().as_str();
+                    if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                        missing.push(format!("{path}: argument {id} has no description"));
+                    }
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "reaper", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }
