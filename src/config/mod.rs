@@ -234,19 +234,20 @@ config_keys! {
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct EtcdFile {
         /// The etcd members' client URLs (http:// or, with the TLS files, https://); repeat the
-        /// flag for more.
+        /// flag for more (default: none; needed with store.backend etcd).
         #[arg(long = "etcd-endpoint", value_name = "URL", group = "StoreFile")]
         pub endpoints: Option<Vec<String>>,
         /// Every key reaper writes lives under this prefix.
         #[arg(long = "etcd-prefix", value_name = "PREFIX", group = "StoreFile")]
         pub prefix: Option<String>,
-        /// mTLS: the CA that signed the etcd members' certificates (with certFile and keyFile).
+        /// mTLS: the CA that signed the etcd members' certificates, with certFile and keyFile
+        /// (default: none, plain http://).
         #[arg(long = "etcd-ca-file", value_name = "FILE", group = "StoreFile")]
         pub ca_file: Option<PathBuf>,
-        /// mTLS: reaper's client certificate (with caFile and keyFile).
+        /// mTLS: reaper's client certificate, with caFile and keyFile (default: none).
         #[arg(long = "etcd-cert-file", value_name = "FILE", group = "StoreFile")]
         pub cert_file: Option<PathBuf>,
-        /// mTLS: the key of reaper's client certificate (with caFile and certFile).
+        /// mTLS: the key of reaper's client certificate, with caFile and certFile (default: none).
         #[arg(long = "etcd-key-file", value_name = "FILE", group = "StoreFile")]
         pub key_file: Option<PathBuf>,
     }
