@@ -64,6 +64,28 @@ fn delayed(until: Timestamp, since: Timestamp) -> Condition {
     }
 }
 
+/// Holds a record's cleanup until `until`, for sessions and agents alike: the deadline, the
+/// `CleanupDelayed` condition and its event.
+fn hold_cleanup(
+    cleanup_after: &mut Option<Timestamp>,
+    conditions: &mut Vec<Condition>,
+    events: &mut Vec<Event>,
+    until: Timestamp,
+    now: Timestamp,
+) {
+    *cleanup_after = Some(until);
+    let held = delayed(until, now);
+    let message = held.message.clone();
+    set_condition(conditions, held);
+    record_event(
+        events,
+        EventType::Normal,
+        EventReason::CleanupDelayed,
+        message,
+        now,
+    );
+}
+
 /// A lifecycle change the record's state does not allow; the API answers it with 409.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -148,14 +170,11 @@ impl Session {
         if delay.0.is_zero() {
             return;
         }
-        let until = from.plus(delay);
         self.status.phase = SessionPhase::Ending;
-        self.status.cleanup_after = Some(until);
-        let held = delayed(until, now);
-        let message = held.message.clone();
-        set_condition(&mut self.status.conditions, held);
-        let (events, reason) = (&mut self.status.events, EventReason::CleanupDelayed);
-        record_event(events, EventType::Normal, reason, message, now);
+        let st = &mut self.status;
+        let (after, conditions, events) =
+            (&mut st.cleanup_after, &mut st.conditions, &mut st.events);
+        hold_cleanup(after, conditions, events, from.plus(delay), now);
     }
 
     /// Its cleanup delay passed (or an operator skips it: `now` then): from `Ending` on to
@@ -326,13 +345,10 @@ impl Agent {
             now,
         );
         if phase == AgentPhase::Failed && !failure_delay.0.is_zero() {
-            let until = now.plus(failure_delay);
-            self.status.cleanup_after = Some(until);
-            let held = delayed(until, now);
-            let message = held.message.clone();
-            set_condition(&mut self.status.conditions, held);
-            let (events, reason) = (&mut self.status.events, EventReason::CleanupDelayed);
-            record_event(events, EventType::Normal, reason, message, now);
+            let st = &mut self.status;
+            let (after, conditions, events) =
+                (&mut st.cleanup_after, &mut st.conditions, &mut st.events);
+            hold_cleanup(after, conditions, events, now.plus(failure_delay), now);
         }
         Ok(true)
     }
