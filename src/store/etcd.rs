@@ -28,7 +28,7 @@
 //! - Limits: one transaction may hold etcd's `--max-txn-ops` steps (128 by default) and
 //!   `--max-request-bytes`; a batch above them is refused by etcd (see docs/fleet.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -111,6 +111,7 @@ struct Keys {
     root: String,
     records: String,
     sightings: String,
+    hosts: String,
 }
 
 impl Keys {
@@ -119,13 +120,14 @@ impl Keys {
         Keys {
             records: format!("{root}records/"),
             sightings: format!("{root}sightings/{host}/"),
+            hosts: format!("{root}hosts/"),
             root,
         }
     }
 
     /// This host's presence (see `host_lease.rs`).
     fn host(&self, host: &str) -> String {
-        format!("{}hosts/{host}", self.root)
+        format!("{}{host}", self.hosts)
     }
 
     fn record(&self, owner: &OwnerRef) -> String {
@@ -148,6 +150,8 @@ struct Cache {
     records: BTreeMap<String, Result<Versioned<Record>, StoreError>>,
     /// This host's, by sighting key.
     sightings: BTreeMap<String, Result<Timestamp, StoreError>>,
+    /// The hosts whose presence key exists (its lease is live), by name.
+    hosts: BTreeSet<String>,
     /// The etcd revision everything above is at.
     revision: i64,
     /// Why the cache cannot be trusted now (`None`: it can).
@@ -384,17 +388,21 @@ impl Shared {
         }
         let mut records = BTreeMap::new();
         let mut sightings = BTreeMap::new();
+        let mut hosts = BTreeSet::new();
         for kv in kvs {
             let Ok(key) = kv.key_str() else { continue };
             if key.starts_with(&self.keys.records) {
                 records.insert(key.to_string(), self.decode_record(key, kv));
             } else if let Some(k) = key.strip_prefix(&self.keys.sightings) {
                 sightings.insert(k.to_string(), decode_sighting(key, kv.value()));
+            } else if let Some(h) = key.strip_prefix(&self.keys.hosts) {
+                hosts.insert(h.to_string());
             }
         }
-        let changed = cache.doubt.is_some() || records != cache.records;
+        let changed = cache.doubt.is_some() || records != cache.records || hosts != cache.hosts;
         cache.records = records;
         cache.sightings = sightings;
+        cache.hosts = hosts;
         cache.revision = revision;
         cache.doubt = None;
         if changed {
@@ -456,6 +464,16 @@ impl Shared {
                         .insert(k.to_string(), decode_sighting(key, kv.value()));
                 } else {
                     cache.sightings.remove(k);
+                }
+            } else if let Some(h) = key.strip_prefix(&self.keys.hosts) {
+                // A host that came or went (its lease lapsed) may decide a session's `Cleaned`.
+                let changed = if put {
+                    cache.hosts.insert(h.to_string())
+                } else {
+                    cache.hosts.remove(h)
+                };
+                if changed {
+                    moved_at = Some(revision);
                 }
             }
         }
@@ -779,5 +797,11 @@ impl RecordStore for EtcdStore {
             self.run(self.shared.clone().note_sightings(seen, forget))
                 .await
         })
+    }
+
+    fn live_hosts(&self) -> Result<BTreeSet<String>, StoreError> {
+        let cache = read(&self.shared.cache);
+        cache.trusted()?;
+        Ok(cache.hosts.clone())
     }
 }

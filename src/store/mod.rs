@@ -38,7 +38,7 @@ pub mod lock;
 mod records;
 pub mod sled;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -172,6 +172,13 @@ pub trait RecordStore: Send + Sync + 'static {
         seen: BTreeMap<String, Timestamp>,
         forget: Vec<String>,
     ) -> StoreFuture<'_, ()>;
+
+    /// The names of the fleet's hosts whose presence is live now, as of the last `sync` or
+    /// watch event. A local store (sled) knows of no other host: the empty set, and the caller
+    /// counts itself. A change to this set moves the change stream.
+    fn live_hosts(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(BTreeSet::new())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
