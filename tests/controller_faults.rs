@@ -184,6 +184,7 @@ fn controller_with(
         dry_run: false,
         serial_exits,
         disk_pressure: Default::default(),
+        host_name: "host-a".into(),
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let ctl = Arc::new(Controller::new(store, engine, metrics, settings));

@@ -39,9 +39,9 @@ use crate::api::wire::{BlastRadiusHold, Health};
 use crate::core::inventory::{short_id, Actual, DockerObject};
 use crate::core::liveness::LiveOwners;
 use crate::core::model::{
-    set_condition, Agent, AgentPhase, Condition, EndReason, EngineInfo, ObjectCounts, OwnerKind,
-    OwnerRef, ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase, StopCause,
-    Timestamp,
+    set_condition, Agent, AgentPhase, Condition, EndReason, EngineInfo, Fleet, ObjectCounts,
+    OwnerKind, OwnerRef, ResourceKind, SerialExits, SerialExitsSetting, Session, SessionPhase,
+    StopCause, Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules, AGENT_LABEL, SESSION_LABEL};
 use crate::core::plan::{self, Plan, PlanConfig, Removal, Scope, Target, Transition};
@@ -78,6 +78,8 @@ pub struct Settings {
     pub dry_run: bool,
     pub serial_exits: SerialExitsSetting,
     pub disk_pressure: crate::core::eviction::DiskPressureConfig,
+    /// Config `hostName`: the name of this host's row in a session's status. Fixed at start.
+    pub host_name: String,
 }
 
 /// The outcome of one pass, for logs, `--once` and `reaper cleanup`.
@@ -105,6 +107,8 @@ pub struct Controller<E: Engine> {
     pass_lock: tokio::sync::Mutex<()>,
     health: RwLock<Health>,
     restarted_at: Timestamp,
+    /// Config `hostName` as it was at start: a SIGHUP does not rename this host's rows.
+    host_name: String,
     manifest_dir: RwLock<Option<Arc<crate::manifest_dir::ManifestDir>>>,
     /// The desired state the executor's last-moment re-check goes by; see `desired`.
     desired: Mutex<Option<Arc<Desired>>>,
@@ -132,6 +136,7 @@ impl<E: Engine> Controller<E> {
             ..Health::default()
         };
         let (own, own_writes) = store.noting_writes();
+        let host_name = settings.host_name.clone();
         Controller {
             store,
             own,
@@ -144,6 +149,7 @@ impl<E: Engine> Controller<E> {
             pass_lock: tokio::sync::Mutex::new(()),
             health: RwLock::new(health),
             restarted_at: Timestamp::now(),
+            host_name,
             manifest_dir: RwLock::new(None),
             desired: Mutex::new(None),
             unrecorded: Mutex::new(BTreeMap::new()),
@@ -313,9 +319,15 @@ impl<E: Engine> Controller<E> {
         }
     }
 
-    fn plan_config(&self) -> PlanConfig {
+    /// This host and the fleet's live hosts, as the store sees them now (sled: this one only).
+    fn fleet(&self) -> Result<Fleet, StoreError> {
+        let live = self.store().backend().live_hosts()?;
+        Ok(Fleet::new(&self.host_name, live))
+    }
+
+    fn plan_config(&self) -> Result<PlanConfig, StoreError> {
         let settings = self.settings();
-        PlanConfig {
+        Ok(PlanConfig {
             rules: settings.rules,
             orphan_grace: settings.orphan_grace,
             history_retention: settings.history_retention,
@@ -323,7 +335,8 @@ impl<E: Engine> Controller<E> {
             agent_running_grace: settings.agent_running_grace,
             cleanup_delays: settings.cleanup_delays,
             max_orphan_removals: settings.max_orphan_removals,
-        }
+            fleet: self.fleet()?,
+        })
     }
 
     /// Plans without acting: what `reaper orphans` and the cleanup preview show.
@@ -335,7 +348,7 @@ impl<E: Engine> Controller<E> {
             &agents,
             &actual,
             now,
-            &self.plan_config(),
+            &self.plan_config()?,
             scope,
         ))
     }
@@ -425,7 +438,14 @@ impl<E: Engine> Controller<E> {
     ) -> Result<(Plan, Vec<(Target, Ticket)>), Error> {
         self.write_unrecorded(false).await;
         let (sessions, agents, actual) = self.observe(scope, now).await?;
-        let plan = plan::plan(&sessions, &agents, &actual, now, &self.plan_config(), scope);
+        let plan = plan::plan(
+            &sessions,
+            &agents,
+            &actual,
+            now,
+            &self.plan_config()?,
+            scope,
+        );
         self.record_gauges(&plan, &sessions, &agents);
         if *scope == Scope::Normal {
             self.note_hold(&plan.held, now);

@@ -11,6 +11,9 @@ pub(super) struct StatusDelta {
     pub(super) failing: Option<Condition>,
     /// What went, as `kind name (reason)`, for the owner's `removed` event.
     pub(super) removed_what: Vec<String>,
+    /// Failed attempts, and the last one's message, for this host's row of a session.
+    pub(super) failures: u64,
+    pub(super) last_error: Option<String>,
 }
 
 /// A `removed` event names at most this many objects, then counts the rest.
@@ -21,6 +24,27 @@ impl StatusDelta {
         self.removed.merge(&other.removed);
         self.failing = other.failing.or(self.failing.take());
         self.removed_what.extend(other.removed_what);
+        self.failures += other.failures;
+        self.last_error = other.last_error.or(self.last_error.take());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.removed.total() == 0 && self.failing.is_none() && self.failures == 0
+    }
+
+    /// Writes it on the status fields every record has (a session's host row aside).
+    fn apply(
+        &self,
+        removed: &mut ObjectCounts,
+        conditions: &mut Vec<Condition>,
+        events: &mut Vec<Event>,
+        now: Timestamp,
+    ) {
+        removed.merge(&self.removed);
+        if let Some(failing) = &self.failing {
+            set_condition(conditions, failing.clone());
+        }
+        self.record_events(events, now);
     }
 
     /// Its events, written with its counts in the same update: no write of its own.
@@ -110,18 +134,30 @@ impl<E: Engine> Controller<E> {
             return;
         }
         let now = Timestamp::now();
+        let host = self.host_name.as_str();
         let writes = deltas.into_iter().map(|(owner, delta)| async move {
-            let r = self
-                .own
-                .update_owner(&owner, |st| {
-                    st.removed.merge(&delta.removed);
-                    if let Some(failing) = &delta.failing {
-                        set_condition(st.conditions, failing.clone());
-                    }
-                    delta.record_events(st.events, now);
-                    Ok(())
-                })
-                .await;
+            let r = match owner.kind {
+                // A session's counts go to this host's row as well.
+                OwnerKind::Session => self
+                    .own
+                    .update_session(owner.name.as_str(), |s| {
+                        let st = &mut s.status;
+                        delta.apply(&mut st.removed, &mut st.conditions, &mut st.events, now);
+                        let last_error = delta.last_error.as_deref();
+                        st.add_host_removals(host, &delta.removed, delta.failures, last_error);
+                        Ok(())
+                    })
+                    .await
+                    .map(drop),
+                OwnerKind::Agent => {
+                    self.own
+                        .update_owner(&owner, |st| {
+                            delta.apply(st.removed, st.conditions, st.events, now);
+                            Ok(())
+                        })
+                        .await
+                }
+            };
             match self.note_store(r) {
                 Ok(()) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => warn!(owner = %owner, error = %e, "Could not record removal counts."),
@@ -156,12 +192,14 @@ impl<E: Engine> Controller<E> {
                     Err(e) => Err(e),
                 }
             }
-            Transition::SessionCleaned { name, ended_at } => {
+            Transition::HostDone { name, ended_at } => {
+                // The live hosts as of now; the rows are decided on the record as stored.
+                let fleet = self.fleet()?;
                 let cleaned = AtomicBool::new(false);
                 let s = self
                     .own
                     .update_session(name.as_str(), |s| {
-                        cleaned.store(s.mark_cleaned(now), SeqCst);
+                        cleaned.store(s.report_host_done(&fleet, now), SeqCst);
                         Ok(())
                     })
                     .await;
@@ -282,6 +320,8 @@ impl<E: Engine> Hooks for Controller<E> {
                 warn!(kind = %kind, target = %target, owner = %display_owner(owner), error = %message, failures, "Removal failed; will retry with backoff.");
                 // One more pass, to schedule the loop's wake-up for the retry.
                 self.look_again.store(true, SeqCst);
+                delta.failures += 1;
+                delta.last_error = Some(format!("{kind} {target}: {message}"));
                 if *failures >= FAILING_AFTER {
                     delta.failing = Some(Condition::removal_failing(
                         format!("{kind} {target}: {message} ({failures} attempts)"),
@@ -299,7 +339,7 @@ impl<E: Engine> Hooks for Controller<E> {
             Outcome::Deferred => {}
         }
         let Some(owner) = owner else { return };
-        if delta.removed.total() > 0 || delta.failing.is_some() {
+        if !delta.is_empty() {
             let mut unrecorded = lock(&self.unrecorded);
             unrecorded.entry(owner.clone()).or_default().merge(delta);
         }

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::core::inventory::{Actual, DockerObject};
 use crate::core::liveness::{agent_ref, default_stop, session_ref, Standing, Standings};
 use crate::core::model::{
-    Agent, AgentPhase, CleanupDelays, CleanupReason, Duration, EndReason, Name, OwnerKind,
-    OwnerRef, RelPath, ResourceKind, Session, SessionPhase, Timestamp,
+    Agent, AgentPhase, CleanupDelays, CleanupReason, Duration, EndReason, Fleet, HostState, Name,
+    OwnerKind, OwnerRef, RelPath, ResourceKind, Session, SessionPhase, Timestamp,
 };
 use crate::core::ownership::{self, Matchers, Rules};
 
@@ -35,6 +35,8 @@ pub struct PlanConfig {
     /// The blast-radius guard: a normal pass that would remove more orphans than this removes
     /// none of them (a wrong adoption rule or a lost store, not a leak).
     pub max_orphan_removals: usize,
+    /// This host and the live hosts of the fleet: whose rows a session waits for.
+    pub fleet: Fleet,
 }
 
 /// Which pass this is: the normal reconcile, or an operator's `reaper cleanup`.
@@ -155,8 +157,9 @@ pub enum Transition {
     },
     /// An `Ending` session's cleanup delay passed: on to `Ended` or `Expired`, and cleanup.
     DelayOver { name: Name },
-    /// A session that ended has nothing left: phase Cleaned.
-    SessionCleaned { name: Name, ended_at: Timestamp },
+    /// This host's engine holds nothing more of a session that ended (or is being deleted):
+    /// its host row turns `done`, and the session `Cleaned` once every live host's is.
+    HostDone { name: Name, ended_at: Timestamp },
     /// A Failed agent's objects are gone, or a Running agent has no running container.
     AgentStopped {
         name: Name,
@@ -179,7 +182,7 @@ impl Transition {
         match self {
             Transition::Expire { name, .. }
             | Transition::DelayOver { name }
-            | Transition::SessionCleaned { name, .. } => session(name),
+            | Transition::HostDone { name, .. } => session(name),
             Transition::AgentStopped { name, .. } => OwnerRef {
                 kind: OwnerKind::Agent,
                 name: name.clone(),
@@ -447,11 +450,27 @@ fn transitions(
                 });
             }
         }
+        // Cleanup latency counts from when its objects could go: after any delay.
+        let ended_at = || {
+            s.status
+                .ended_at
+                .or(s.deadline(cfg.restarted_at).map(|d| d.0))
+                .unwrap_or(now)
+                .max(s.status.cleanup_after.unwrap_or_default())
+        };
+        let fleet = &cfg.fleet;
+        let own_row = s.status.host_row(&fleet.this).map(|r| r.state);
         if s.status.deleting_since.is_some() {
-            if !busy {
+            // Purged once every live host is done, this one included.
+            if !busy && s.status.all_live_done(fleet, true) {
                 out.push(Transition::Purge {
                     owner,
                     deleting_since: s.status.deleting_since,
+                });
+            } else if !busy && own_row != Some(HostState::Done) {
+                out.push(Transition::HostDone {
+                    name,
+                    ended_at: ended_at(),
                 });
             }
             continue;
@@ -462,6 +481,13 @@ fn transitions(
                 _ => out.push(Transition::DelayOver { name }),
             },
             SessionPhase::Cleaned => {
+                // A host that was gone (or pending) when it was cleaned, back and finished.
+                if !busy && own_row.is_some_and(|r| r != HostState::Done) {
+                    out.push(Transition::HostDone {
+                        name: name.clone(),
+                        ended_at: ended_at(),
+                    });
+                }
                 let purge_at = s
                     .status
                     .cleaned_at
@@ -477,16 +503,12 @@ fn transitions(
                 }
             }
             _ if standing.get(&owner).is_some_and(Standing::keeps) => {}
-            _ if !busy => {
-                // Cleanup latency counts from when its objects could go: after any delay.
-                let ended_at = s
-                    .status
-                    .ended_at
-                    .or(s.deadline(cfg.restarted_at).map(|d| d.0))
-                    .unwrap_or(now)
-                    .max(s.status.cleanup_after.unwrap_or_default());
-                out.push(Transition::SessionCleaned { name, ended_at });
-            }
+            // Written when its row is not done yet, or the rows would now let it be Cleaned:
+            // never again in every pass.
+            _ if !busy && s.status.done_report_due(fleet) => out.push(Transition::HostDone {
+                name,
+                ended_at: ended_at(),
+            }),
             _ => {}
         }
     }
@@ -559,6 +581,7 @@ mod tests {
             agent_running_grace: D::from_secs(10),
             cleanup_delays: CleanupDelays::default(),
             max_orphan_removals: 50,
+            fleet: Fleet::new("host-a", Default::default()),
         }
     }
 
@@ -740,7 +763,7 @@ mod tests {
         let p = run(&[session("s").ended().build()], &[], vec![], at(1));
         assert_eq!(
             p.transitions,
-            [Transition::SessionCleaned {
+            [Transition::HostDone {
                 name: Name::new("s").unwrap(),
                 ended_at: T0
             }]
@@ -751,6 +774,98 @@ mod tests {
         assert_eq!(p.next_wake, Some(at(10 + 86_400)));
         let p = run(&[cleaned], &[], vec![], at(10 + 86_400));
         assert!(matches!(p.transitions[..], [Transition::Purge { .. }]));
+    }
+
+    fn in_fleet(this: &str, others: &[&str]) -> PlanConfig {
+        let live = others.iter().map(|h| h.to_string()).collect();
+        PlanConfig {
+            fleet: Fleet::new(this, live),
+            ..cfg()
+        }
+    }
+
+    fn host_dones(p: &Plan) -> usize {
+        p.transitions
+            .iter()
+            .filter(|t| matches!(t, Transition::HostDone { .. }))
+            .count()
+    }
+
+    #[test]
+    fn a_done_host_writes_again_only_when_the_rows_would_let_the_session_go() {
+        let mut s = session("s").ended().build();
+        let a_with_b = in_fleet("host-a", &["host-b"]);
+        let plan_with = |s: &Session, c: &PlanConfig| {
+            plan(
+                std::slice::from_ref(s),
+                &[],
+                &Actual::default(),
+                at(1),
+                c,
+                &Scope::Normal,
+            )
+        };
+        assert_eq!(host_dones(&plan_with(&s, &a_with_b)), 1);
+        assert!(!s.report_host_done(&a_with_b.fleet, at(1)));
+        // host-b is live and pending: no write in every pass.
+        assert!(plan_with(&s, &a_with_b).transitions.is_empty());
+        // host-b lapsed: one more write, which cleans the session and marks host-b gone.
+        let alone = in_fleet("host-a", &[]);
+        assert_eq!(host_dones(&plan_with(&s, &alone)), 1);
+        assert!(s.report_host_done(&alone.fleet, at(2)));
+        assert_eq!(s.status.host_row("host-b").unwrap().state, HostState::Gone);
+        assert!(plan_with(&s, &alone).transitions.is_empty());
+
+        // host-b comes back: its objects of the Cleaned session go first, then it reports.
+        let b = in_fleet("host-b", &["host-a"]);
+        let obj = container("c").label("reaper.session", "s");
+        let actual = Actual {
+            objects: vec![obj],
+            ..Actual::default()
+        };
+        let p = plan(
+            std::slice::from_ref(&s),
+            &[],
+            &actual,
+            at(3),
+            &b,
+            &Scope::Normal,
+        );
+        assert_eq!(removed(&p), ["c"]);
+        assert_eq!(host_dones(&p), 0, "not done while its objects are there");
+        assert_eq!(host_dones(&plan_with(&s, &b)), 1);
+        assert!(!s.report_host_done(&b.fleet, at(4)), "it stays Cleaned");
+        assert_eq!(s.status.phase, SessionPhase::Cleaned);
+        assert!(plan_with(&s, &b).transitions.is_empty());
+        // A host that had no row when it was cleaned has nothing to say.
+        assert!(plan_with(&s, &in_fleet("host-c", &[]))
+            .transitions
+            .is_empty());
+    }
+
+    #[test]
+    fn a_deleted_session_is_purged_once_every_live_host_is_done() {
+        let mut s = session("s").ended().deleting().build();
+        let a = in_fleet("host-a", &["host-b"]);
+        let p = |s: &Session, c: &PlanConfig| {
+            plan(
+                std::slice::from_ref(s),
+                &[],
+                &Actual::default(),
+                at(1),
+                c,
+                &Scope::Normal,
+            )
+            .transitions
+        };
+        assert!(matches!(p(&s, &a)[..], [Transition::HostDone { .. }]));
+        s.report_host_done(&a.fleet, at(1));
+        assert!(p(&s, &a).is_empty(), "host-b has not reported");
+        let b = in_fleet("host-b", &["host-a"]);
+        assert!(matches!(p(&s, &b)[..], [Transition::Purge { .. }]));
+        // On one host (sled): purged at once, as before rows.
+        let single = session("t").ended().deleting().build();
+        assert!(matches!(p(&single, &cfg())[..], [Transition::Purge { .. }]));
     }
 
     #[test]
@@ -968,7 +1083,7 @@ mod tests {
         let p = run(&[dead, live], &[], vec![obj], at(1));
         assert!(p.removals.is_empty());
         assert!(
-            matches!(p.transitions[..], [Transition::SessionCleaned { .. }]),
+            matches!(p.transitions[..], [Transition::HostDone { .. }]),
             "a kept object does not block"
         );
     }
@@ -983,10 +1098,7 @@ mod tests {
             at(1),
         );
         assert!(p.removals.is_empty());
-        assert!(matches!(
-            p.transitions[..],
-            [Transition::SessionCleaned { .. }]
-        ));
+        assert!(matches!(p.transitions[..], [Transition::HostDone { .. }]));
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn settings(c: &Config) -> Settings {
         dry_run: c.dry_run,
         serial_exits: c.serial_exits,
         disk_pressure: c.disk_pressure.clone(),
+        host_name: c.host_name.clone(),
     }
 }
 

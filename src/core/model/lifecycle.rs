@@ -8,7 +8,7 @@
 
 use super::{
     record_event, Agent, AgentPhase, Condition, Duration, EndReason, Event, EventReason, EventType,
-    Name, Session, SessionPhase, Timestamp, API_SOURCE,
+    Fleet, Name, Session, SessionPhase, Timestamp, API_SOURCE,
 };
 
 /// The condition a record carries while one of its removals keeps failing.
@@ -282,6 +282,22 @@ impl Session {
             now,
         );
         true
+    }
+
+    /// This host's engine holds nothing more of the session: its row turns `done` (see
+    /// [`super::SessionStatus::report_done`]), and once every live host is done the session
+    /// turns `Cleaned` in the same write. Only a session that is over or being deleted (a
+    /// deleted one is purged instead of cleaned; a Cleaned one stays so). Returns whether this
+    /// made it `Cleaned`.
+    pub fn report_host_done(&mut self, fleet: &Fleet, now: Timestamp) -> bool {
+        let over = matches!(
+            self.status.phase,
+            SessionPhase::Ended | SessionPhase::Expired | SessionPhase::Cleaned
+        );
+        if !over && self.status.deleting_since.is_none() {
+            return false;
+        }
+        self.status.report_done(fleet, now).all_done && self.mark_cleaned(now)
     }
 
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it (false
@@ -573,6 +589,37 @@ mod tests {
         let mut expired = session("x").ttl(Duration::from_secs(1)).build();
         assert!(expired.expire(at(1), EndReason::TtlExpired, at(1), T0, Duration::ZERO));
         assert!(expired.mark_cleaned(at(2)));
+    }
+
+    #[test]
+    fn a_session_is_cleaned_only_when_every_live_host_reported_done() {
+        let two =
+            |this: &str, other: &str| Fleet::new(this, [other.to_string()].into_iter().collect());
+        let mut s = session("s").ended().build();
+        assert!(!s.report_host_done(&two("host-a", "host-b"), at(4)));
+        assert_eq!(s.status.phase, SessionPhase::Ended, "host-b is pending");
+        assert!(s.report_host_done(&two("host-b", "host-a"), at(5)));
+        assert_eq!(
+            (s.status.phase, s.status.cleaned_at),
+            (SessionPhase::Cleaned, Some(at(5)))
+        );
+        assert_eq!(s.status.hosts.len(), 2);
+
+        // Live or delayed: nothing to report, nothing written.
+        for mut s in [
+            session("live").build(),
+            session("e").ending(Duration::from_secs(60)).build(),
+        ] {
+            let before = s.clone();
+            assert!(!s.report_host_done(&Fleet::new("host-a", Default::default()), at(4)));
+            assert_eq!(s, before);
+        }
+
+        // Being deleted: the rows move, the phase does not (the record is purged instead).
+        let mut d = session("d").deleting().build();
+        assert!(!d.report_host_done(&Fleet::new("host-a", Default::default()), at(4)));
+        assert_eq!(d.status.hosts.len(), 1);
+        assert_eq!(d.status.phase, SessionPhase::Active);
     }
 
     #[test]

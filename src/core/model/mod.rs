@@ -5,6 +5,7 @@ mod agent;
 mod duration;
 mod engine;
 mod event;
+mod host_row;
 mod lifecycle;
 mod meta;
 mod percent;
@@ -18,6 +19,7 @@ pub use engine::{
     has_exit_deadlock, EngineInfo, Flavour, SerialExits, SerialExitsReason, SerialExitsSetting,
 };
 pub use event::{record_event, Event, EventReason, EventType, MAX_EVENTS};
+pub use host_row::{Fleet, HostRow, HostState, Reported};
 pub use lifecycle::{
     clear_condition, mark_for_deletion, set_condition, CleanupDelays, Refused, StopCause,
     CLEANUP_DELAYED, REMOVAL_FAILING,

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Duration, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp};
+use super::{
+    Condition, Duration, HostRow, Labels, Name, ObjectCounts, ObjectMeta, RelPath, Timestamp,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -168,6 +170,9 @@ pub struct SessionStatus {
     pub deleting_since: Option<Timestamp>,
     #[serde(default)]
     pub removed: ObjectCounts,
+    /// Each host's share of the cleanup, sorted by host name (see `host_row.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostRow>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Recent events, oldest first, at most [`super::MAX_EVENTS`] (`reaper describe`).
