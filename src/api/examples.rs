@@ -21,6 +21,11 @@ pub(crate) fn sessions() -> String {
     "status": {{"phase": "Ended", "createdAt": "{c1}", "lastHeartbeat": "{c1}", "endedAt": "{c1}",
       "endReason": "ttlExpired", "cleanupAfter": "{c1}", "cleanedAt": "{c1}", "deletingSince": "{c1}",
       "removed": {{"containers": 2, "networks": 1, "volumes": 0, "images": 3, "paths": 1}},
+      "hosts": [
+        {{"hostName": "host-a", "state": "done", "removed": {{"containers": 2, "networks": 1, "volumes": 0, "images": 3, "paths": 1}},
+          "failures": 5, "lastError": "container c1: busy", "reportedAt": "{c1}"}},
+        {{"hostName": "host-b", "state": "pending", "removed": {{"containers": 0, "networks": 0, "volumes": 0, "images": 0, "paths": 0}},
+          "failures": 0}}],
       "conditions": [{{"type": "RemovalFailing", "message": "container c1: busy (5 attempts)", "since": "2024-05-01T10:00:00.123Z"}}],
       "events": [{{"type": "Warning", "reason": "removalFailed", "message": "container c1: busy (5 attempts)", "count": 2, "firstSeen": "2024-05-01T10:00:00.123Z", "lastSeen": "2024-05-01T10:01:00Z"}}],
       "source": "api"}}}},

@@ -536,6 +536,13 @@ mod tests {
             ("SessionStatus", records(&sessions, "/status")),
             ("ObjectMeta", records(&sessions, "/metadata")),
             ("ObjectCounts", records(&sessions, "/status/removed")),
+            (
+                "HostRow",
+                records(&sessions, "/status/hosts")
+                    .iter()
+                    .flat_map(|rows| each(rows, ""))
+                    .collect(),
+            ),
             ("AgentRecord", each(&agents, "")),
             ("AgentSpec", records(&agents, "/spec")),
             ("AgentStatus", records(&agents, "/status")),

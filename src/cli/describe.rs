@@ -4,7 +4,7 @@
 
 use crate::api::wire::RecordView;
 use crate::core::inventory::{short_id, DockerObject};
-use crate::core::model::{Condition, Event, ObjectCounts, Timestamp};
+use crate::core::model::{Condition, Event, HostRow, ObjectCounts, Timestamp};
 
 use super::output::{labels, table};
 use super::relative_time::{age, relative};
@@ -21,6 +21,7 @@ pub struct Shown<'a> {
 pub fn text(d: &Shown<'_>, now: Timestamp) -> String {
     let when = |t: Timestamp| format!("{t} ({})", relative(t, now));
     let mut fields: Vec<(&str, String)> = Vec::new();
+    let mut hosts = None;
     let (conditions, removed) = match d.record {
         RecordView::Session { session: s, .. } => {
             let st = &s.status;
@@ -88,6 +89,7 @@ pub fn text(d: &Shown<'_>, now: Timestamp) -> String {
                 fields.push(("Paths", paths.join(", ")));
             }
             fields.push(("Source", st.source.clone().unwrap_or_else(|| "-".into())));
+            hosts = Some(&st.hosts);
             (&st.conditions, &st.removed)
         }
         RecordView::Agent { agent: a, .. } => {
@@ -125,6 +127,10 @@ pub fn text(d: &Shown<'_>, now: Timestamp) -> String {
     }
     out.push_str("Conditions:\n");
     out.push_str(&indented(&conditions_table(conditions, now)));
+    if let Some(rows) = hosts {
+        out.push_str("Hosts:\n");
+        out.push_str(&indented(&hosts_table(rows, now)));
+    }
     out.push_str("Objects:\n");
     let objects: Vec<Vec<String>> = d
         .objects
@@ -149,6 +155,24 @@ fn conditions_table(conditions: &[Condition], now: Timestamp) -> String {
         .map(|c| vec![c.type_.clone(), relative(c.since, now), c.message.clone()])
         .collect();
     or_none_table(&["TYPE", "SINCE", "MESSAGE"], &rows)
+}
+
+/// Each host's share of a session's cleanup, in host order.
+fn hosts_table(rows: &[HostRow], now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.host_name.clone(),
+                r.state.as_str().into(),
+                nonzero_counts(&r.removed),
+                r.failures.to_string(),
+                r.reported_at
+                    .map_or_else(|| "-".into(), |t| relative(t, now)),
+            ]
+        })
+        .collect();
+    or_none_table(&["HOST", "STATE", "REMOVED", "FAILURES", "REPORTED"], &rows)
 }
 
 /// Newest last, as kubectl lists them; a repeat reads "12s (x3 over 5m)".
@@ -188,6 +212,26 @@ fn or_none(s: &str) -> String {
         "<none>".into()
     } else {
         s.into()
+    }
+}
+
+/// `containers 2, volumes 1`: only what there is, in a table cell; `0` for nothing.
+fn nonzero_counts(c: &ObjectCounts) -> String {
+    let shown: Vec<String> = [
+        ("containers", c.containers),
+        ("networks", c.networks),
+        ("volumes", c.volumes),
+        ("images", c.images),
+        ("paths", c.paths),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| format!("{k} {n}"))
+    .collect();
+    if shown.is_empty() {
+        "0".into()
+    } else {
+        shown.join(", ")
     }
 }
 
@@ -248,6 +292,14 @@ mod tests {
         assert!(out.contains("\nPhase:          Ended\n"), "{out}");
         assert!(out.contains("\nTTL:            2h\n"), "{out}");
         assert!(out.contains("  RemovalFailing   "), "{out}");
+        assert!(
+            out.contains(
+                "Hosts:\n  HOST     STATE     REMOVED                                       FAILURES   REPORTED\n  \
+                 host-a   done      containers 2, networks 1, images 3, paths 1   5          "
+            ),
+            "{out}"
+        );
+        assert!(out.contains("\n  host-b   pending   0 "), "{out}");
     }
 
     #[test]
@@ -264,5 +316,6 @@ mod tests {
             out.contains("Objects:\n  <none>\nEvents:\n  <none>\n"),
             "{out}"
         );
+        assert!(!out.contains("Hosts:"), "agents have no host rows: {out}");
     }
 }
