@@ -2,7 +2,9 @@
 //! expiry, the end of a cleanup delay, Cleaned and Stopped, purges; and the executor's hooks.
 
 use super::*;
-use crate::core::model::{record_event, CleanupReason, Event, EventReason, EventType};
+use crate::core::model::{
+    record_event, CleanupReason, Event, EventReason, EventType, HostState, Reported,
+};
 
 /// What finished removals change on one owner's status.
 #[derive(Default)]
@@ -195,16 +197,28 @@ impl<E: Engine> Controller<E> {
             Transition::HostDone { name, ended_at } => {
                 // The live hosts as of now; the rows are decided on the record as stored.
                 let fleet = self.fleet()?;
-                let cleaned = AtomicBool::new(false);
+                // The store may call the update more than once; the last call is the one written.
+                let reported = Mutex::new(Reported::default());
                 let s = self
                     .own
                     .update_session(name.as_str(), |s| {
-                        cleaned.store(s.report_host_done(&fleet, now), SeqCst);
+                        *lock(&reported) = s.report_host_done(&fleet, now);
                         Ok(())
                     })
                     .await;
+                let reported = *lock(&reported);
                 if let Ok(s) = self.note_store(s) {
-                    if cleaned.load(SeqCst) {
+                    if !reported.cleaned && reported.changed {
+                        let waiting: Vec<&str> = s
+                            .status
+                            .hosts
+                            .iter()
+                            .filter(|r| r.state == HostState::Pending)
+                            .map(|r| r.host_name.as_str())
+                            .collect();
+                        info!(session = %name, host = %fleet.this, waiting = %waiting.join(","), "Nothing of the session is left on this host.");
+                    }
+                    if reported.cleaned {
                         let latency = now.since(*ended_at);
                         self.metrics.owner_cleaned(OwnerKind::Session, latency);
                         info!(session = %name, removed = s.status.removed.total(), latency_ms = latency.as_millis() as u64, "Session cleaned up.");

@@ -806,13 +806,13 @@ mod tests {
             )
         };
         assert_eq!(host_dones(&plan_with(&s, &a_with_b)), 1);
-        assert!(!s.report_host_done(&a_with_b.fleet, at(1)));
+        assert!(!s.report_host_done(&a_with_b.fleet, at(1)).cleaned);
         // host-b is live and pending: no write in every pass.
         assert!(plan_with(&s, &a_with_b).transitions.is_empty());
         // host-b lapsed: one more write, which cleans the session and marks host-b gone.
         let alone = in_fleet("host-a", &[]);
         assert_eq!(host_dones(&plan_with(&s, &alone)), 1);
-        assert!(s.report_host_done(&alone.fleet, at(2)));
+        assert!(s.report_host_done(&alone.fleet, at(2)).cleaned);
         assert_eq!(s.status.host_row("host-b").unwrap().state, HostState::Gone);
         assert!(plan_with(&s, &alone).transitions.is_empty());
 
@@ -834,7 +834,8 @@ mod tests {
         assert_eq!(removed(&p), ["c"]);
         assert_eq!(host_dones(&p), 0, "not done while its objects are there");
         assert_eq!(host_dones(&plan_with(&s, &b)), 1);
-        assert!(!s.report_host_done(&b.fleet, at(4)), "it stays Cleaned");
+        let r = s.report_host_done(&b.fleet, at(4));
+        assert!(r.changed && !r.cleaned, "it stays Cleaned");
         assert_eq!(s.status.phase, SessionPhase::Cleaned);
         assert!(plan_with(&s, &b).transitions.is_empty());
         // A host that had no row when it was cleaned has nothing to say.

@@ -98,6 +98,8 @@ pub struct Reported {
     pub changed: bool,
     /// Every live host is done now: the session may turn `Cleaned` (or a deleted record go).
     pub all_done: bool,
+    /// The session turned `Cleaned` in this write (set by `Session::report_host_done`).
+    pub cleaned: bool,
 }
 
 impl SessionStatus {
@@ -180,6 +182,7 @@ impl SessionStatus {
         Reported {
             changed: self.hosts != before,
             all_done,
+            cleaned: false,
         }
     }
 }
@@ -214,7 +217,8 @@ mod tests {
             r,
             Reported {
                 changed: true,
-                all_done: true
+                all_done: true,
+                cleaned: false,
             }
         );
         assert_eq!(states(&st), [("host-a".into(), "done")]);

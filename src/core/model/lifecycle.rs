@@ -8,7 +8,7 @@
 
 use super::{
     record_event, Agent, AgentPhase, Condition, Duration, EndReason, Event, EventReason, EventType,
-    Fleet, Name, Session, SessionPhase, Timestamp, API_SOURCE,
+    Fleet, Name, Reported, Session, SessionPhase, Timestamp, API_SOURCE,
 };
 
 /// The condition a record carries while one of its removals keeps failing.
@@ -287,17 +287,18 @@ impl Session {
     /// This host's engine holds nothing more of the session: its row turns `done` (see
     /// [`super::SessionStatus::report_done`]), and once every live host is done the session
     /// turns `Cleaned` in the same write. Only a session that is over or being deleted (a
-    /// deleted one is purged instead of cleaned; a Cleaned one stays so). Returns whether this
-    /// made it `Cleaned`.
-    pub fn report_host_done(&mut self, fleet: &Fleet, now: Timestamp) -> bool {
+    /// deleted one is purged instead of cleaned; a Cleaned one stays so). Says what changed.
+    pub fn report_host_done(&mut self, fleet: &Fleet, now: Timestamp) -> Reported {
         let over = matches!(
             self.status.phase,
             SessionPhase::Ended | SessionPhase::Expired | SessionPhase::Cleaned
         );
         if !over && self.status.deleting_since.is_none() {
-            return false;
+            return Reported::default();
         }
-        self.status.report_done(fleet, now).all_done && self.mark_cleaned(now)
+        let mut r = self.status.report_done(fleet, now);
+        r.cleaned = r.all_done && self.mark_cleaned(now);
+        r
     }
 
     /// `reaper delete`: its objects go, then the record. Returns whether this marked it (false
@@ -596,9 +597,10 @@ mod tests {
         let two =
             |this: &str, other: &str| Fleet::new(this, [other.to_string()].into_iter().collect());
         let mut s = session("s").ended().build();
-        assert!(!s.report_host_done(&two("host-a", "host-b"), at(4)));
+        let r = s.report_host_done(&two("host-a", "host-b"), at(4));
+        assert!(r.changed && !r.cleaned);
         assert_eq!(s.status.phase, SessionPhase::Ended, "host-b is pending");
-        assert!(s.report_host_done(&two("host-b", "host-a"), at(5)));
+        assert!(s.report_host_done(&two("host-b", "host-a"), at(5)).cleaned);
         assert_eq!(
             (s.status.phase, s.status.cleaned_at),
             (SessionPhase::Cleaned, Some(at(5)))
@@ -611,13 +613,15 @@ mod tests {
             session("e").ending(Duration::from_secs(60)).build(),
         ] {
             let before = s.clone();
-            assert!(!s.report_host_done(&Fleet::new("host-a", Default::default()), at(4)));
+            let r = s.report_host_done(&Fleet::new("host-a", Default::default()), at(4));
+            assert_eq!(r, Reported::default());
             assert_eq!(s, before);
         }
 
         // Being deleted: the rows move, the phase does not (the record is purged instead).
         let mut d = session("d").deleting().build();
-        assert!(!d.report_host_done(&Fleet::new("host-a", Default::default()), at(4)));
+        let r = d.report_host_done(&Fleet::new("host-a", Default::default()), at(4));
+        assert!(r.all_done && !r.cleaned);
         assert_eq!(d.status.hosts.len(), 1);
         assert_eq!(d.status.phase, SessionPhase::Active);
     }

@@ -22,6 +22,8 @@ __all__ = [
     "SessionMatch",
     "SessionCleanup",
     "SessionSpec",
+    "HostState",
+    "HostRow",
     "SessionStatus",
     "SessionRecord",
     "AgentMatch",
@@ -142,6 +144,23 @@ class SessionSpec(_SessionSpecOptional):
     cleanup: SessionCleanup
 
 
+HostState = Literal["pending", "done", "gone"]
+
+
+class _HostRowOptional(TypedDict, total=False):
+    lastError: str
+    reportedAt: str
+
+
+class HostRow(_HostRowOptional):
+    """One host's share of a session's cleanup (``status.hosts``, see docs/fleet.md)."""
+
+    hostName: str
+    state: HostState
+    removed: ObjectCounts
+    failures: int
+
+
 class _SessionStatusOptional(TypedDict, total=False):
     lastHeartbeat: str
     endedAt: str
@@ -149,6 +168,7 @@ class _SessionStatusOptional(TypedDict, total=False):
     cleanupAfter: str
     cleanedAt: str
     deletingSince: str
+    hosts: List[HostRow]
     conditions: List[Condition]
     events: List[Event]
     source: str
@@ -371,6 +391,7 @@ SCHEMAS: Dict[str, type] = {
     "SessionSpec.match": SessionMatch,
     "SessionSpec.cleanup": SessionCleanup,
     "SessionStatus": SessionStatus,
+    "HostRow": HostRow,
     "AgentRecord": AgentRecord,
     "AgentSpec": AgentSpec,
     "AgentSpec.match": AgentMatch,
