@@ -60,6 +60,10 @@ pub struct Metrics {
     blast_radius_held: IntGauge,
     engine_info: IntGaugeVec,
     store_up: IntGaugeVec,
+    fleet_hosts: IntGaugeVec,
+    /// Follows `reaper_safe_mode` for the host's presence keeper (etcd), which writes it into
+    /// this host's entry: the one place every safe-mode change already goes through.
+    safe_mode_changes: tokio::sync::watch::Sender<bool>,
     disk: DiskMetrics,
 }
 
@@ -76,6 +80,9 @@ struct DiskMetrics {
 
 /// The store backends, the values of `reaper_store_up`'s `backend` label.
 pub const STORE_BACKENDS: &[&str] = &["sled", "etcd"];
+
+/// The values of `reaper_fleet_hosts`'s `state` label.
+pub const HOST_STATES: &[&str] = &["ready", "gone"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,6 +299,16 @@ impl Metrics {
                 &["backend"],
             )?,
         )?;
+        let fleet_hosts = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "reaper_fleet_hosts",
+                    "Hosts of the fleet as this reaper's store lists them: ready (presence lease live) or gone (lease lapsed, not yet forgotten with reaper delete host); sled: this host, ready.",
+                ),
+                &["state"],
+            )?,
+        )?;
         let disk = DiskMetrics {
             usage_ratio: register(
                 r,
@@ -385,6 +402,8 @@ impl Metrics {
             blast_radius_held,
             engine_info,
             store_up,
+            fleet_hosts,
+            safe_mode_changes: tokio::sync::watch::channel(false).0,
             disk,
         };
         metrics.initialise_label_sets();
@@ -395,6 +414,9 @@ impl Metrics {
     fn initialise_label_sets(&self) {
         for backend in STORE_BACKENDS {
             self.store_up.with_label_values(&[backend]);
+        }
+        for state in HOST_STATES {
+            self.fleet_hosts.with_label_values(&[state]);
         }
         for kind in ResourceKind::ALL {
             let resource = kind.as_str();
@@ -552,6 +574,26 @@ impl Metrics {
 
     pub fn set_safe_mode(&self, on: bool) {
         self.safe_mode.set(i64::from(on));
+        self.safe_mode_changes.send_if_modified(|was| {
+            let changed = *was != on;
+            *was = on;
+            changed
+        });
+    }
+
+    /// Safe mode as `set_safe_mode` last set it, and each change of it.
+    pub fn safe_mode_changes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.safe_mode_changes.subscribe()
+    }
+
+    /// The fleet's hosts as the store lists them now.
+    pub fn set_fleet_hosts(&self, ready: usize, gone: usize) {
+        self.fleet_hosts
+            .with_label_values(&["ready"])
+            .set(ready as i64);
+        self.fleet_hosts
+            .with_label_values(&["gone"])
+            .set(gone as i64);
     }
 
     pub fn set_docker_wedged(&self, on: bool) {
@@ -705,6 +747,7 @@ mod tests {
         m.set_docker_wedged(true);
         m.set_blast_radius_held(true);
         m.set_store_up("etcd", true);
+        m.set_fleet_hosts(2, 1);
         m.set_disk(Some((0.9, 0.1, true, 2)));
         m.disk_evicted(4096);
         m.set_engine(
@@ -741,6 +784,7 @@ mod tests {
         "reaper_docker_wedged",
         "reaper_blast_radius_held",
         "reaper_store_up",
+        "reaper_fleet_hosts",
         "reaper_disk_usage_ratio",
         "reaper_disk_pressure",
         "reaper_disk_pressure_available",
@@ -887,6 +931,10 @@ mod tests {
             label_values(&all, "reaper_store_up", "backend"),
             set(["etcd"])
         );
+        assert_eq!(
+            label_values(&all, "reaper_fleet_hosts", "state"),
+            set(HOST_STATES.iter().copied())
+        );
         // Only the documented label names appear on reaper's own metrics.
         let allowed = set([
             "resource",
@@ -900,6 +948,7 @@ mod tests {
             "flavour",
             "serial_exits",
             "backend",
+            "state",
             "le",
         ]);
         for (name, labels, _) in all.iter().filter(|(n, _, _)| n.starts_with("reaper_")) {

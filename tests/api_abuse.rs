@@ -167,7 +167,7 @@ fn schemathesis_finds_no_server_error_schema_mismatch_or_crash() {
     // Every operation but the two watch streams (GET /v1/watch/sessions|agents), which have no
     // end; get_watch_* in tests/e2e_cli_get.rs test them.
     assert!(
-        text.contains("21 selected / 23 total"),
+        text.contains("23 selected / 25 total"),
         "not every operation was tested:\n{text}"
     );
     let (status, _) = call(&r.socket(), "GET", "/v1/status", None);

@@ -88,6 +88,9 @@ const EXPECTATIONS: &[&str] = &[
     r#"reaper_safe_mode{job=~"$job", instance=~"$instance"} == 0"#,
     r#"max_over_time(reaper_manifest_errors{job=~"$job", instance=~"$instance"}[10m]) > 0"#,
     r#"reaper_manifest_errors{job=~"$job", instance=~"$instance"} == 0"#,
+    // The fleet as sled sees it: this one host, ready.
+    r#"reaper_fleet_hosts{job=~"$job", instance=~"$instance", state="ready"} == 1"#,
+    r#"reaper_fleet_hosts{job=~"$job", instance=~"$instance", state="gone"} == 0"#,
     // Disk pressure: the private engine's data root is on this host, so it is measured.
     r#"reaper_disk_pressure_available{job=~"$job", instance=~"$instance"} == 1"#,
     r#"reaper_disk_usage_ratio{job=~"$job", instance=~"$instance", resource="bytes"} > 0"#,
@@ -146,7 +149,7 @@ fn a_real_prometheus_sees_every_metric_move_and_every_panel_and_rule_works() {
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
     assert_eq!(
-        rules, 11,
+        rules, 13,
         "the alerts file changed: update this count and docs/metrics.md"
     );
     let summary = format!(

@@ -188,6 +188,21 @@ pub(crate) fn apply() -> &'static str {
 }"#
 }
 
+pub(crate) fn hosts() -> String {
+    format!(
+        r#"[
+  {{"hostName": "gpu-01", "state": "ready", "version": "0.1.0", "startedAt": "{}",
+    "renewedAt": "{}", "safeMode": false}},
+  {{"hostName": "gpu-07", "state": "gone", "version": "0.1.0", "startedAt": "{}",
+    "renewedAt": "{}", "safeMode": true}}
+]"#,
+        ago(7200),
+        ago(2),
+        ago(259200),
+        ago(600)
+    )
+}
+
 pub(crate) fn error() -> &'static str {
     r#"{"error": "2 error(s) in the manifests; nothing was applied",
         "details": ["a.yaml: document 1, line 3: unknown field `ttll`", "a.yaml: document 2: name is missing"]}"#

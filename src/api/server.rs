@@ -23,7 +23,7 @@ use tracing::{debug, info};
 use super::daemon::{Daemon, Unavailable};
 use super::watch::{self, LineBody};
 use super::wire::{
-    ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest, ErrorBody,
+    ApplyRequest, ApplyResponse, CleanupRequest, CleanupResponse, EndRequest, ErrorBody, HostView,
     ImportRequest, ImportResponse, RecordView, ReportRequest, Status,
 };
 use super::MAX_BODY_BYTES;
@@ -33,6 +33,7 @@ use crate::core::model::{
     Timestamp,
 };
 use crate::core::plan::Scope;
+use crate::store::hosts::{check_host_name, Forget};
 use crate::store::{self, StoreError, API_SOURCE};
 
 /// A client must send its request headers within this time (slow clients cannot hold a slot).
@@ -344,6 +345,8 @@ pub async fn handle_api(daemon: Arc<dyn Daemon>, req: Request<Incoming>) -> Resp
             Ok(body) => apply(ctl, body).await,
             Err(e) => Err(e),
         },
+        (&Method::GET, ["v1", "hosts"]) => hosts(ctl),
+        (&Method::DELETE, ["v1", "hosts", name]) => forget_host(ctl, name).await,
         (&Method::GET, ["v1", "export"]) => export(ctl),
         (&Method::POST, ["v1", "import"]) => match read_json::<ImportRequest>(req).await {
             Ok(body) => import(ctl, body).await,
@@ -525,6 +528,41 @@ async fn delete(ctl: &dyn Daemon, plural: &str, name: &str) -> Reply {
     };
     info!(owner = %format!("{}/{name}", kind.as_str()), "Deletion requested; objects go first.");
     with_status(StatusCode::ACCEPTED, view)
+}
+
+/// The fleet's hosts, sorted by name, this daemon's included.
+fn hosts(ctl: &dyn Daemon) -> Reply {
+    let hosts = ctl.store()?.hosts(Timestamp::now())?;
+    ok(hosts.into_iter().map(HostView::from).collect::<Vec<_>>())
+}
+
+/// Forgets a gone host; a ready one is refused (409): it would only write itself again.
+async fn forget_host(ctl: &dyn Daemon, name: &str) -> Reply {
+    check_host_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let store = ctl.store()?;
+    let known = store
+        .hosts(Timestamp::now())?
+        .into_iter()
+        .find(|h| h.info.host_name == name);
+    let refused = |why: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("host/{name} is ready (its lease is live){why}; only a gone host is forgotten"),
+        )
+    };
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("host/{name} not found"));
+    match known {
+        None => Err(not_found()),
+        Some(h) if h.ready => Err(refused("")),
+        Some(h) => match store.forget_host(name).await? {
+            Forget::Forgotten => {
+                info!(host = %name, "Gone host forgotten.");
+                ok(HostView::from(h))
+            }
+            Forget::Ready => Err(refused(": it came back")),
+            Forget::Unknown => Err(not_found()),
+        },
+    }
 }
 
 /// A lifecycle change the record's state does not allow.

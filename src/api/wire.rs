@@ -321,6 +321,56 @@ pub struct ApplyResponse {
     pub warnings: Vec<String>,
 }
 
+/// A host of the fleet: `GET /v1/hosts` replies with an array of them, sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostView {
+    pub host_name: String,
+    pub state: HostState,
+    pub version: String,
+    /// When its reaper started.
+    pub started_at: Timestamp,
+    /// Its last lease renewal (a gone host's: the last before its lease lapsed).
+    pub renewed_at: Timestamp,
+    /// Whether it was in safe mode (deleting nothing) at that renewal.
+    pub safe_mode: bool,
+}
+
+/// `ready` while a host's presence lease is live; `gone` once it lapsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    Ready,
+    Gone,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Ready => "ready",
+            HostState::Gone => "gone",
+        }
+    }
+}
+
+impl From<crate::store::hosts::KnownHost> for HostView {
+    fn from(h: crate::store::hosts::KnownHost) -> Self {
+        let i = h.info;
+        HostView {
+            host_name: i.host_name,
+            state: if h.ready {
+                HostState::Ready
+            } else {
+                HostState::Gone
+            },
+            version: i.version,
+            started_at: i.started_at,
+            renewed_at: i.renewed_at,
+            safe_mode: i.safe_mode,
+        }
+    }
+}
+
 /// `POST /v1/import`: how many records were written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportResponse {
@@ -409,6 +459,7 @@ mod tests {
         round_trip::<CleanupResponse>(examples::cleanup());
         round_trip::<ApplyResponse>(examples::apply());
         round_trip::<ImportResponse>(r#"{"imported": 3}"#);
+        round_trip::<Vec<HostView>>(&examples::hosts());
         round_trip::<ErrorBody>(examples::error());
         round_trip::<ErrorBody>(r#"{"error": "session s1 not found"}"#);
     }
@@ -553,6 +604,10 @@ mod tests {
             ),
             ("Waiting", each(&orphans, "/waiting")),
             ("CleanupResponse", vec![cleanup.clone()]),
+            (
+                "Host",
+                each(&round_trip::<Vec<HostView>>(&examples::hosts()), ""),
+            ),
             (
                 "ApplyResponse",
                 vec![round_trip::<ApplyResponse>(examples::apply())],

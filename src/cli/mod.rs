@@ -5,6 +5,7 @@
 
 mod custom_columns;
 mod describe;
+mod hosts;
 mod jsonpath;
 pub mod output;
 mod register;
@@ -63,21 +64,23 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
-    /// List records: all of a kind, or the NAMEs given, filtered by labels.
+    /// List records (or the fleet's hosts): all of a kind, or the NAMEs given, filtered by labels.
     #[command(
         after_help = "Examples:\n  reaper get sessions\n  reaper get sessions tdd-run-42 tdd-run-43 -o wide\n  \
+        reaper get hosts                     # NAME STATE SAFE-MODE VERSION LAST-RENEWAL AGE\n  \
+        reaper get hosts gpu-07 -o yaml\n  \
         reaper get sessions -l team=tdd,tier!=ci --no-headers\n  reaper get agents -o name\n  \
         reaper get sessions -o jsonpath='{range .items[*]}{.metadata.name}{\"\\n\"}{end}'\n  \
         reaper get sessions -o custom-columns=NAME:.metadata.name,PHASE:.status.phase\n  \
         reaper get sessions -w    # then a row each time a session changes; Ctrl-C ends it"
     )]
     Get {
-        /// sessions or agents.
+        /// sessions, agents or hosts.
         what: Plural,
-        /// Only these records (all of the kind when none is given).
+        /// Only these records or hosts (all of the kind when none is given).
         names: Vec<String>,
         /// Only records whose labels match: key=value, key!=value, key, !key; comma-separated
-        /// (all must hold), repeatable.
+        /// (all must hold), repeatable. Not for hosts.
         #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
         selector: Vec<String>,
         #[arg(short = 'o', long, value_parser = ListOutput::parse, default_value = "table",
@@ -90,7 +93,7 @@ pub enum Command {
         #[arg(long)]
         ignore_not_found: bool,
         /// After the current records, print a row (or document) each time one changes, until
-        /// interrupted.
+        /// interrupted. Not for hosts.
         #[arg(short = 'w', long)]
         watch: bool,
     },
@@ -106,20 +109,21 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Delete a record; its objects are removed first.
+    /// Delete a record (its objects are removed first), or forget a gone host.
     #[command(
         after_help = "Examples:\n  reaper delete session tdd-run-42 --wait\n  \
-        reaper delete agent my-agent --ignore-not-found"
+        reaper delete agent my-agent --ignore-not-found\n  \
+        reaper delete host gpu-07            # only once `reaper get hosts` shows it gone"
     )]
     Delete {
-        /// session or agent.
-        kind: Kind,
-        /// The record's name.
+        /// session, agent or host.
+        kind: Deletable,
+        /// The record's (or host's) name.
         name: String,
-        /// Wait until the record (and so its objects) is gone.
+        /// Wait until the record (and so its objects) is gone. A host is forgotten at once.
         #[arg(long)]
         wait: bool,
-        /// A record that does not exist is not an error.
+        /// A record (or host) that does not exist is not an error.
         #[arg(long)]
         ignore_not_found: bool,
         /// How long --wait waits.
@@ -337,6 +341,8 @@ pub enum Plural {
     Sessions,
     #[value(alias = "agent")]
     Agents,
+    #[value(alias = "host")]
+    Hosts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -345,6 +351,17 @@ pub enum Kind {
     Session,
     #[value(alias = "agents")]
     Agent,
+}
+
+/// What `reaper delete` deletes: a record, or a gone host's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Deletable {
+    #[value(alias = "sessions")]
+    Session,
+    #[value(alias = "agents")]
+    Agent,
+    #[value(alias = "hosts")]
+    Host,
 }
 
 impl Kind {
@@ -412,6 +429,21 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             ignore_not_found,
             watch,
         } => {
+            if what == Plural::Hosts {
+                if !selector.is_empty() || watch {
+                    return Err(Failure::new(
+                        2,
+                        "hosts have no labels and no watch: -l and -w are for sessions and agents",
+                    ));
+                }
+                let g = hosts::GetHosts {
+                    names: &names,
+                    output: &output,
+                    no_headers,
+                    ignore_not_found,
+                };
+                return hosts::get(&c, g).await;
+            }
             let selector = Selector::parse(selector.iter().map(String::as_str))
                 .map_err(|e| Failure::new(2, e))?;
             if watch {
@@ -470,6 +502,11 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             ignore_not_found,
             timeout,
         } => {
+            let kind = match kind {
+                Deletable::Host => return hosts::delete(&c, &name, ignore_not_found).await,
+                Deletable::Session => Kind::Session,
+                Deletable::Agent => Kind::Agent,
+            };
             let path = format!("/v1/{}/{name}", kind.plural());
             match c.delete::<RecordView>(&path).await {
                 Err(e) if ignore_not_found && e.is_not_found() => return Ok(()),
@@ -603,6 +640,7 @@ fn plural_of(p: Plural) -> &'static str {
     match p {
         Plural::Sessions => "sessions",
         Plural::Agents => "agents",
+        Plural::Hosts => "hosts",
     }
 }
 

@@ -169,27 +169,77 @@ impl Listed {
             Listed::All(v) => v,
         }
     }
+}
 
-    /// What `-o json|yaml` prints: one named record as itself, a list as kubectl prints one
-    /// (`apiVersion`, `kind: List`, `items`), so a script reads every list the same way.
-    fn document(&self) -> Value {
-        match self {
-            Listed::One(r) => sorted(r),
-            Listed::All(items) => sorted(&RecordList {
-                api_version: API_VERSION,
-                kind: "List",
-                items,
-            }),
-        }
+/// One item named on the command line as itself; a list as kubectl prints one (`apiVersion`,
+/// `kind: List`, `items`), so a script reads every list the same way.
+fn document<T: Serialize>(items: &[T], one: bool) -> Value {
+    match (one, items) {
+        (true, [item]) => sorted(item),
+        _ => sorted(&List {
+            api_version: API_VERSION,
+            kind: "List",
+            items,
+        }),
     }
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct RecordList<'a> {
+struct List<'a, T> {
     api_version: &'static str,
     kind: &'static str,
-    items: &'a [RecordView],
+    items: &'a [T],
+}
+
+/// What `reaper get` prints of any kind of item: how each one is named (`-o name`) and tabled.
+pub(super) struct Printable<'a, T> {
+    pub items: &'a [T],
+    /// One item was named on the command line: JSON and YAML print it as itself.
+    pub one: bool,
+    pub name: &'a dyn Fn(&T) -> String,
+    /// The table of the items, wide or not, with its header line.
+    pub table: &'a dyn Fn(&[T], bool) -> String,
+    /// What a table of no items says.
+    pub empty: &'static str,
+}
+
+/// `p` in the format `-o` names; `--no-headers` drops a table's header line.
+pub(super) fn list_as<T: Serialize>(
+    p: Printable<'_, T>,
+    o: &ListOutput,
+    no_headers: bool,
+) -> String {
+    let printed = match o {
+        ListOutput::Name => return p.items.iter().map(|i| (p.name)(i) + "\n").collect(),
+        ListOutput::JsonPath(t) => return t.render(&document(p.items, p.one)),
+        ListOutput::Json => {
+            return structured(&document(p.items, p.one), Output::Json).unwrap_or_default()
+        }
+        ListOutput::Yaml => {
+            return structured(&document(p.items, p.one), Output::Yaml).unwrap_or_default()
+        }
+        _ if p.items.is_empty() => {
+            return match no_headers {
+                true => String::new(),
+                false => p.empty.into(),
+            }
+        }
+        ListOutput::CustomColumns(c) => {
+            let items: Vec<Value> = p.items.iter().map(sorted).collect();
+            let (header, rows) = c.rows(&items);
+            table(&header, &rows)
+        }
+        ListOutput::Wide => (p.table)(p.items, true),
+        ListOutput::Table => (p.table)(p.items, false),
+    };
+    if no_headers {
+        return printed
+            .split_once('\n')
+            .map(|(_, rows)| rows.to_string())
+            .unwrap_or_default();
+    }
+    printed
 }
 
 pub fn records(listed: &Listed, agents: bool, o: Output, now: Timestamp) -> String {
@@ -210,42 +260,17 @@ pub fn records_as(
     no_headers: bool,
     now: Timestamp,
 ) -> String {
-    let printed = match o {
-        ListOutput::Name => {
-            return listed
-                .items()
-                .iter()
-                .map(|r| format!("{}\n", r.owner()))
-                .collect()
-        }
-        ListOutput::JsonPath(t) => return t.render(&listed.document()),
-        ListOutput::Json => {
-            return structured(&listed.document(), Output::Json).unwrap_or_default()
-        }
-        ListOutput::Yaml => {
-            return structured(&listed.document(), Output::Yaml).unwrap_or_default()
-        }
-        _ if listed.items().is_empty() => {
-            return match no_headers {
-                true => String::new(),
-                false => "No records.\n".into(),
-            }
-        }
-        ListOutput::CustomColumns(c) => {
-            let items: Vec<Value> = listed.items().iter().map(sorted).collect();
-            let (header, rows) = c.rows(&items);
-            table(&header, &rows)
-        }
-        ListOutput::Wide => records_table(listed.items(), agents, Output::Wide, now),
-        ListOutput::Table => records_table(listed.items(), agents, Output::Table, now),
+    let printable = Printable {
+        items: listed.items(),
+        one: matches!(listed, Listed::One(_)),
+        name: &|r: &RecordView| r.owner().to_string(),
+        table: &|items: &[RecordView], wide| {
+            let o = if wide { Output::Wide } else { Output::Table };
+            records_table(items, agents, o, now)
+        },
+        empty: "No records.\n",
     };
-    if no_headers {
-        return printed
-            .split_once('\n')
-            .map(|(_, rows)| rows.to_string())
-            .unwrap_or_default();
-    }
-    printed
+    list_as(printable, o, no_headers)
 }
 
 fn records_table(items: &[RecordView], agents: bool, o: Output, now: Timestamp) -> String {

@@ -234,7 +234,7 @@ impl ConfigFile {
             }
         }
         if let Some(name) = &self.host_name {
-            if let Err(e) = validate_host_name(name) {
+            if let Err(e) = crate::store::hosts::check_host_name(name) {
                 out.push((&["hostName"], e));
             }
         }
@@ -314,20 +314,4 @@ fn check_etcd(etcd: &EtcdFile, in_use: bool) -> Vec<(&'static [&'static str], St
         }
     }
     out
-}
-
-/// A host name: what DNS allows in a label path, so that it is safe in an etcd key.
-fn validate_host_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid host name {name:?}: 1 to 253 letters, digits, '-', '.' or '_'"
-        ))
-    }
 }

@@ -83,6 +83,11 @@ impl<E: Engine> Daemon for Controller<E> {
     }
 
     fn scrape(&self) -> Scrape {
+        // Unchanged when the store cannot list them now (reaper_store_up says why).
+        if let Ok(hosts) = Controller::store(self).hosts(crate::core::model::Timestamp::now()) {
+            let ready = hosts.iter().filter(|h| h.ready).count();
+            self.metrics.set_fleet_hosts(ready, hosts.len() - ready);
+        }
         Scrape {
             content_type: self.metrics.content_type(),
             body: Controller::scrape(self),

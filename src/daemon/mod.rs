@@ -28,6 +28,7 @@ use crate::core::plan::Scope;
 use crate::docker::{Docker, Engine};
 use crate::manifest_dir::ManifestDir;
 use crate::metrics::Metrics;
+use crate::store::hosts::ThisHost;
 use crate::store::lock::{in_use_message, lock_holder};
 use crate::store::{EtcdSettings, EtcdStore, EtcdTls, RecordStore, SledStore, Store};
 use signals::Signals;
@@ -141,6 +142,8 @@ pub fn controller(config: &Config) -> Result<Arc<Controller<Docker>>, String> {
 /// unreachable, no quorum) is safe mode, reported, and tried again, never an exit; only
 /// settings that cannot work (an unreadable TLS file) are errors.
 fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
+    // This daemon as a host of the fleet; its safe mode follows the controller's.
+    let this = ThisHost::new(&config.host_name, metrics.safe_mode_changes());
     match config.store.backend {
         StoreBackend::Sled => {
             let store_dir = config.data_dir.join("store");
@@ -154,7 +157,7 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
                 metrics.set_store_up(store.backend(), false);
                 error!(error = %e, data_dir = %config.data_dir.display(), "Safe mode: the store cannot be opened; nothing will be deleted.");
             }
-            Ok(Store::new(store))
+            Ok(Store::new(store).on_host(this))
         }
         StoreBackend::Etcd => {
             let etcd = &config.store.etcd;
@@ -172,11 +175,11 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, String> {
                 tls,
                 host: config.host_name.clone(),
             };
-            let store = EtcdStore::start(&settings).map_err(|e| e.to_string())?;
+            let store = EtcdStore::start_as(&settings, this.clone()).map_err(|e| e.to_string())?;
             // Until its first listing every read fails: the first pass is in safe mode.
             metrics.set_store_up(store.backend(), false);
             info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, host = %config.host_name, "Records are in etcd.");
-            Ok(Store::new(store))
+            Ok(Store::new(store).on_host(this))
         }
     }
 }

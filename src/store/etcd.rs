@@ -7,7 +7,9 @@
 //! - Layout: `<prefix>/records/session/<name>` and `<prefix>/records/agent/<name>` hold the
 //!   record's JSON; `<prefix>/sightings/<host>/<sighting key>` holds the millisecond a host
 //!   first saw one of its own engine's objects (each host keeps and forgets only its own);
-//!   `<prefix>/hosts/<host>` is the host's presence, on a lease it renews (`host_lease.rs`).
+//!   `<prefix>/hosts/<host>` is the host's presence, on a lease it renews (`host_lease.rs`);
+//!   `<prefix>/hostinfo/<host>` is its last-known entry (`hosts.rs`), on no lease, so that a
+//!   host whose lease lapsed is still listed (gone) until `reaper delete host` forgets it.
 //! - A record's revision is its etcd `mod_revision`: unique in the cluster's history, so a
 //!   record deleted and created again never looks unchanged.
 //! - Every commit is one etcd transaction that compares each key's `mod_revision` (or its
@@ -41,6 +43,7 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::hosts::{Forget, HostInfo, KnownHost, ThisHost};
 use super::{codec, reject_duplicates, RecordStore, StoreError, StoreFuture, Versioned, Write};
 use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
 
@@ -112,6 +115,7 @@ struct Keys {
     records: String,
     sightings: String,
     hosts: String,
+    host_info: String,
 }
 
 impl Keys {
@@ -121,6 +125,7 @@ impl Keys {
             records: format!("{root}records/"),
             sightings: format!("{root}sightings/{host}/"),
             hosts: format!("{root}hosts/"),
+            host_info: format!("{root}hostinfo/"),
             root,
         }
     }
@@ -128,6 +133,11 @@ impl Keys {
     /// This host's presence (see `host_lease.rs`).
     fn host(&self, host: &str) -> String {
         format!("{}{host}", self.hosts)
+    }
+
+    /// A host's last-known entry (see `hosts.rs`).
+    fn host_info(&self, host: &str) -> String {
+        format!("{}{host}", self.host_info)
     }
 
     fn record(&self, owner: &OwnerRef) -> String {
@@ -152,6 +162,9 @@ struct Cache {
     sightings: BTreeMap<String, Result<Timestamp, StoreError>>,
     /// The hosts whose presence key exists (its lease is live), by name.
     hosts: BTreeSet<String>,
+    /// Every host's last-known entry, live or not, by name; one that does not decode is kept as
+    /// its error.
+    host_info: BTreeMap<String, Result<HostInfo, StoreError>>,
     /// The etcd revision everything above is at.
     revision: i64,
     /// Why the cache cannot be trusted now (`None`: it can).
@@ -231,6 +244,13 @@ impl EtcdStore {
     /// fails (the daemon is in safe mode) and the store keeps trying. Only bad settings (an
     /// unreadable TLS file, no endpoint) are errors.
     pub fn start(settings: &EtcdSettings) -> Result<EtcdStore, StoreError> {
+        let (_, never_safe) = watch::channel(false);
+        EtcdStore::start_as(settings, ThisHost::new(&settings.host, never_safe))
+    }
+
+    /// `start`, for the daemon: the presence keeper writes `this` host's entry, safe mode
+    /// included, at every renewal.
+    pub fn start_as(settings: &EtcdSettings, this: ThisHost) -> Result<EtcdStore, StoreError> {
         let options = connect_options(settings)?;
         if settings.endpoints.is_empty() {
             return Err(StoreError::Invalid("store.etcd.endpoints is empty".into()));
@@ -276,15 +296,13 @@ impl EtcdStore {
             gate: tokio::sync::Mutex::new(()),
         });
         runtime.spawn(shared.clone().follow(stop.clone()));
-        let entry = super::host_lease::HostEntry {
-            host_name: settings.host.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            started_at: Timestamp::now().0,
-        };
         runtime.spawn(super::host_lease::keep(
             shared.client.clone(),
-            shared.keys.host(&settings.host),
-            entry,
+            super::host_lease::HostKeys {
+                presence: shared.keys.host(&settings.host),
+                info: shared.keys.host_info(&settings.host),
+            },
+            this,
             stop.clone(),
         ));
         Ok(EtcdStore {
@@ -389,6 +407,7 @@ impl Shared {
         let mut records = BTreeMap::new();
         let mut sightings = BTreeMap::new();
         let mut hosts = BTreeSet::new();
+        let mut host_info = BTreeMap::new();
         for kv in kvs {
             let Ok(key) = kv.key_str() else { continue };
             if key.starts_with(&self.keys.records) {
@@ -397,12 +416,15 @@ impl Shared {
                 sightings.insert(k.to_string(), decode_sighting(key, kv.value()));
             } else if let Some(h) = key.strip_prefix(&self.keys.hosts) {
                 hosts.insert(h.to_string());
+            } else if let Some(h) = key.strip_prefix(&self.keys.host_info) {
+                host_info.insert(h.to_string(), decode_host_info(h, key, kv.value()));
             }
         }
         let changed = cache.doubt.is_some() || records != cache.records || hosts != cache.hosts;
         cache.records = records;
         cache.sightings = sightings;
         cache.hosts = hosts;
+        cache.host_info = host_info;
         cache.revision = revision;
         cache.doubt = None;
         if changed {
@@ -474,6 +496,15 @@ impl Shared {
                 };
                 if changed {
                     moved_at = Some(revision);
+                }
+            } else if let Some(h) = key.strip_prefix(&self.keys.host_info) {
+                // Rewritten at every renewal: what it shows decides nothing, so it moves nothing.
+                if put {
+                    cache
+                        .host_info
+                        .insert(h.to_string(), decode_host_info(h, key, kv.value()));
+                } else {
+                    cache.host_info.remove(h);
                 }
             }
         }
@@ -648,6 +679,31 @@ impl Shared {
         Ok(n)
     }
 
+    /// Deletes a host's entry only while its presence key is absent (its lease lapsed), in one
+    /// transaction, so a host renewing meanwhile is never forgotten.
+    async fn forget_host(self: Arc<Self>, host: String) -> Result<Forget, StoreError> {
+        let presence = self.keys.host(&host);
+        let info = self.keys.host_info(&host);
+        let txn = Txn::new()
+            .when([
+                Compare::version(presence.clone(), CompareOp::Equal, 0),
+                Compare::version(info.clone(), CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::delete(info, None)])
+            .or_else([TxnOp::get(presence, None)]);
+        let resp = self.txn("forgetting a host", txn).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            self.caught_up(revision).await?;
+            return Ok(Forget::Forgotten);
+        }
+        let live = resp.op_responses().iter().any(|r| match r {
+            TxnOpResponse::Get(got) => !got.kvs().is_empty(),
+            _ => false,
+        });
+        Ok(if live { Forget::Ready } else { Forget::Unknown })
+    }
+
     async fn note_sightings(
         self: Arc<Self>,
         seen: BTreeMap<String, Timestamp>,
@@ -678,6 +734,16 @@ impl Shared {
             None => Ok(()),
         }
     }
+}
+
+/// A host's last-known entry; its name is the key's, whatever the value says.
+fn decode_host_info(host: &str, key: &str, value: &[u8]) -> Result<HostInfo, StoreError> {
+    serde_json::from_slice::<HostInfo>(value)
+        .map(|info| HostInfo {
+            host_name: host.to_string(),
+            ..info
+        })
+        .map_err(|e| StoreError::Corrupt(format!("host entry {key} does not decode: {e}")))
 }
 
 fn decode_sighting(key: &str, value: &[u8]) -> Result<Timestamp, StoreError> {
@@ -803,5 +869,36 @@ impl RecordStore for EtcdStore {
         let cache = read(&self.shared.cache);
         cache.trusted()?;
         Ok(cache.hosts.clone())
+    }
+
+    fn hosts(&self) -> Result<Vec<KnownHost>, StoreError> {
+        let cache = read(&self.shared.cache);
+        cache.trusted()?;
+        let names: BTreeSet<&String> = cache.hosts.iter().chain(cache.host_info.keys()).collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let info = match cache.host_info.get(name) {
+                    Some(known) => known.clone()?,
+                    // Live without an entry: written together, so only if someone removed it.
+                    None => HostInfo {
+                        host_name: name.clone(),
+                        version: "unknown".into(),
+                        started_at: Timestamp(0),
+                        renewed_at: Timestamp(0),
+                        safe_mode: false,
+                    },
+                };
+                Ok(KnownHost {
+                    info,
+                    ready: cache.hosts.contains(name),
+                })
+            })
+            .collect()
+    }
+
+    fn forget_host(&self, name: &str) -> StoreFuture<'_, Forget> {
+        let name = name.to_string();
+        Box::pin(async move { self.run(self.shared.clone().forget_host(name)).await })
     }
 }

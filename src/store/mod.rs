@@ -34,6 +34,7 @@
 mod codec;
 pub mod etcd;
 pub mod host_lease;
+pub mod hosts;
 pub mod lock;
 mod records;
 pub mod sled;
@@ -178,6 +179,19 @@ pub trait RecordStore: Send + Sync + 'static {
     /// counts itself. A change to this set moves the change stream.
     fn live_hosts(&self) -> Result<BTreeSet<String>, StoreError> {
         Ok(BTreeSet::new())
+    }
+
+    /// Every host the store knows of, sorted by name: ready while its presence is live, gone
+    /// once it lapsed (until [`RecordStore::forget_host`]). A local store (sled) knows of none:
+    /// the daemon adds itself ([`hosts::ThisHost`]). Never moves the change stream.
+    fn hosts(&self) -> Result<Vec<hosts::KnownHost>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Forgets a gone host's last-known entry, in one step that holds only while its presence
+    /// is not live (a ready host is refused, whoever renews meanwhile).
+    fn forget_host(&self, _name: &str) -> StoreFuture<'_, hosts::Forget> {
+        Box::pin(async { Ok(hosts::Forget::Unknown) })
     }
 }
 

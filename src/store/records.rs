@@ -83,6 +83,8 @@ pub struct Store {
     backend: Arc<dyn RecordStore>,
     /// Where this handle notes the changes its writes made, if anyone asked.
     log: Option<Arc<WriteLog>>,
+    /// The daemon this store serves, which lists itself among the hosts (`hosts.rs`).
+    pub(super) this_host: Option<Arc<super::hosts::ThisHost>>,
 }
 
 /// The change-stream values that writes through one handle produced: how the controller tells
@@ -120,6 +122,7 @@ impl Store {
         Store {
             backend: Arc::new(backend),
             log: None,
+            this_host: None,
         }
     }
 
@@ -129,6 +132,7 @@ impl Store {
         let store = Store {
             backend: self.backend.clone(),
             log: Some(log.clone()),
+            this_host: self.this_host.clone(),
         };
         (store, log)
     }
