@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -312,6 +313,38 @@ impl Client {
         stdout_of(&out)
     }
 
+    /// `POST path` with a JSON body to the daemon's API, straight over its socket (no process
+    /// per call, so two writers' calls overlap closely); returns the status and the body.
+    fn post(&self, path: &str, body: &Value) -> (u16, String) {
+        use std::io::{Read, Write};
+        let body = body.to_string();
+        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket.display()));
+        conn.set_read_timeout(Some(CLI_TIMEOUT)).unwrap();
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: reaper\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let mut response = String::new();
+        conn.read_to_string(&mut response)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("POST {path}: not an HTTP response: {response:?}"));
+        (status, response)
+    }
+
+    /// `POST /v1/apply` of these manifests; returns the status and the body.
+    fn apply(&self, yaml: &str) -> (u16, String) {
+        let files = serde_json::json!({"files": [{"name": "cw.yaml", "content": yaml}]});
+        self.post("/v1/apply", &files)
+    }
+
     fn sessions(&self) -> Vec<Value> {
         let out = self.ok(&["get", "sessions", "-o", "json"], None);
         list_items(&serde_json::from_str(&out).expect("JSON"))
@@ -321,39 +354,55 @@ impl Client {
 /// What one writer saw of its own calls.
 #[derive(Default, Debug)]
 struct Written {
-    /// When its last heartbeat of the other writer's record was sent (ms since the epoch).
-    last_heartbeat_sent: i64,
+    /// When it last sent a heartbeat of each of the other writer's spec records (ms since
+    /// the epoch; the daemon stamps the heartbeat later, on the same clock).
+    last_heartbeat_sent: BTreeMap<String, i64>,
     /// For each apply of the record the other writer ends: whether it was accepted.
     applies_of_ended: Vec<bool>,
 }
 
-const ROUNDS: usize = 12;
+const ROUNDS: usize = 40;
+/// Records each writer re-applies in one batch while the other heartbeats them one by one:
+/// many chances per round for two writes to the same key to race.
+const SPECS: usize = 5;
 
-/// Writer `me` (a or b) through `c`: re-applies `cw-<me>-spec` (generation label = round),
-/// heartbeats `cw-<other>-spec`, re-applies `cw-<other>-end` and ends `cw-<me>-end` half way.
+fn spec_name(writer: &str, k: usize) -> String {
+    format!("cw-{writer}-spec{k}")
+}
+
+/// Writer `me` (a or b) through `c`, each round: re-applies its own spec records in one batch
+/// (label gen = round), heartbeats the other writer's spec records, re-applies
+/// `cw-<other>-end` (refused once that one has ended), and half way ends `cw-<me>-end`.
 fn writer(c: &Client, me: &str, other: &str) -> Written {
     let mut w = Written::default();
+    let empty = serde_json::json!({});
     for round in 0..ROUNDS {
         let gen = format!("gen: \"{round}\"");
-        c.ok(
-            &["apply", "-f", "-"],
-            Some(&session_yaml(&format!("cw-{me}-spec"), &gen, "")),
-        );
-        let sent = Timestamp::now().millis();
-        c.ok(&["session", "heartbeat", &format!("cw-{other}-spec")], None);
-        w.last_heartbeat_sent = sent;
-        let out = c.run(
-            &["apply", "-f", "-"],
-            Some(&session_yaml(&format!("cw-{other}-end"), &gen, "")),
-        );
+        let batch: Vec<String> = (0..SPECS)
+            .map(|k| session_yaml(&spec_name(me, k), &gen, ""))
+            .collect();
+        let (status, body) = c.apply(&batch.join("---\n"));
+        assert_eq!(status, 200, "host-{me}: apply of its spec records: {body}");
+        for k in 0..SPECS {
+            let name = spec_name(other, k);
+            let sent = Timestamp::now().millis();
+            let (status, body) = c.post(&format!("/v1/sessions/{name}/heartbeat"), &empty);
+            assert_eq!(status, 200, "host-{me}: heartbeat of {name}: {body}");
+            w.last_heartbeat_sent.insert(name, sent);
+        }
+        let (status, body) = c.apply(&session_yaml(&format!("cw-{other}-end"), &gen, ""));
         assert!(
-            out.status.success() || stderr_of(&out).contains("ended"),
-            "re-apply of cw-{other}-end failed for another reason than its end: {}",
-            stderr_of(&out)
+            status == 200 || (status == 409 && body.contains("ended")),
+            "host-{me}: re-apply of cw-{other}-end failed for another reason than its end: {body}"
         );
-        w.applies_of_ended.push(out.status.success());
+        w.applies_of_ended.push(status == 200);
         if round == ROUNDS / 2 {
-            c.ok(&["session", "end", &format!("cw-{me}-end")], None);
+            let name = format!("cw-{me}-end");
+            let (status, body) = c.post(
+                &format!("/v1/sessions/{name}/end"),
+                &serde_json::json!({"failed": false}),
+            );
+            assert_eq!(status, 200, "host-{me}: end of {name}: {body}");
         }
     }
     w
@@ -382,10 +431,15 @@ fn over(phase: &str) -> bool {
 }
 
 fn concurrent_writers(f: &mut Fleet) {
-    let names = ["cw-a-spec", "cw-b-spec", "cw-a-end", "cw-b-end"];
-    for n in names {
-        f.reaper(0).apply(&session_yaml(n, "gen: \"-1\"", ""));
+    let mut names: Vec<String> = vec!["cw-a-end".into(), "cw-b-end".into()];
+    for k in 0..SPECS {
+        names.extend([spec_name("a", k), spec_name("b", k)]);
     }
+    let initial: Vec<String> = names
+        .iter()
+        .map(|n| session_yaml(n, "gen: \"-1\"", ""))
+        .collect();
+    f.reaper(0).apply(&initial.join("---\n"));
     f.wait_phase("cw-b-end", "Active", Duration::from_secs(10));
     let (a, b, watcher) = (
         Client::of(f.reaper(0)),
@@ -399,16 +453,10 @@ fn concurrent_writers(f: &mut Fleet) {
         // A third host watches: a heartbeat time or a generation going back, or an ended
         // session turning Active again, is a lost update.
         let tw = s.spawn(|| {
-            let mut last: std::collections::BTreeMap<String, (String, i64, i64)> =
-                Default::default();
+            let mut last: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
             let mut regressions = Vec::new();
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                for item in watcher.sessions() {
-                    let name = item["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    if !names.contains(&name.as_str()) {
-                        continue;
-                    }
-                    let now = observed(&item);
+                for (name, now) in observe_all(&watcher.sessions()) {
                     if let Some(before) = last.get(&name) {
                         if now.1 < before.1
                             || now.2 < before.2
@@ -436,35 +484,57 @@ fn concurrent_writers(f: &mut Fleet) {
         regressions.is_empty(),
         "a lost update, seen from host-c: {regressions:?}"
     );
-    let last = (ROUNDS - 1) as i64;
+    // The one state a serial order of the writes gives, record by record: (phase is over,
+    // lastHeartbeat at least, gen).
+    let mut expected: BTreeMap<String, (bool, i64, i64)> = BTreeMap::new();
     for (me, other, theirs) in [("a", "b", &wb), ("b", "a", &wa)] {
-        // The ended record's applies by the other writer: accepted up to the end, refused after
-        // it, never accepted again (an end that did not hold would be a lost update).
+        // The ended record's applies by the other writer: accepted up to the end, refused
+        // after it, never accepted again (an end that did not hold would be a lost update).
         let accepted = theirs.applies_of_ended.iter().filter(|&&ok| ok).count();
         assert!(
             theirs.applies_of_ended[..accepted].iter().all(|&ok| ok),
             "cw-{me}-end: applies by host-{other} were refused, then accepted again: {:?}",
             theirs.applies_of_ended
         );
-        let expected_end_gen = accepted as i64 - 1;
-        let expected_spec_hb = theirs.last_heartbeat_sent;
-        // Every host converges on the one state a serial order gives.
-        for (i, host) in HOSTS.iter().enumerate() {
-            f.reaper(i).wait_until(
-                &format!("{host} reads the serial outcome of cw-{me}-*"),
-                Duration::from_secs(10),
-                || {
-                    let spec = observed(&f.reaper(i).session(&format!("cw-{me}-spec")));
-                    let end = observed(&f.reaper(i).session(&format!("cw-{me}-end")));
-                    spec.0 == "Active"
-                        && spec.2 == last
-                        && spec.1 >= expected_spec_hb
-                        && over(&end.0)
-                        && end.2 == expected_end_gen
-                },
-            );
+        expected.insert(format!("cw-{me}-end"), (true, 0, accepted as i64 - 1));
+        for k in 0..SPECS {
+            let name = spec_name(me, k);
+            let heartbeat = theirs.last_heartbeat_sent[&name];
+            expected.insert(name, (false, heartbeat, (ROUNDS - 1) as i64));
         }
     }
+    let serial = |sessions: &[Value]| {
+        let seen = observe_all(sessions);
+        expected.iter().all(|(name, (ended, heartbeat, gen))| {
+            seen.get(name)
+                .is_some_and(|(phase, hb, g)| over(phase) == *ended && hb >= heartbeat && g == gen)
+        })
+    };
+    // Every host converges on it.
+    for (i, host) in HOSTS.iter().enumerate() {
+        let mut last = Vec::new();
+        let converged = try_wait_until(Duration::from_secs(10), || {
+            last = f.reaper(i).list("sessions");
+            serial(&last)
+        });
+        assert!(
+            converged.is_ok(),
+            "{host} does not read the serial outcome {expected:?}: {:?}",
+            observe_all(&last)
+        );
+    }
+}
+
+/// [`observed`] for each concurrent writers' record in a listing, by name.
+fn observe_all(sessions: &[Value]) -> BTreeMap<String, (String, i64, i64)> {
+    sessions
+        .iter()
+        .filter_map(|s| {
+            let name = s["metadata"]["name"].as_str()?;
+            name.starts_with("cw-")
+                .then(|| (name.to_string(), observed(s)))
+        })
+        .collect()
 }
 
 // ---- A host down during end ----
