@@ -21,84 +21,43 @@ const DATA_ROOT_MIB: u64 = 96;
 const MIN_IMAGE_AGE_SECS: u64 = 20;
 
 /// A private dockerd of this test only, its data root on a size-limited tmpfs; stopped,
-/// unmounted and removed on drop.
+/// unmounted and removed on drop (by [`PrivateEngine`]).
 struct SmallEngine {
-    dir: PathBuf,
+    engine: PrivateEngine,
 }
 
 impl SmallEngine {
     fn start() -> SmallEngine {
-        // Short: containerd's sockets live below it.
-        let dir = tempfile::Builder::new()
-            .prefix("rdp")
-            .tempdir_in("/tmp")
-            .expect("temp dir")
-            .keep();
-        let engine = SmallEngine { dir };
-        std::fs::create_dir_all(engine.data()).expect("data dir");
-        let size = format!("size={DATA_ROOT_MIB}m");
-        let data = engine.data().display().to_string();
-        let out = run_with_timeout(
-            Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs", &data]),
-            None,
-            DOCKER_TIMEOUT,
-        );
-        assert!(out.status.success(), "mount tmpfs: {}", stderr_of(&out));
-        // vfs works on tmpfs everywhere; overlay2 on tmpfs depends on the kernel.
-        std::fs::write(
-            engine.dir.join("daemon.json"),
-            r#"{"storage-driver": "vfs"}"#,
-        )
-        .expect("daemon.json");
-        engine.script("start");
-        engine
-    }
-
-    fn script(&self, verb: &str) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dockerd");
-        let out = run_with_timeout(
-            Command::new(script).arg(verb).arg(&self.dir),
-            None,
-            Duration::from_secs(90),
-        );
-        assert!(
-            out.status.success(),
-            "scripts/dockerd {verb}: {}",
-            stderr_of(&out)
-        );
+        let engine = PrivateEngine::start_with(|dir| {
+            let size = format!("size={DATA_ROOT_MIB}m");
+            let data = dir.join("data").display().to_string();
+            let out = run_with_timeout(
+                Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs", &data]),
+                None,
+                DOCKER_TIMEOUT,
+            );
+            assert!(out.status.success(), "mount tmpfs: {}", stderr_of(&out));
+            // vfs works on tmpfs everywhere; overlay2 on tmpfs depends on the kernel.
+            std::fs::write(dir.join("daemon.json"), r#"{"storage-driver": "vfs"}"#)
+                .expect("daemon.json");
+        });
+        SmallEngine { engine }
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.engine.data()
     }
 
     fn host(&self) -> String {
-        format!("unix://{}/docker.sock", self.dir.display())
+        self.engine.host()
     }
 
     fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        run_with_timeout(
-            Command::new("docker")
-                .arg("-H")
-                .arg(self.host())
-                .env("DOCKER_CONFIG", self.dir.join("cli"))
-                .env_remove("DOCKER_CONTEXT")
-                .env_remove("DOCKER_HOST")
-                .args(args),
-            stdin,
-            DOCKER_TIMEOUT,
-        )
+        self.engine.docker_stdin(args, stdin)
     }
 
     fn docker_ok(&self, args: &[&str]) -> String {
-        let out = self.docker_stdin(args, None);
-        assert!(
-            out.status.success(),
-            "docker {}: {}",
-            args.join(" "),
-            stderr_of(&out)
-        );
-        stdout_of(&out).trim().to_string()
+        self.engine.docker_ok(args)
     }
 
     fn exists(&self, kind: &str, name: &str) -> bool {
@@ -168,20 +127,6 @@ impl SmallEngine {
     fn usage(&self) -> (u64, u64) {
         let u = reaper::disk::measure(&self.data()).expect("measure the tmpfs");
         (u.bytes.used, u.bytes.total)
-    }
-}
-
-impl Drop for SmallEngine {
-    fn drop(&mut self) {
-        // `destroy` stops dockerd and its shims, unmounts below the dir and removes it.
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dockerd");
-        let _ = run_with_timeout(
-            Command::new(script).arg("destroy").arg(&self.dir),
-            None,
-            Duration::from_secs(90),
-        );
-        let _ = Command::new("umount").arg("-l").arg(self.data()).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

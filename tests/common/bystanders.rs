@@ -6,9 +6,12 @@ use super::*;
 pub(super) type BystanderSpec<'a> = (&'static str, Kind, String, Vec<(&'a str, &'a str)>, bool);
 
 /// Objects that look a bit like ours but are not: each test creates them first and asserts at
-/// the end that every one is still there. Dropping removes them (best effort).
+/// the end that every one is still there. Dropping removes them (best effort). They live on
+/// the engine [`docker_host`] names when they are created (see [`on_engine`]), and every check
+/// and the cleanup go to that engine, whichever thread runs them.
 pub struct Bystanders {
     tag: String,
+    host: String,
     objects: Vec<(Kind, String, &'static str)>,
 }
 
@@ -17,8 +20,11 @@ impl Bystanders {
     /// per test (lowercase letters and digits).
     pub fn create(tag: &str) -> Bystanders {
         let t = tag;
+        let host = docker_host();
+        let host = host.as_str();
         let mut b = Bystanders {
             tag: tag.to_string(),
+            host: host.to_string(),
             objects: Vec::new(),
         };
         b.clear();
@@ -195,7 +201,7 @@ impl Bystanders {
                 .iter()
                 .map(|(what, kind, name, labels, running)| {
                     scope.spawn(move || {
-                        let id = match kind {
+                        let id = on_engine(host, || match kind {
                             Kind::Container => {
                                 let c = Container::new(name).labels(labels);
                                 if *running { c.running() } else { c.created() }.create()
@@ -203,7 +209,7 @@ impl Bystanders {
                             Kind::Image => image(name, labels),
                             Kind::Network => network(name, labels),
                             Kind::Volume => volume(name, labels),
-                        };
+                        });
                         (*what, *kind, id)
                     })
                 })
@@ -237,7 +243,7 @@ impl Bystanders {
 
     /// Panics naming every bystander that vanished.
     pub fn assert_all_alive(&self) {
-        let alive = existence(&self.objects());
+        let alive = on_engine(&self.host, || existence(&self.objects()));
         let gone: Vec<String> = self
             .objects
             .iter()
@@ -247,15 +253,18 @@ impl Bystanders {
             .collect();
         assert!(
             gone.is_empty(),
-            "bystanders were removed: {}",
+            "bystanders were removed from {}: {}",
+            self.host,
             gone.join("; ")
         );
     }
 
     fn clear(&self) {
-        remove_named_like(&format!("bys-{}", self.tag));
-        remove_named_like(&format!("xanvyl-agent-{}", self.tag));
-        remove_quietly(Kind::Container, "anvyl-agent");
+        on_engine(&self.host, || {
+            remove_named_like(&format!("bys-{}", self.tag));
+            remove_named_like(&format!("xanvyl-agent-{}", self.tag));
+            remove_quietly(Kind::Container, "anvyl-agent");
+        })
     }
 }
 

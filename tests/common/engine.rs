@@ -34,9 +34,32 @@ pub fn use_podman() {
     docker_host();
 }
 
-/// The private engine's address. Panics (always, not only in CI) when the tests were not
-/// started through `./scripts/test`: a missing engine is a failure, never a skip.
+thread_local! {
+    /// The engine [`on_engine`] points this thread's helpers at, instead of the suite's.
+    static ENGINE_HOST: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every docker helper of this thread ([`docker`], [`Container`], [`exists`],
+/// [`Bystanders`], ...) pointed at the engine on `host` (e.g. a [`PrivateEngine`] of the
+/// test's own); the previous engine is back afterwards, also when `f` panics.
+pub fn on_engine<T>(host: &str, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENGINE_HOST.with(|h| *h.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(ENGINE_HOST.with(|h| h.borrow_mut().replace(host.to_string())));
+    f()
+}
+
+/// The private engine's address: the one [`on_engine`] chose for this thread, else the
+/// suite's. Panics (always, not only in CI) when the tests were not started through
+/// `./scripts/test`: a missing engine is a failure, never a skip.
 pub fn docker_host() -> String {
+    if let Some(host) = ENGINE_HOST.with(|h| h.borrow().clone()) {
+        return host;
+    }
     let (var, what) = match engine() {
         Engine::Docker => ("REAPER_TEST_DOCKER_HOST", "the private Docker engine"),
         Engine::Podman => ("REAPER_TEST_PODMAN_HOST", "the private Podman service"),

@@ -10,8 +10,10 @@ mod bystanders;
 mod daemon;
 mod engine;
 pub mod etcd;
+pub mod fleet;
 mod metrics;
 mod objects;
+mod private_engine;
 mod process;
 pub mod proxy;
 mod wait;
@@ -28,6 +30,8 @@ pub use engine::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use objects::*;
+#[allow(unused_imports)]
+pub use private_engine::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
