@@ -2,14 +2,17 @@
 //! backend does): mTLS refuses a client without a valid certificate; a write on one host reaches
 //! another through the watch; one member down changes nothing; a lost quorum makes every read
 //! fail (so the controller deletes nothing) until the members are back, and the store then
-//! recovers by itself; each host's presence lives on a lease that lapses when it stops.
+//! recovers by itself; each host's presence lives on a lease that lapses when it stops; a host
+//! cut off while the fleet writes and compacts resumes from a fresh listing with no change lost.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
-use reaper::core::model::{Name, OwnerKind, Record, Session, Timestamp};
+use reaper::core::model::{
+    EndReason, Name, OwnerKind, OwnerRef, Record, Session, SessionPhase, Timestamp,
+};
 use reaper::store::{EtcdStore, EtcdTls, RecordStore, Store, StoreError, API_SOURCE};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -176,6 +179,173 @@ async fn hosts_see_each_other_and_one_member_down_changes_nothing_but_quorum_los
         || etcd_get(&cluster, "/fleet/hosts/host-a").contains("hostName"),
     )
     .await;
+}
+
+/// The store's watch breaks (the only member it reaches is stopped) while the rest of the fleet
+/// creates, changes and deletes records and then compacts etcd past the store's last revision,
+/// so the watch cannot be resumed where it stopped: the store must list afresh and follow a new
+/// watch from there. It must see every change of the gap (a listing merged into the old cache
+/// would keep the deleted record; a watch resumed from the old revision would be refused or skip
+/// the gap), tell its controller through its change stream, and leave doubt by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_overtaken_by_a_compaction_resumes_from_a_fresh_listing_with_no_change_lost() {
+    let mut cluster = EtcdCluster::start(false);
+    let endpoints = cluster.endpoints();
+    // The reader reaches etcd through member 0 only, so stopping it breaks the reader's watch
+    // and keeps it from listing again until the member is back; the writer uses the others.
+    let mut through_m0 = cluster.settings("/fleet", "host-a");
+    through_m0.endpoints = vec![endpoints[0].clone()];
+    let mut through_m1_m2 = cluster.settings("/fleet", "host-b");
+    through_m1_m2.endpoints = endpoints[1..].to_vec();
+    let reader = Store::new(EtcdStore::open(&through_m0).unwrap());
+    let writer = Store::new(EtcdStore::open(&through_m1_m2).unwrap());
+
+    for name in ["kept", "changed", "deleted"] {
+        apply(&writer, name).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the reader to follow the writer",
+        || reader.sessions().is_ok_and(|s| s.len() == 3),
+    )
+    .await;
+    let before_gap = etcd_revision(&cluster, &endpoints[1]);
+    let mut changes = reader.subscribe();
+    changes.borrow_and_update();
+    let generation = reader.generation();
+
+    cluster.stop_member(0);
+    // Cut off, the reader fails closed instead of answering from its cache.
+    eventually(
+        Duration::from_secs(15),
+        "the cut-off reader to fail closed",
+        || reader.health().is_err(),
+    )
+    .await;
+    assert!(matches!(reader.sessions(), Err(StoreError::Io(_))));
+
+    // The gap: records created, changed and deleted, then etcd compacted past all of it.
+    apply(&writer, "created-in-gap").await;
+    writer
+        .update_session("changed", |s| {
+            s.end(
+                EndReason::Succeeded,
+                T0,
+                reaper::core::model::Duration(Duration::ZERO),
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let deleted = OwnerRef {
+        kind: OwnerKind::Session,
+        name: Name::new("deleted").unwrap(),
+    };
+    assert!(writer.remove(&deleted).await.unwrap());
+    let compacted_to = etcd_revision(&cluster, &endpoints[1]);
+    assert!(compacted_to > before_gap);
+    let compact = etcdctl_out(
+        &cluster,
+        &endpoints[1],
+        &["compact", &compacted_to.to_string()],
+    );
+    assert!(compact.0, "etcdctl compact: {}", compact.1);
+    // etcd now refuses the revisions the reader's old watch would resume from.
+    let old = etcdctl_out(
+        &cluster,
+        &endpoints[1],
+        &[
+            "get",
+            "/fleet/",
+            "--prefix",
+            &format!("--rev={}", before_gap + 1),
+        ],
+    );
+    assert!(
+        !old.0 && old.1.contains("compacted"),
+        "revision {} should be compacted: {}",
+        before_gap + 1,
+        old.1
+    );
+
+    cluster.start_member(0);
+    cluster.wait_ready(&[0]);
+    // Back by itself: no sync() here, the store's own follow loop must list and watch again.
+    eventually(Duration::from_secs(30), "the reader to leave doubt", || {
+        reader.health().is_ok()
+    })
+    .await;
+    let names = |store: &Store| -> Vec<String> {
+        store
+            .sessions()
+            .unwrap()
+            .iter()
+            .map(|s| s.metadata.name.to_string())
+            .collect()
+    };
+    assert_eq!(names(&reader), ["changed", "created-in-gap", "kept"]);
+    let changed = reader.session("changed").unwrap().unwrap();
+    assert_eq!(
+        changed.status.phase,
+        SessionPhase::Ended,
+        "the change made in the gap"
+    );
+    assert!(
+        changes.has_changed().unwrap() && reader.generation() > generation,
+        "the change stream must move so that the controller runs a pass"
+    );
+
+    // And it follows a live watch again: a later write arrives without a sync.
+    changes.borrow_and_update();
+    apply(&writer, "after-gap").await;
+    eventually(
+        Duration::from_secs(5),
+        "the reader to see a write after the gap",
+        || reader.session("after-gap").is_ok_and(|s| s.is_some()),
+    )
+    .await;
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(
+        names(&reader),
+        names(&writer),
+        "reader and writer must agree after the gap"
+    );
+}
+
+/// The cluster's current revision, as `endpoint` reports it.
+fn etcd_revision(cluster: &EtcdCluster, endpoint: &str) -> i64 {
+    let (ok, text) = etcdctl_out(
+        cluster,
+        endpoint,
+        &["get", "/fleet/", "--prefix", "--keys-only", "-w", "json"],
+    );
+    assert!(ok, "etcdctl get: {text}");
+    let at = text
+        .find("\"revision\":")
+        .expect("a revision in etcdctl's header");
+    text[at + 11..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a numeric revision")
+}
+
+/// Runs etcdctl against one endpoint: whether it succeeded, and stdout and stderr.
+fn etcdctl_out(cluster: &EtcdCluster, endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = common::run_with_timeout(
+        &mut cluster.etcdctl(&[endpoint], args),
+        None,
+        Duration::from_secs(10),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// `etcdctl get KEY -w json` with values decoded (etcdctl prints them base64-encoded; ours are
