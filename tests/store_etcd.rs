@@ -3,7 +3,9 @@
 //! another through the watch; one member down changes nothing; a lost quorum makes every read
 //! fail (so the controller deletes nothing) until the members are back, and the store then
 //! recovers by itself; each host's presence lives on a lease that lapses when it stops; a host
-//! cut off while the fleet writes and compacts resumes from a fresh listing with no change lost.
+//! cut off while the fleet writes and compacts resumes from a fresh listing with no change lost;
+//! with etcd auth, a store whose certificate names a user limited to the prefix works there and
+//! nowhere else (the least privilege of docs/fleet.md).
 
 mod common;
 
@@ -309,6 +311,106 @@ async fn a_watch_overtaken_by_a_compaction_resumes_from_a_fresh_listing_with_no_
         names(&reader),
         names(&writer),
         "reader and writer must agree after the gap"
+    );
+}
+
+/// docs/fleet.md's least privilege, command for command: with `--client-cert-auth`, etcd takes
+/// the user from the client certificate's CN (the test CA's client certificate says
+/// `CN=client`); that user's only role reaches `/reaper/`. The store works under that prefix
+/// (records, watch, host lease) and is refused under any other, even `/reaper2` next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_limited_to_the_prefix_works_there_and_cannot_read_or_write_outside() {
+    let cluster = EtcdCluster::start(true);
+    let endpoint = cluster.endpoints()[0].clone();
+    let admin = |args: &[&str]| {
+        let (ok, out) = etcdctl_out(&cluster, &endpoint, args);
+        assert!(ok, "etcdctl {args:?}: {out}");
+    };
+    // Before `auth enable` anyone the CA trusts may set auth up; root keeps a password.
+    admin(&[
+        "user",
+        "add",
+        "root",
+        "--new-user-password=test-root-pw",
+        "--interactive=false",
+    ]);
+    admin(&["user", "grant-role", "root", "root"]);
+    admin(&["role", "add", "reaper"]);
+    admin(&[
+        "role",
+        "grant-permission",
+        "reaper",
+        "readwrite",
+        "--prefix=true",
+        "/reaper/",
+    ]);
+    admin(&["user", "add", "client", "--no-password"]);
+    admin(&["user", "grant-role", "client", "reaper"]);
+    admin(&["auth", "enable"]);
+
+    let store = Store::new(
+        EtcdStore::open(&cluster.settings("/reaper", "host-a")).expect("the prefix's own user"),
+    );
+    apply(&store, "allowed").await;
+    store.sync().await.unwrap();
+    assert!(store.session("allowed").unwrap().is_some());
+    let watcher = Store::new(EtcdStore::open(&cluster.settings("/reaper", "host-b")).unwrap());
+    apply(&store, "watched").await;
+    eventually(Duration::from_secs(5), "the watch under the prefix", || {
+        watcher.session("watched").is_ok_and(|s| s.is_some())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "host-a's lease under the prefix",
+        || {
+            watcher
+                .backend()
+                .live_hosts()
+                .is_ok_and(|h| h.contains("host-a"))
+        },
+    )
+    .await;
+
+    for outside in ["/other", "/reaper2"] {
+        match EtcdStore::open(&cluster.settings(outside, "host-a")) {
+            Err(StoreError::Io(e)) => assert!(e.contains("permission denied"), "{outside}: {e}"),
+            Err(e) => panic!("{outside}: refused, but not as an I/O error: {e}"),
+            Ok(_) => panic!("the prefix's user read {outside}"),
+        }
+        let key = format!("{outside}/records/session/x");
+        for args in [
+            vec!["put", key.as_str(), "{}"],
+            vec!["get", outside, "--prefix"],
+        ] {
+            let (ok, out) = etcdctl_out(&cluster, &endpoint, &args);
+            assert!(
+                !ok && out.contains("permission denied"),
+                "etcdctl {args:?} as the prefix's user: {out}"
+            );
+        }
+    }
+    // Root, by password, still reads everything: nothing was written outside the prefix.
+    let (ok, out) = etcdctl_out(
+        &cluster,
+        &endpoint,
+        &[
+            "--user=root:test-root-pw",
+            "get",
+            "",
+            "--prefix",
+            "--keys-only",
+        ],
+    );
+    assert!(
+        ok && out.contains("/reaper/records/session/allowed"),
+        "root: {out}"
+    );
+    assert!(
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .all(|k| k.starts_with("/reaper/")),
+        "keys outside the prefix: {out}"
     );
 }
 
