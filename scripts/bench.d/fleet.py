@@ -66,12 +66,12 @@ class Fleet:
                 "sh",
                 "-c",
                 'while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; '
-                'for f in "$2"/*; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done; '
-                'for d in "$2"/../engine-*; do [ -f "$d" ] && "$3" destroy "$(cat "$d")"; done; '
-                'rm -rf "$2/.."',
+                'for f in "$2"/pids/*; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done; '
+                'for d in "$2"/engine-*; do [ -f "$d" ] && "$3" destroy "$(cat "$d")"; done; '
+                'rm -rf "$2"',
                 "fleet-watchdog",
                 str(os.getpid()),
-                self.pids,
+                self.base,
                 DOCKERD,
             ],
             stdin=subprocess.DEVNULL,
