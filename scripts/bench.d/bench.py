@@ -427,6 +427,13 @@ def summarize_calls(entries):
 # ------------------------------------------------------------------------------------------
 
 
+def proc_cpu(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -511,9 +518,7 @@ class Reaper:
 
     def cpu(self):
         """utime + stime in seconds."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return proc_cpu(self.proc.pid)
 
     def rss_mib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -1114,7 +1119,11 @@ def main():
     p.add_argument("--idle-seconds", type=float)
     p.add_argument("--peers-all", action="store_true", help="peer rows at every N, not only the first")
     p.add_argument("--rounds", type=int, help="throughput rounds per N (default 5; 1 with --quick)")
-    p.add_argument("--only", help="comma-separated scenarios to run: 1,2,3,5 (3 includes 4)")
+    p.add_argument(
+        "--only",
+        help="comma-separated scenarios to run: 1,2,3,5,6 (3 includes 4; 6 is the fleet, on its "
+        "own etcd cluster and three engines of its own; --quick leaves it out unless named)",
+    )
     p.add_argument(
         "--unsafe-parallel-exits",
         action="store_true",
@@ -1124,7 +1133,7 @@ def main():
     p.add_argument("--dockerd-pidfile", help="the engine's pid file: SIGUSR1 goes there if it wedges")
     a = p.parse_args()
     q = a.quick
-    only = set((a.only or "1,2,3,5").split(","))
+    only = set((a.only or ("1,2,3,5" if q else "1,2,3,5,6")).split(","))
     b = Bench(a)
     status = 0
     started = time.time()
@@ -1148,6 +1157,10 @@ def main():
             )
         if "5" in only:
             b.api_store(50 if q else 5000, 100 if q else 10000)
+        if "6" in only:
+            from fleet import fleet
+
+            fleet(b, q)
     except Exception as e:
         log(f"error: {e!r}")
         status = 1
