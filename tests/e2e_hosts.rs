@@ -2,7 +2,7 @@
 //! host`, and `reaper_fleet_hosts{state}`.
 //! - On etcd (a private 3-member cluster), two reapers share the cluster and the private engine
 //!   (hosts host-a and host-b, different instances): both are listed ready, with version and a
-//!   recent renewal. One is killed with kill -9: its lease lapses and it is listed gone, and the
+//!   recent renewal, and each sees the other's safe mode come and go. One is killed with kill -9: its lease lapses and it is listed gone, and the
 //!   other's metric says so. A ready host cannot be forgotten; the gone one can. Restarted, it
 //!   is ready again.
 //! - On sled: the one host, ready.
@@ -27,14 +27,23 @@ fn hosts(r: &Reaper) -> Vec<Value> {
     list_items(&r.json(&["get", "hosts", "-o", "json"]))
 }
 
-fn state_of(r: &Reaper, host: &str) -> Option<String> {
+/// A field of one host as `get hosts -o json` lists it (`Null` if it is not listed).
+fn field_of(r: &Reaper, host: &str, field: &str) -> Value {
     let out = r.cli(&["get", "hosts", "-o", "json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["items"]
-        .as_array()?
-        .iter()
-        .find(|h| h["hostName"] == host)
-        .and_then(|h| h["state"].as_str().map(String::from))
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| {
+            v["items"]
+                .as_array()?
+                .iter()
+                .find(|h| h["hostName"] == host)
+                .map(|h| h[field].clone())
+        })
+        .unwrap_or(Value::Null)
+}
+
+fn state_of(r: &Reaper, host: &str) -> Option<String> {
+    field_of(r, host, "state").as_str().map(String::from)
 }
 
 fn names(hosts: &[Value]) -> Vec<&str> {
@@ -152,6 +161,43 @@ fn a_killed_host_turns_gone_is_forgotten_only_then_and_comes_back_ready() {
         || {
             metric(&a.metrics_addr(), READY) == Some(2.0)
                 && metric(&a.metrics_addr(), GONE) == Some(0.0)
+        },
+    );
+
+    // Safe mode travels with a host's entry: with both paths roots unreadable while an ended
+    // session has a path, both hosts delete nothing, and each lists the other so.
+    let roots: Vec<_> = [&a, &b]
+        .iter()
+        .map(|r| {
+            let root = r.paths_root();
+            let away = root.with_extension("away");
+            std::fs::rename(&root, &away).expect("move the paths root away");
+            std::fs::write(&root, "not a directory").expect("a file where the paths root was");
+            (root, away)
+        })
+        .collect();
+    a.apply("apiVersion: reaper/v1\nkind: Session\nmetadata: {name: e2e-hosts-safe}\nspec: {paths: [e2e-hosts-safe]}\n");
+    a.cli_ok(&["session", "end", "e2e-hosts-safe"]);
+    a.wait_until(
+        "host-a lists host-b in safe mode",
+        Duration::from_secs(30),
+        || field_of(&a, "host-b", "safeMode") == true,
+    );
+    let table = a.cli_ok(&["get", "hosts", "host-b", "--no-headers"]);
+    assert!(
+        table.contains(" ready ") && table.contains(" on "),
+        "{table}"
+    );
+    for (root, away) in roots {
+        std::fs::remove_file(&root).expect("remove the file");
+        std::fs::rename(&away, &root).expect("put the paths root back");
+    }
+    a.wait_until(
+        "host-a lists host-b out of safe mode",
+        Duration::from_secs(30),
+        || {
+            field_of(&a, "host-b", "safeMode") == false
+                && field_of(&b, "host-a", "safeMode") == false
         },
     );
 
