@@ -1,3 +1,4 @@
+// Over 500 lines on purpose: every fleet scenario lives in this one binary so that they share one slow start of the fleet (three dockerds, three etcd members, three reapers) per transport.
 //! Issue 14's fleet, end to end: three hosts (a private dockerd and a reaper each, `host-a`,
 //! `host-b`, `host-c`) sharing one 3-member etcd cluster, plain and with mTLS (see
 //! tests/common/fleet.rs). One `end` cleans every engine, and the session turns Cleaned with
