@@ -1,3 +1,4 @@
+// Over 500 lines on purpose: every fleet scenario lives in this one binary so that they share one slow start of the fleet (three dockerds, three etcd members, three reapers) per transport.
 //! Issue 14's fleet, end to end: three hosts (a private dockerd and a reaper each, `host-a`,
 //! `host-b`, `host-c`) sharing one 3-member etcd cluster, plain and with mTLS (see
 //! tests/common/fleet.rs). One `end` cleans every engine, and the session turns Cleaned with
@@ -64,10 +65,17 @@ fn check_done_rows(later: &mut Deferred, f: &Fleet, session: &str, states: [&str
             ),
             (Some(2), Some(1), Some(1), Some(0), Some(0)),
         );
-        later.eq(
-            &format!("{session}: {} row's failures", row["hostName"]),
-            row["failures"].as_u64(),
-            Some(0),
+        // A removal may fail once and succeed on retry (e.g. a volume still in use by a
+        // container that goes a moment later): counted, and then its message is kept.
+        let failures = row["failures"].as_u64();
+        later.check(
+            failures == Some(0) || (failures > Some(0) && row["lastError"].is_string()),
+            || {
+                format!(
+                    "{session}: {} row's failures and lastError: {row}",
+                    row["hostName"]
+                )
+            },
         );
     }
 }
@@ -706,14 +714,16 @@ fn untrusted_clients_are_refused(f: &mut Fleet) {
 
 const STEPS: &[Step] = &[
     ("end once, clean everywhere", end_once_clean_everywhere),
-    ("kill -9 mid-cleanup", kill9_mid_cleanup),
-    ("concurrent writers", concurrent_writers),
+    (KILL9, kill9_mid_cleanup),
+    (CONCURRENT, concurrent_writers),
     ("a host down during end", host_down_during_end),
     ("one etcd member stopped", one_member_stopped),
     ("quorum lost", quorum_lost),
     (LAPSED, host_lapsed_during_end),
 ];
 
+const KILL9: &str = "kill -9 mid-cleanup";
+const CONCURRENT: &str = "concurrent writers";
 const LAPSED: &str = "a host lapsed during end";
 
 #[test]
@@ -722,8 +732,10 @@ fn fleet_without_tls() {
     fleet.steps(STEPS);
 }
 
-/// Every step over mTLS too, but for the lapsed lease (a timing of etcd's leases alone, the
-/// slowest step).
+/// The steps over mTLS too, the certificate check first, but for three whose subject does not
+/// touch the transport and that take longest: the lapsed lease (etcd's lease timing), kill -9
+/// (a restart over mTLS is in "a host down during end") and the concurrent writers (the
+/// revision compare is the same transaction either way). The binary stays within ~4 minutes.
 #[test]
 fn fleet_with_mtls() {
     let mut fleet = Fleet::start(true);
@@ -731,6 +743,10 @@ fn fleet_with_mtls() {
         "a client without a trusted certificate is refused",
         untrusted_clients_are_refused as fn(&mut Fleet),
     )];
-    steps.extend(STEPS.iter().filter(|(name, _)| *name != LAPSED));
+    steps.extend(
+        STEPS
+            .iter()
+            .filter(|(name, _)| ![LAPSED, KILL9, CONCURRENT].contains(name)),
+    );
     fleet.steps(&steps);
 }

@@ -19,9 +19,18 @@ pub struct PrivateEngine {
 }
 
 impl PrivateEngine {
-    /// Starts an engine with the test image [`TEST_IMAGE`] in it.
+    /// Starts an engine with the test image [`TEST_IMAGE`] in it. Its networks take /24s
+    /// of one /16 rather than dockerd's default /16s and /20s: every engine on the machine
+    /// draws from the same few default pools (a network's bridge is a route of the host), and
+    /// a few engines with a few networks each would use them up.
     pub fn start() -> PrivateEngine {
-        let engine = PrivateEngine::start_with(|_| {});
+        let engine = PrivateEngine::start_with(|dir| {
+            std::fs::write(
+                dir.join("daemon.json"),
+                r#"{"default-address-pools": [{"base": "10.213.0.0/16", "size": 24}]}"#,
+            )
+            .expect("daemon.json");
+        });
         engine.script("image");
         engine
     }
