@@ -81,8 +81,7 @@ pub struct Fleet {
 
 impl Fleet {
     /// `live` as the store reports it; this host is added.
-    pub fn new(this: &str, live: BTreeSet<String>) -> Self {
-        let mut live = live;
+    pub fn new(this: &str, mut live: BTreeSet<String>) -> Self {
         live.insert(this.to_string());
         Fleet {
             this: this.to_string(),
@@ -107,14 +106,13 @@ impl SessionStatus {
         self.hosts.iter().find(|r| r.host_name == host)
     }
 
-    /// The host's row, added as `pending` if it has none (rows stay sorted by host name).
+    /// The host's row, added as `pending` if it has none, in host-name order. (Looked up
+    /// one by one: an imported record's rows need not be sorted, and must not gain a twin.)
     pub fn host_row_mut(&mut self, host: &str) -> &mut HostRow {
-        let at = match self
-            .hosts
-            .binary_search_by(|r| r.host_name.as_str().cmp(host))
-        {
-            Ok(at) => at,
-            Err(at) => {
+        let at = match self.hosts.iter().position(|r| r.host_name == host) {
+            Some(at) => at,
+            None => {
+                let at = self.hosts.partition_point(|r| r.host_name.as_str() < host);
                 self.hosts.insert(at, HostRow::pending(host));
                 at
             }
@@ -323,6 +321,24 @@ mod tests {
                 ("host-b", HostState::Pending, 4, 0)
             ]
         );
+    }
+
+    #[test]
+    fn rows_out_of_order_gain_no_twin() {
+        let mut st = session("s").ended().build().status;
+        for h in ["host-c", "host-a"] {
+            st.host_row_mut(h);
+        }
+        st.hosts.reverse();
+        st.add_host_removals("host-a", &counts(1), 0, None);
+        st.report_done(&fleet("host-c", &["host-a", "host-b"]), at(1));
+        let names: Vec<&str> = st.hosts.iter().map(|r| r.host_name.as_str()).collect();
+        assert_eq!(
+            names.iter().filter(|n| **n == "host-a").count(),
+            1,
+            "{names:?}"
+        );
+        assert_eq!(names.len(), 3, "{names:?}");
     }
 
     #[test]
