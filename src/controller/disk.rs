@@ -111,9 +111,12 @@ impl<E: Engine> Controller<E> {
             ..DiskFacts::default()
         };
         let quiet = eviction::plan_evictions(&usage_only, rules, &matchers, &config, now);
+        // New containers wait for the next listing while removals run: a listing of every
+        // image on a loaded engine takes seconds, and the pass after the removals (which turns
+        // a session Cleaned or a failed agent Stopped) would wait behind it.
         let skip_listing = !quiet.pressure && {
             let disk = lock(&self.disk);
-            recent(disk.inventoried) && disk.created_from.is_empty()
+            recent(disk.inventoried) && (disk.created_from.is_empty() || !self.executor.is_idle())
         };
         let facts = match skip_listing {
             true => Ok(usage_only),
