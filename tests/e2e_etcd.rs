@@ -71,32 +71,19 @@ fn cleans_up_through_etcd_and_deletes_nothing_while_quorum_is_lost() {
     let _scope = Scope::new(&["e2e-etcd-"]);
     let bystanders = Bystanders::create("etcd");
     let mut cluster = EtcdCluster::start(true);
-    let certs = cluster.client_certs().expect("mTLS certificates");
-    let mut args: Vec<String> = [
-        "--resync-interval",
-        "1s",
-        "--orphan-grace-period",
-        "1s",
-        "--store-backend",
-        "etcd",
-        "--etcd-prefix",
-        "/e2e",
-        "--host-name",
-        "host-a",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for (flag, file) in [
-        ("--etcd-ca-file", &certs.ca),
-        ("--etcd-cert-file", &certs.cert),
-        ("--etcd-key-file", &certs.key),
-    ] {
-        args.extend([flag.to_string(), file.display().to_string()]);
-    }
-    for e in cluster.endpoints() {
-        args.extend(["--etcd-endpoint".to_string(), e]);
-    }
+    assert!(cluster.client_certs().is_some(), "an mTLS cluster");
+    let mut args = cluster.serve_args("/e2e");
+    args.extend(
+        [
+            "--resync-interval",
+            "1s",
+            "--orphan-grace-period",
+            "1s",
+            "--host-name",
+            "host-a",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = Reaper::start(&args);
 

@@ -120,24 +120,18 @@ fn on_sled_a_session_has_one_row_for_this_host() {
 
 /// A reaper of the fleet: its own host name and instance, the cluster, the one engine.
 fn fleet_reaper(cluster: &EtcdCluster, host: &str) -> Reaper {
-    let mut args: Vec<String> = [
-        "--resync-interval",
-        "1s",
-        "--store-backend",
-        "etcd",
-        "--etcd-prefix",
-        "/rows",
-        "--host-name",
-        host,
-        "--instance",
-        host,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for e in cluster.endpoints() {
-        args.extend(["--etcd-endpoint".to_string(), e]);
-    }
+    let mut args = cluster.serve_args("/rows");
+    args.extend(
+        [
+            "--resync-interval",
+            "1s",
+            "--host-name",
+            host,
+            "--instance",
+            host,
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Reaper::start(&args)
 }

@@ -73,24 +73,18 @@ fn cli_fails(r: &Reaper, args: &[&str]) -> String {
 }
 
 fn reaper_on(cluster: &EtcdCluster, host: &str, instance: &str) -> Reaper {
-    let mut args: Vec<String> = [
-        "--resync-interval",
-        "1s",
-        "--store-backend",
-        "etcd",
-        "--etcd-prefix",
-        "/e2e-hosts",
-        "--host-name",
-        host,
-        "--instance",
-        instance,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for e in cluster.endpoints() {
-        args.extend(["--etcd-endpoint".to_string(), e]);
-    }
+    let mut args = cluster.serve_args("/e2e-hosts");
+    args.extend(
+        [
+            "--resync-interval",
+            "1s",
+            "--host-name",
+            host,
+            "--instance",
+            instance,
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Reaper::start(&args)
 }

@@ -153,6 +153,28 @@ impl EtcdCluster {
         }
     }
 
+    /// The `serve` flags that put a reaper on this cluster under `prefix`, with the trusted
+    /// client certificates when it has TLS: the command-line twin of [`EtcdCluster::settings`].
+    pub fn serve_args(&self, prefix: &str) -> Vec<String> {
+        let mut args: Vec<String> = ["--store-backend", "etcd", "--etcd-prefix", prefix]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for e in self.endpoints() {
+            args.extend(["--etcd-endpoint".to_string(), e]);
+        }
+        if let Some(certs) = self.client_certs() {
+            for (flag, file) in [
+                ("--etcd-ca-file", &certs.ca),
+                ("--etcd-cert-file", &certs.cert),
+                ("--etcd-key-file", &certs.key),
+            ] {
+                args.extend([flag.to_string(), file.display().to_string()]);
+            }
+        }
+        args
+    }
+
     /// Starts member `i` (again): its data dir is kept, so it rejoins the cluster.
     pub fn start_member(&mut self, i: usize) {
         let dir = self.dir.path().to_path_buf();

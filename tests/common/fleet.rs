@@ -68,23 +68,7 @@ impl Fleet {
 
     /// The `serve` flags that put a reaper on the cluster, with the trusted certificates.
     pub fn etcd_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = ["--store-backend", "etcd", "--etcd-prefix", &self.prefix]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for e in self.etcd.endpoints() {
-            args.extend(["--etcd-endpoint".to_string(), e]);
-        }
-        if let Some(certs) = self.etcd.client_certs() {
-            for (flag, file) in [
-                ("--etcd-ca-file", &certs.ca),
-                ("--etcd-cert-file", &certs.cert),
-                ("--etcd-key-file", &certs.key),
-            ] {
-                args.extend([flag.to_string(), file.display().to_string()]);
-            }
-        }
-        args
+        self.etcd.serve_args(&self.prefix)
     }
 
     /// Sets host `i`'s `serve` flags for its next start: its name, its engine, quick passes
