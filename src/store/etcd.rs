@@ -857,9 +857,6 @@ impl RecordStore for EtcdStore {
         forget: Vec<String>,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            if seen.is_empty() && forget.is_empty() {
-                return Ok(());
-            }
             self.run(self.shared.clone().note_sightings(seen, forget))
                 .await
         })

@@ -183,12 +183,15 @@ impl Store {
         self.backend.sightings()
     }
 
-    /// See [`RecordStore::note_sightings`].
+    /// See [`RecordStore::note_sightings`]. Nothing to note is no call: no backend writes then.
     pub async fn note_sightings(
         &self,
         seen: BTreeMap<String, Timestamp>,
         forget: Vec<String>,
     ) -> Result<(), StoreError> {
+        if seen.is_empty() && forget.is_empty() {
+            return Ok(());
+        }
         self.backend.note_sightings(seen, forget).await
     }
 

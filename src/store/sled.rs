@@ -351,9 +351,6 @@ impl RecordStore for SledStore {
         forget: Vec<String>,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            if seen.is_empty() && forget.is_empty() {
-                return Ok(());
-            }
             let h = self.handles()?;
             {
                 let _gate = self.write_gate.lock().await;
