@@ -595,6 +595,16 @@ mod tests {
         objects: Vec<DockerObject>,
         now: Timestamp,
     ) -> Plan {
+        run_with(sessions, agents, objects, now, &cfg())
+    }
+
+    fn run_with(
+        sessions: &[Session],
+        agents: &[Agent],
+        objects: Vec<DockerObject>,
+        now: Timestamp,
+        config: &PlanConfig,
+    ) -> Plan {
         plan(
             sessions,
             agents,
@@ -604,7 +614,7 @@ mod tests {
                 first_seen: Default::default(),
             },
             now,
-            &cfg(),
+            config,
             &Scope::Normal,
         )
     }
@@ -795,16 +805,8 @@ mod tests {
     fn a_done_host_writes_again_only_when_the_rows_would_let_the_session_go() {
         let mut s = session("s").ended().build();
         let a_with_b = in_fleet("host-a", &["host-b"]);
-        let plan_with = |s: &Session, c: &PlanConfig| {
-            plan(
-                std::slice::from_ref(s),
-                &[],
-                &Actual::default(),
-                at(1),
-                c,
-                &Scope::Normal,
-            )
-        };
+        let plan_with =
+            |s: &Session, c: &PlanConfig| run_with(std::slice::from_ref(s), &[], vec![], at(1), c);
         assert_eq!(host_dones(&plan_with(&s, &a_with_b)), 1);
         assert!(!s.report_host_done(&a_with_b.fleet, at(1)).cleaned);
         // host-b is live and pending: no write in every pass.
@@ -819,18 +821,7 @@ mod tests {
         // host-b comes back: its objects of the Cleaned session go first, then it reports.
         let b = in_fleet("host-b", &["host-a"]);
         let obj = container("c").label("reaper.session", "s");
-        let actual = Actual {
-            objects: vec![obj],
-            ..Actual::default()
-        };
-        let p = plan(
-            std::slice::from_ref(&s),
-            &[],
-            &actual,
-            at(3),
-            &b,
-            &Scope::Normal,
-        );
+        let p = run_with(std::slice::from_ref(&s), &[], vec![obj], at(3), &b);
         assert_eq!(removed(&p), ["c"]);
         assert_eq!(host_dones(&p), 0, "not done while its objects are there");
         assert_eq!(host_dones(&plan_with(&s, &b)), 1);
@@ -849,15 +840,7 @@ mod tests {
         let mut s = session("s").ended().deleting().build();
         let a = in_fleet("host-a", &["host-b"]);
         let p = |s: &Session, c: &PlanConfig| {
-            plan(
-                std::slice::from_ref(s),
-                &[],
-                &Actual::default(),
-                at(1),
-                c,
-                &Scope::Normal,
-            )
-            .transitions
+            run_with(std::slice::from_ref(s), &[], vec![], at(1), c).transitions
         };
         assert!(matches!(p(&s, &a)[..], [Transition::HostDone { .. }]));
         s.report_host_done(&a.fleet, at(1));
