@@ -118,31 +118,14 @@ fn on_sled_a_session_has_one_row_for_this_host() {
     bystanders.assert_all_alive();
 }
 
-/// A reaper of the fleet: its own host name and instance, the cluster, the one engine.
-fn fleet_reaper(cluster: &EtcdCluster, host: &str) -> Reaper {
-    let mut args = cluster.serve_args("/rows");
-    args.extend(
-        [
-            "--resync-interval",
-            "1s",
-            "--host-name",
-            host,
-            "--instance",
-            host,
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Reaper::start(&args)
-}
-
 #[test]
 fn in_a_fleet_a_session_waits_for_every_live_host_and_not_for_a_lapsed_one() {
     let _scope = Scope::new(&["e2e-rows-f"]);
     let bystanders = Bystanders::create("rows-fleet");
     let cluster = EtcdCluster::start(false);
-    let a = fleet_reaper(&cluster, "host-a");
-    let mut b = fleet_reaper(&cluster, "host-b");
+    // Each its own host name and instance, on the one engine.
+    let a = cluster.start_reaper("/rows", "host-a", "host-a");
+    let mut b = cluster.start_reaper("/rows", "host-b", "host-b");
 
     // Ended while host-b is killed: its lease is still live (10 s), so it holds the session.
     let s1 = "e2e-rows-f1";

@@ -72,30 +72,13 @@ fn cli_fails(r: &Reaper, args: &[&str]) -> String {
     stderr_of(&out)
 }
 
-fn reaper_on(cluster: &EtcdCluster, host: &str, instance: &str) -> Reaper {
-    let mut args = cluster.serve_args("/e2e-hosts");
-    args.extend(
-        [
-            "--resync-interval",
-            "1s",
-            "--host-name",
-            host,
-            "--instance",
-            instance,
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Reaper::start(&args)
-}
-
 #[test]
 fn a_killed_host_turns_gone_is_forgotten_only_then_and_comes_back_ready() {
     let _scope = Scope::new(&["e2e-hosts-"]);
     let bystanders = Bystanders::create("hosts");
     let cluster = EtcdCluster::start(false);
-    let a = reaper_on(&cluster, "host-a", INSTANCE);
-    let mut b = reaper_on(&cluster, "host-b", "e2e-hosts-b");
+    let a = cluster.start_reaper("/e2e-hosts", "host-a", INSTANCE);
+    let mut b = cluster.start_reaper("/e2e-hosts", "host-b", "e2e-hosts-b");
 
     // Both ready, seen from either, with version and a recent renewal.
     a.wait_until("host-a lists both hosts", Duration::from_secs(20), || {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use reaper::store::{EtcdSettings, EtcdTls};
 
-use super::{free_port, run_with_timeout};
+use super::{free_port, run_with_timeout, Reaper};
 
 const MEMBERS: usize = 3;
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -173,6 +173,25 @@ impl EtcdCluster {
             }
         }
         args
+    }
+
+    /// A reaper on this cluster under `prefix` and on the suite's engine, as `host`, scoped to
+    /// `instance` (reapers sharing one engine), with 1 s passes; started and ready.
+    pub fn start_reaper(&self, prefix: &str, host: &str, instance: &str) -> Reaper {
+        let mut args = self.serve_args(prefix);
+        args.extend(
+            [
+                "--resync-interval",
+                "1s",
+                "--host-name",
+                host,
+                "--instance",
+                instance,
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Reaper::start(&args)
     }
 
     /// Starts member `i` (again): its data dir is kept, so it rejoins the cluster.
