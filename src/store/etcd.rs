@@ -43,6 +43,7 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::host_lease::LEASE_TTL;
 use super::hosts::{Forget, HostInfo, KnownHost, ThisHost};
 use super::{codec, reject_duplicates, RecordStore, StoreError, StoreFuture, Versioned, Write};
 use crate::core::model::{OwnerKind, OwnerRef, Record, Timestamp};
@@ -233,10 +234,13 @@ impl Shared {
 }
 
 impl EtcdStore {
-    /// Connects and reads the prefix once; fails if etcd cannot be read now.
+    /// Connects, reads the prefix and waits until the cache lists this host as live; fails if
+    /// etcd cannot be read or the host's presence is not written within a lease's ttl. Opened
+    /// means settled: this host's own arrival does not move the change stream afterwards.
     pub fn open(settings: &EtcdSettings) -> Result<EtcdStore, StoreError> {
         let store = EtcdStore::start(settings)?;
         store.block_on(store.shared.clone().refresh())?;
+        store.block_on(store.shared.clone().until_live(settings.host.clone()))?;
         Ok(store)
     }
 
@@ -527,6 +531,22 @@ impl Shared {
         while cache.generations.len() > GENERATIONS_KEPT {
             cache.generations.pop_first();
         }
+    }
+
+    /// Waits until the cache lists `host` as live (its presence key arrived).
+    async fn until_live(self: Arc<Self>, host: String) -> Result<(), StoreError> {
+        let mut changes = self.changes.subscribe();
+        let listed = changes.wait_for(|_| read(&self.cache).hosts.contains(&host));
+        let live = tokio::time::timeout(LEASE_TTL, listed)
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if live {
+            return Ok(());
+        }
+        Err(io(
+            "presence",
+            format!("host {host} was not listed live within {LEASE_TTL:?}"),
+        ))
     }
 
     /// Waits until the cache holds `revision` (a write just made), listing if the watch lags.
