@@ -44,6 +44,7 @@ macro_rules! conformance {
             conformance!(@async $open;
                 apply_creates_configures_and_leaves_unchanged,
                 a_record_owned_by_another_source_makes_the_whole_batch_fail,
+                create_refuses_a_batch_naming_any_existing_record,
                 applying_to_a_record_being_deleted_is_a_conflict,
                 update_reports_missing_records_and_aborts_on_error,
                 a_write_at_a_stale_revision_changes_nothing,
@@ -281,6 +282,44 @@ mod suite {
         // The owning file itself may change it.
         let out = apply_ok(&store, batch.split_off(3), FILE_A, T1).await;
         assert_eq!(out[0].action, ApplyAction::Configured);
+    }
+
+    pub async fn create_refuses_a_batch_naming_any_existing_record<B: RecordStore>(
+        open: Open<B>,
+    ) {
+        let (_dir, store) = fresh(open);
+        let out = store
+            .create(one_session("taken"), API_SOURCE, T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            actions(&out),
+            [(OwnerKind::Session, "taken", ApplyAction::Created)]
+        );
+        let before = store.export().unwrap();
+
+        // Another caller that also found the name free: its spec must not replace the first's.
+        let mut late = session("taken");
+        late.spec.ttl = Some(Duration::from_secs(60));
+        let mut batch = sessions("free", 2);
+        batch.push(Record::Session(late));
+        let err = store.create(batch, API_SOURCE, T1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "session/taken already exists: choose another name"
+        );
+        assert_eq!(
+            store.export().unwrap(),
+            before,
+            "nothing in the batch may be applied"
+        );
+        // Even the same spec again is refused: create never reports `unchanged`.
+        let err = store
+            .create(one_session("taken"), API_SOURCE, T1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     }
 
     pub async fn applying_to_a_record_being_deleted_is_a_conflict<B: RecordStore>(open: Open<B>) {

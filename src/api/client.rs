@@ -38,6 +38,11 @@ impl ClientError {
         self.status() == Some(StatusCode::NOT_FOUND)
     }
 
+    /// The daemon answered 409: the write conflicts with the record as it is.
+    pub fn is_conflict(&self) -> bool {
+        self.status() == Some(StatusCode::CONFLICT)
+    }
+
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),

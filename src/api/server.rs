@@ -638,10 +638,12 @@ async fn apply(ctl: &dyn Daemon, body: ApplyRequest) -> Reply {
             details: errs.0.iter().map(|e| e.to_string()).collect(),
         },
     })?;
-    let results = ctl
-        .store()?
-        .apply(parsed.records, API_SOURCE, Timestamp::now())
-        .await?;
+    let store = ctl.store()?;
+    let now = Timestamp::now();
+    let results = match body.create {
+        true => store.create(parsed.records, API_SOURCE, now).await?,
+        false => store.apply(parsed.records, API_SOURCE, now).await?,
+    };
     ok(ApplyResponse {
         results,
         warnings: parsed.warnings,

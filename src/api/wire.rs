@@ -64,6 +64,9 @@ impl SessionManifest<'_> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyRequest {
     pub files: Vec<ApplyFile>,
+    /// Create only (kubectl create): a record that exists already is a conflict.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
 }
 
 /// `POST /v1/sessions/{name}/end`; an empty body means `{}`.
@@ -468,6 +471,9 @@ mod tests {
     fn every_request_keeps_its_documented_shape() {
         round_trip::<ApplyRequest>(
             r#"{"files": [{"name": "a.yaml", "content": "kind: Session"}]}"#,
+        );
+        round_trip::<ApplyRequest>(
+            r#"{"files": [{"name": "a.yaml", "content": "kind: Session"}], "create": true}"#,
         );
         round_trip::<EndRequest>(r#"{"failed": true}"#);
         round_trip::<HeartbeatRequest>("{}");

@@ -743,7 +743,15 @@ fn read_capped(name: &str, reader: impl Read) -> Result<ApplyFile, Failure> {
 
 async fn apply(c: &Client, args: &[String]) -> Outcome {
     let files = read_manifest_files(args)?;
-    let applied: ApplyResponse = c.post("/v1/apply", &ApplyRequest { files }).await?;
+    let applied: ApplyResponse = c
+        .post(
+            "/v1/apply",
+            &ApplyRequest {
+                files,
+                create: false,
+            },
+        )
+        .await?;
     for w in &applied.warnings {
         eprintln!("warning: {w}");
     }

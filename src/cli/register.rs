@@ -7,7 +7,6 @@ use super::Failure;
 use crate::api::client::Client;
 use crate::api::wire::{ApplyRequest, ApplyResponse, RecordView, SessionManifest};
 use crate::core::model::{validate_label, Duration, Labels, Name, ObjectMeta, SessionSpec};
-use crate::store::ApplyAction;
 
 /// The session's lifetime and labels, as flags.
 #[derive(Args, Debug, Clone, Default)]
@@ -90,15 +89,19 @@ pub async fn register(
     spec.cleanup.delay = flags.cleanup_delay;
     let file =
         SessionManifest::file(&metadata, &spec, file_name).map_err(|e| Failure::new(1, e))?;
-    let applied: ApplyResponse = c
-        .post("/v1/apply", &ApplyRequest { files: vec![file] })
-        .await?;
-    match applied.results.first().map(|r| &r.action) {
-        Some(ApplyAction::Created) => Ok(()),
-        // Someone registered the same name between the check and the apply.
-        _ => Err(Failure::new(
+    // Create only: someone who registered the name between the look and this write keeps
+    // their session as they declared it.
+    let request = ApplyRequest {
+        files: vec![file],
+        create: true,
+    };
+    match c.post::<_, ApplyResponse>("/v1/apply", &request).await {
+        Ok(applied) if applied.results.len() == 1 => Ok(()),
+        Ok(_) => Err(Failure::new(1, "unexpected reply: not one applied record")),
+        Err(e) if e.is_conflict() => Err(Failure::new(
             1,
             format!("session/{name} was registered by someone else meanwhile: choose another name"),
         )),
+        Err(e) => Err(e.into()),
     }
 }

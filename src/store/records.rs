@@ -230,6 +230,29 @@ impl Store {
         source: &str,
         now: Timestamp,
     ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        self.write_batch(records, source, now, false).await
+    }
+
+    /// kubectl-create semantics: [`Store::apply`] where every record must be new. A record
+    /// that exists, in any phase, is a `Conflict` and nothing in the batch is applied. A
+    /// caller that looked and found the name free thus never reconfigures a record someone
+    /// else registered in between (as two `reaper run --session NAME` at once would).
+    pub async fn create(
+        &self,
+        records: Vec<Record>,
+        source: &str,
+        now: Timestamp,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        self.write_batch(records, source, now, true).await
+    }
+
+    async fn write_batch(
+        &self,
+        records: Vec<Record>,
+        source: &str,
+        now: Timestamp,
+        only_new: bool,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
         reject_duplicates(records.iter().map(Record::owner))?;
         let records = &records;
         self.retry_stale(|| async move {
@@ -237,8 +260,8 @@ impl Store {
             let mut outcomes = Vec::with_capacity(records.len());
             for record in records {
                 let (write, action) = match record {
-                    Record::Session(s) => self.apply_one(s, source, now)?,
-                    Record::Agent(a) => self.apply_one(a, source, now)?,
+                    Record::Session(s) => self.apply_one(s, source, now, only_new)?,
+                    Record::Agent(a) => self.apply_one(a, source, now, only_new)?,
                 };
                 let owner = record.owner();
                 outcomes.push(ApplyOutcome {
@@ -387,6 +410,7 @@ impl Store {
         new: &R,
         source: &str,
         now: Timestamp,
+        only_new: bool,
     ) -> Result<(Write, ApplyAction), StoreError> {
         let name = new.name().as_str();
         let Some(found) = self.get::<R>(name)? else {
@@ -398,6 +422,12 @@ impl Store {
             };
             return Ok((put, ApplyAction::Created));
         };
+        if only_new {
+            return Err(StoreError::Conflict(format!(
+                "{}/{name} already exists: choose another name",
+                R::KIND.as_str()
+            )));
+        }
         let mut current = found.record;
         if current.source() != source {
             return Err(source_conflict(R::KIND, name, current.source(), source));
