@@ -303,6 +303,63 @@ class SessionTest(ReaperTestCase):
                 self.fail("the body ran under a finished session's name")
         self.assertIn("reaper delete session", str(finished.exception))
 
+    def test_a_name_taken_between_the_look_and_the_write_is_left_as_its_owner_declared_it(
+        self,
+    ) -> None:
+        name = unique("py-race")
+        with reaper_client.session(name, ttl="1h", heartbeat=None):
+            late = reaper_client.session(name, ttl="5m", heartbeat="2s")
+            # The late starter looked before the name was taken.
+            late._refuse_taken_name = lambda: None  # type: ignore[method-assign]
+            with self.assertRaises(Conflict) as raced:
+                late.start()
+            self.assertEqual(raced.exception.status, 409)
+            self.assertIn("already exists", str(raced.exception))
+            spec = CLIENT.get_session(name)["spec"]
+            self.assertEqual(spec.get("ttl"), "1h", "the owner's session was reconfigured")
+            self.assertNotIn("heartbeatTimeout", spec)
+
+    def test_wait_session_follows_the_watch_until_the_objects_are_gone(self) -> None:
+        s = reaper_client.session(unique("py-wait"), heartbeat=None).start()
+        c = ENGINE.run(unique("pyw-c"), s.labels)
+        self.addCleanup(ENGINE.remove_quietly, c)
+        waited: List[object] = []
+        waiter = threading.Thread(
+            target=lambda: waited.append(CLIENT.wait_session(s.name, timeout=CLEANUP_BOUND))
+        )
+        waiter.start()
+        time.sleep(0.5)  # the waiter sees the session Active first: the change comes later
+        self.assertTrue(waiter.is_alive(), "wait_session returned for an Active session")
+        s.end()
+        waiter.join(CLEANUP_BOUND + 5)
+        self.assertFalse(waiter.is_alive(), "wait_session did not return")
+        self.assertEqual(len(waited), 1, "wait_session raised in its thread")
+        cleaned = waited[0]
+        assert isinstance(cleaned, dict)
+        self.assertEqual(cleaned["status"]["phase"], "Cleaned")
+        self.assertEqual(cleaned["status"]["removed"]["containers"], 1)
+        self.assertFalse(ENGINE.exists(c), "Cleaned while its container is still there")
+        # Already there: at once, from the listing the watch starts with.
+        t0 = time.monotonic()
+        self.assertEqual(CLIENT.wait_session(s.name, timeout=10)["status"]["phase"], "Cleaned")
+        self.assertLess(time.monotonic() - t0, 5)
+
+        with reaper_client.session(unique("py-wait-live"), heartbeat=None) as live:
+            t0 = time.monotonic()
+            with self.assertRaises(TimeoutError) as late:
+                CLIENT.wait_session(live.name, timeout=1)
+            self.assertIn("still Active", str(late.exception))
+            self.assertLess(time.monotonic() - t0, 10)
+        with self.assertRaises(NotFound):
+            CLIENT.wait_session(unique("py-wait-none"), timeout=5)
+
+        events = list(CLIENT.watch_sessions(timeout_seconds=1))
+        kinds = [e["type"] for e in events]
+        self.assertEqual(kinds.count("BOOKMARK"), 1, kinds)
+        listed = [e["object"]["metadata"]["name"] for e in events[: kinds.index("BOOKMARK")]]
+        self.assertIn(s.name, listed)
+        self.assert_bystanders_alive()
+
     def test_a_session_over_tcp_with_the_bearer_token(self) -> None:
         url, token = env("REAPER_TEST_API_URL"), env("REAPER_TEST_API_TOKEN")
         client = Client(url, token=token)
@@ -408,6 +465,11 @@ class ClientTest(ReaperTestCase):
             {"apiVersion": "reaper/v1", "kind": "Agent", "metadata": {"name": agent}, "spec": {}},
         ])
         self.assertEqual(reply["results"], [{"kind": "agent", "name": agent, "action": "created"}])
+        with self.assertRaises(Conflict) as exists:
+            CLIENT.apply({"apiVersion": "reaper/v1", "kind": "Agent", "metadata": {"name": agent},
+                          "spec": {"match": {"namePrefix": "changed-"}}}, create=True)
+        self.assertIn(f"agent/{agent} already exists", str(exists.exception))
+        self.assertNotIn("match", CLIENT.get_agent(agent)["spec"])
         self.assertIn(agent, [a["metadata"]["name"] for a in CLIENT.list_agents()])
         self.assertEqual(CLIENT.report_agent(agent, "running")["status"]["phase"], "Running")
         self.assertEqual(CLIENT.get_agent(agent)["status"]["phase"], "Running")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import math
 import os
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Union, cast
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union, cast
 
-from .errors import ProtocolError, Unreachable, error_for_status
+from .errors import NotFound, ProtocolError, Unavailable, Unreachable, error_for_status
 from .types import (
     AgentPhase,
     AgentRecord,
@@ -20,6 +22,7 @@ from .types import (
     OrphansResponse,
     SessionRecord,
     Status,
+    WatchEvent,
 )
 
 __all__ = ["Client", "default_socket_path", "Manifests"]
@@ -60,7 +63,7 @@ def default_socket_path() -> Path:
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: Optional[float]) -> None:
         super().__init__("reaper", timeout=timeout)
         self._path = path
 
@@ -133,7 +136,7 @@ class Client:
     # Transport
     # -----------------------------------------------------------------------------------------
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self, timeout: Optional[float]) -> http.client.HTTPConnection:
         if self._tcp is not None:
             cls = (
                 http.client.HTTPSConnection
@@ -161,6 +164,54 @@ class Client:
         """One API call: ``body`` (if not None) is sent as JSON; returns the decoded JSON reply.
         Raises a typed :class:`ReaperError` for error statuses, :class:`Unreachable` when no
         answer comes."""
+        conn = self._connection(self.timeout if timeout is None else timeout)
+        try:
+            with self._answers(conn):
+                resp = self._send(conn, method, path, body)
+                status, raw = resp.status, resp.read()
+        finally:
+            conn.close()
+        return _decode(status, raw)
+
+    def _lines(self, path: str, timeout: Optional[float]) -> Iterator[Any]:
+        """A streamed ``GET``: each line of the reply, decoded, until the daemon ends it.
+        ``timeout`` bounds the connection and the wait for each line (None: no bound)."""
+        conn = self._connection(timeout)
+        try:
+            with self._answers(conn):
+                resp = self._send(conn, "GET", path, None)
+                if resp.status != 200:
+                    _decode(resp.status, resp.read())
+                    raise ProtocolError(f"the daemon answered HTTP {resp.status} to a watch")
+            while True:
+                with self._answers(conn):
+                    line = resp.readline()
+                if not line:
+                    return
+                if line.strip():
+                    yield _decode(200, line)
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _answers(self, conn: http.client.HTTPConnection) -> Iterator[None]:
+        """Turns a transport failure into :class:`Unreachable`, with why."""
+        try:
+            yield
+        except socket.timeout:
+            raise self._unreachable(f"no answer within {conn.timeout} s") from None
+        except FileNotFoundError:
+            raise self._unreachable("no such socket") from None
+        except PermissionError as e:
+            raise self._unreachable(
+                f"{e.strerror or e} (the socket's owner and group may call the API)"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise self._unreachable(str(e) or type(e).__name__) from None
+
+    def _send(
+        self, conn: http.client.HTTPConnection, method: str, path: str, body: Any
+    ) -> http.client.HTTPResponse:
         prefix = self._tcp.path.rstrip("/") if self._tcp is not None else ""
         headers = {"Host": "reaper", "Accept": "application/json", "Connection": "close"}
         if self._tcp is not None:
@@ -171,26 +222,8 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        conn = self._connection(self.timeout if timeout is None else timeout)
-        try:
-            try:
-                conn.request(method, prefix + path, body=data, headers=headers)
-                resp = conn.getresponse()
-                status = resp.status
-                raw = resp.read()
-            except socket.timeout:
-                raise self._unreachable(f"no answer within {conn.timeout} s") from None
-            except FileNotFoundError:
-                raise self._unreachable("no such socket") from None
-            except PermissionError as e:
-                raise self._unreachable(
-                    f"{e.strerror or e} (the socket's owner and group may call the API)"
-                ) from None
-            except (OSError, http.client.HTTPException) as e:
-                raise self._unreachable(str(e) or type(e).__name__) from None
-        finally:
-            conn.close()
-        return _decode(status, raw)
+        conn.request(method, prefix + path, body=data, headers=headers)
+        return conn.getresponse()
 
     # -----------------------------------------------------------------------------------------
     # The API
@@ -200,14 +233,23 @@ class Client:
         """Daemon, store and Docker health, with record counts per phase."""
         return cast(Status, self.request("GET", "/v1/status"))
 
-    def apply(self, manifests: Manifests, *, filename: str = "reaper-client.yaml") -> ApplyResponse:
+    def apply(
+        self,
+        manifests: Manifests,
+        *,
+        filename: str = "reaper-client.yaml",
+        create: bool = False,
+    ) -> ApplyResponse:
         """Applies manifests, all or nothing: YAML text (one or more documents), a manifest as a
         mapping (a record from :meth:`get_session` can be re-applied as is), or a list of
-        either. ``filename`` is the name the daemon's error messages show.
+        either. ``filename`` is the name the daemon's error messages show. With ``create``,
+        every record must be new (kubectl create): one that exists is a :class:`Conflict`.
         Raises :class:`InvalidManifest` (with every error in ``details``) or :class:`Conflict`;
         nothing is applied then."""
         content = _manifest_text(manifests)
-        body = {"files": [{"name": filename, "content": content}]}
+        body: Dict[str, Any] = {"files": [{"name": filename, "content": content}]}
+        if create:
+            body["create"] = True
         return cast(ApplyResponse, self.request("POST", "/v1/apply", body))
 
     def list_sessions(self) -> List[SessionRecord]:
@@ -215,6 +257,58 @@ class Client:
 
     def list_agents(self) -> List[AgentRecord]:
         return cast(List[AgentRecord], self.request("GET", "/v1/agents"))
+
+    def watch_sessions(self, *, timeout_seconds: Optional[int] = None) -> Iterator[WatchEvent]:
+        """Follows ``GET /v1/watch/sessions``: ``ADDED`` for every session now, one
+        ``BOOKMARK``, then ``ADDED``, ``MODIFIED`` or ``DELETED`` (with the last state) for each
+        change. A reader that falls behind misses intermediate states, never the latest one.
+        It ends after ``timeout_seconds`` (1 to 86400) when given, else when the daemon stops;
+        an ``ERROR`` line from the daemon raises :class:`Unavailable`."""
+        return self._watch("sessions", timeout_seconds)
+
+    def watch_agents(self, *, timeout_seconds: Optional[int] = None) -> Iterator[WatchEvent]:
+        """As :meth:`watch_sessions`, for agents."""
+        return self._watch("agents", timeout_seconds)
+
+    def _watch(self, plural: str, timeout_seconds: Optional[int]) -> Iterator[WatchEvent]:
+        path = f"/v1/watch/{plural}"
+        # The daemon ends the stream then; a little more lets its end arrive.
+        bound: Optional[float] = None
+        if timeout_seconds is not None:
+            path += f"?timeoutSeconds={int(timeout_seconds)}"
+            bound = int(timeout_seconds) + self.timeout
+        for event in self._lines(path, bound):
+            if event.get("type") == "ERROR":
+                raise Unavailable(event.get("error") or "the watch ended with an error")
+            yield cast(WatchEvent, event)
+
+    def wait_session(
+        self, name: str, phases: Iterable[str] = ("Cleaned",), *, timeout: float = 300.0
+    ) -> SessionRecord:
+        """Returns the session once its phase is one of ``phases`` (``Cleaned`` by default: all
+        its objects are gone), following the watch rather than polling. Raises
+        :class:`NotFound` when there is no such session (or it is deleted meanwhile) and
+        :class:`TimeoutError` after ``timeout`` seconds."""
+        wanted = set(phases)
+        last: Optional[SessionRecord] = None
+        for event in self.watch_sessions(timeout_seconds=max(1, math.ceil(timeout))):
+            record = event.get("object")
+            if event["type"] == "BOOKMARK":
+                if last is None:
+                    raise NotFound(f"session {name} not found", status=404)
+                continue
+            if record is None or record["metadata"]["name"] != name:
+                continue
+            if event["type"] == "DELETED":
+                raise NotFound(f"session {name} was deleted", status=404)
+            last = cast(SessionRecord, record)
+            if last["status"]["phase"] in wanted:
+                return last
+        phase = last["status"]["phase"] if last else "unknown"
+        raise TimeoutError(
+            f"session {name} is still {phase} after {timeout} s (waiting for "
+            f"{' or '.join(sorted(wanted))})"
+        )
 
     def get_session(self, name: str) -> SessionRecord:
         return cast(SessionRecord, self.request("GET", f"/v1/sessions/{_seg(name)}"))

@@ -101,12 +101,13 @@ class Session:
         if self._started:
             raise RuntimeError(f"session {self.name} was already started")
         self._refuse_taken_name()
-        reply = self.client.apply(self.manifest(), filename=f"session {self.name}")
-        actions = [r for r in reply["results"] if r["name"] == self.name]
-        if not actions or actions[0]["action"] != "created":
-            # Someone registered the same name between our look and our apply.
+        try:
+            # Create only: whoever registered the name between our look and this write keeps
+            # their session as they declared it.
+            reply = self.client.apply(self.manifest(), filename=f"session {self.name}", create=True)
+        except Conflict:
             self._refuse_taken_name()
-            raise Conflict(f"session {self.name} already exists; choose another name")
+            raise
         for warning in reply.get("warnings", []):
             log.warning("reaper: %s", warning)
         self._started = True

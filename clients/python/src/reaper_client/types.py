@@ -8,7 +8,7 @@ document) to its type; the repository's tests check both against ``docs/openapi.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, TypedDict
+from typing import Dict, List, Literal, Optional, TypedDict, Union
 
 __all__ = [
     "Labels",
@@ -44,6 +44,7 @@ __all__ = [
     "OrphansResponse",
     "CleanupFailure",
     "CleanupResponse",
+    "WatchEvent",
     "SessionPhase",
     "EndReason",
     "AgentPhase",
@@ -378,6 +379,18 @@ class CleanupResponse(TypedDict):
     failed: List[CleanupFailure]
 
 
+class _WatchEventOptional(TypedDict, total=False):
+    object: Union[SessionRecord, AgentRecord]
+    error: str
+
+
+class WatchEvent(_WatchEventOptional):
+    """One line of a watch: the record (its last state for ``DELETED``); neither record nor
+    error for ``BOOKMARK``; ``error`` for ``ERROR``, the last line."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
+
+
 #: Each type and where its object is in docs/openapi.yaml (a schema under
 #: components/schemas, or a path to an inline object below one).
 SCHEMAS: Dict[str, type] = {
@@ -415,4 +428,5 @@ SCHEMAS: Dict[str, type] = {
     "ApplyResponse.results[]": ApplyResult,
     "CleanupResponse": CleanupResponse,
     "CleanupResponse.failed[]": CleanupFailure,
+    "WatchEvent": WatchEvent,
 }
