@@ -284,9 +284,7 @@ mod suite {
         assert_eq!(out[0].action, ApplyAction::Configured);
     }
 
-    pub async fn create_refuses_a_batch_naming_any_existing_record<B: RecordStore>(
-        open: Open<B>,
-    ) {
+    pub async fn create_refuses_a_batch_naming_any_existing_record<B: RecordStore>(open: Open<B>) {
         let (_dir, store) = fresh(open);
         let out = store
             .create(one_session("taken"), API_SOURCE, T0)
