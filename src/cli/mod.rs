@@ -13,6 +13,7 @@ pub mod relative_time;
 pub mod run;
 mod selector;
 mod serve_args;
+mod wait;
 mod watch;
 
 use serve_args::socket_help;
@@ -21,7 +22,6 @@ pub use serve_args::{serve_overrides, ServeArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use crate::api::client::{Client, ClientError};
 use crate::api::wire::{
@@ -186,6 +186,27 @@ pub enum Command {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Wait until records reach a phase, or are deleted (as kubectl wait does); prints
+    /// `KIND/NAME condition met` for each.
+    #[command(after_help = "Examples:\n  reaper session end tdd-run-42 && \
+        reaper wait session tdd-run-42 --for phase=Cleaned --timeout 2m\n  \
+        reaper wait agent my-agent --for phase=running\n  \
+        reaper wait session tdd-run-42 tdd-run-43 --for delete\n\n\
+        Exit status: 0 once every NAME meets the condition; 1 on timeout, or when a NAME does not\n\
+        exist (with --for delete, a NAME that does not exist has met it).")]
+    Wait {
+        /// session or agent.
+        kind: Kind,
+        /// The records' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long = "for", value_name = "CONDITION", value_parser = wait::Condition::parse,
+              help = wait::Condition::HELP)]
+        condition: wait::Condition,
+        /// How long to wait.
+        #[arg(long, default_value = "30s")]
+        timeout: crate::core::model::Duration,
     },
     /// Daemon, store and Docker health, with counts.
     #[command(after_help = "Examples:\n  reaper status\n  \
@@ -514,11 +535,19 @@ pub async fn run_client(socket: &Path, command: Command) -> Outcome {
             };
             println!("{}/{name} deletion requested", kind_str(kind));
             if wait {
-                wait_gone(&c, kind, &name, timeout.std()).await?;
+                let names = [name.clone()];
+                let gone = wait::Condition::Deleted;
+                wait::until(&c, kind, &names, &gone, timeout.std(), |_| {}).await?;
                 println!("{}/{name} deleted", kind_str(kind));
             }
             Ok(())
         }
+        Command::Wait {
+            kind,
+            names,
+            condition,
+            timeout,
+        } => wait::wait(&c, kind, &names, &condition, timeout.std()).await,
         Command::Session(SessionCommand::Start {
             name,
             flags,
@@ -648,26 +677,6 @@ fn kind_str(k: Kind) -> &'static str {
     match k {
         Kind::Session => "session",
         Kind::Agent => "agent",
-    }
-}
-
-async fn wait_gone(c: &Client, kind: Kind, name: &str, timeout: Duration) -> Outcome {
-    let started = Instant::now();
-    loop {
-        match c
-            .get::<RecordView>(&format!("/v1/{}/{name}", kind.plural()))
-            .await
-        {
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e.into()),
-            Ok(_) if started.elapsed() >= timeout => {
-                return Err(Failure::new(
-                    1,
-                    format!("{}/{name} still exists after {timeout:?}", kind_str(kind)),
-                ))
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
     }
 }
 
