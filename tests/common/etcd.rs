@@ -2,9 +2,9 @@
 //! without mTLS (certificates made here with the openssl CLI). Members can be stopped and
 //! started again one by one (a member down, quorum lost).
 //!
-//! It always stops: `Drop` kills and reaps every member; and a watchdog process kills them
-//! should this test process die without dropping it (an abort, a `kill -9`, or a cluster kept
-//! in a `static` for a whole test binary, which is never dropped).
+//! It always stops: `Drop` kills and reaps every member and removes the dir; and a watchdog
+//! process does both should this test process die without dropping it (an abort, a `kill -9`,
+//! or a cluster kept in a `static` for a whole test binary, which is never dropped).
 //!
 //! A missing `etcd` binary is a failure, never a skip: `./scripts/test` installs it.
 
@@ -85,12 +85,14 @@ impl EtcdCluster {
             .arg("-c")
             .arg(
                 "while kill -0 \"$1\" 2>/dev/null; do sleep 0.3; done; \
-                 for f in \"$2\"/*; do [ -f \"$f\" ] && kill -9 \"$(cat \"$f\")\" 2>/dev/null; done; exit 0",
+                 for f in \"$2\"/pids/*; do [ -f \"$f\" ] && kill -9 \"$(cat \"$f\")\" 2>/dev/null; done; \
+                 sleep 0.2; rm -rf \"$2\"; exit 0",
             )
             .args([
                 "etcd-watchdog",
                 &std::process::id().to_string(),
-                &dir.path().join("pids").display().to_string(),
+                // Its data too: in /dev/shm, a cluster left behind holds ~400 MB of memory.
+                &dir.path().display().to_string(),
             ])
             .stdin(Stdio::null())
             .spawn()
