@@ -129,6 +129,19 @@ fn wait_times_out_refuses_unknown_phases_and_reports_missing_names() {
         "{}",
         stderr_of(&out)
     );
+    let out = r.cli(&[
+        "wait",
+        "session",
+        "e2e-wait-none",
+        "e2e-wait-gone",
+        "--for",
+        "phase=active",
+    ]);
+    assert_eq!(
+        stderr_of(&out).trim_end(),
+        "error: session/e2e-wait-gone not found\nerror: session/e2e-wait-none not found",
+        "every missing NAME is named"
+    );
     let out = r.cli_ok(&["wait", "session", "e2e-wait-none", "--for", "delete"]);
     assert_eq!(out, "session/e2e-wait-none condition met\n");
 

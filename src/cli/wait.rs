@@ -110,16 +110,14 @@ pub async fn until(
                     .copied()
                     .filter(|n| !listed.contains(*n))
                     .collect();
-                for name in absent {
-                    match wanted {
-                        None => {
-                            pending.remove(name);
-                            met(name);
-                        }
-                        Some(_) => {
-                            failed = Some(Failure::new(1, format!("{} not found", what(name))));
-                        }
-                    }
+                if wanted.is_some() && !absent.is_empty() {
+                    let each: Vec<String> = absent.iter().map(|n| what(n)).collect();
+                    let message = format!("{} not found", each.join(" not found\nerror: "));
+                    failed = Some(Failure::new(1, message));
+                }
+                for name in absent.into_iter().filter(|_| wanted.is_none()) {
+                    pending.remove(name);
+                    met(name);
                 }
             }
             (WatchEventType::Deleted, Some(r)) => {
