@@ -86,48 +86,45 @@ fn wait_times_out_refuses_unknown_phases_and_reports_missing_names() {
     let r = Reaper::start(&[]);
     r.cli_ok(&["session", "start", "e2e-wait-live"]);
 
+    // Each refusal: its exit status, and what stderr says.
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let out = r.cli(args);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(says), "{}", stderr_of(&out));
+    };
     let t0 = Instant::now();
-    let out = r.cli(&[
-        "wait",
-        "session",
-        "e2e-wait-live",
-        "--for",
-        "phase=Cleaned",
-        "--timeout",
-        "1s",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out)
-            .contains("timed out after 1s waiting for the condition on session/e2e-wait-live"),
-        "{}",
-        stderr_of(&out)
+    refused(
+        &[
+            "wait",
+            "session",
+            "e2e-wait-live",
+            "--for",
+            "phase=Cleaned",
+            "--timeout",
+            "1s",
+        ],
+        1,
+        "timed out after 1s waiting for the condition on session/e2e-wait-live",
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 
     // A phase the kind does not have is a usage error that lists the phases.
-    let out = r.cli(&["wait", "agent", "a", "--for", "phase=cleaned"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("agent phases are starting, running, failed, stopped"),
-        "{}",
-        stderr_of(&out)
+    refused(
+        &["wait", "agent", "a", "--for", "phase=cleaned"],
+        2,
+        "agent phases are starting, running, failed, stopped",
     );
-    let out = r.cli(&["wait", "session", "x", "--for", "condition=Ready"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("write phase=PHASE or delete"),
-        "{}",
-        stderr_of(&out)
+    refused(
+        &["wait", "session", "x", "--for", "condition=Ready"],
+        2,
+        "write phase=PHASE or delete",
     );
 
     // A NAME that does not exist: not found for a phase, already met for delete.
-    let out = r.cli(&["wait", "session", "e2e-wait-none", "--for", "phase=active"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("session/e2e-wait-none not found"),
-        "{}",
-        stderr_of(&out)
+    refused(
+        &["wait", "session", "e2e-wait-none", "--for", "phase=active"],
+        1,
+        "session/e2e-wait-none not found",
     );
     let out = r.cli(&[
         "wait",
