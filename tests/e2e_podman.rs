@@ -151,9 +151,11 @@ fn core_flows_work_against_podman() {
         Duration::from_secs(10),
         || !build_dir.exists(),
     );
+    // Generous: the pass that writes Stopped can queue behind the disk step's listing of every
+    // image, which takes seconds on a loaded Podman (seen at just over 10 s in a full suite).
     r.wait_until(
         "the failed agent reads Stopped",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || r.phase("agents", "e2e-pod-fail") == "Stopped",
     );
     eprintln!(
