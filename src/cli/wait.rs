@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::watch::{absent, ended, not_found};
 use super::{kind_str, Failure, Kind, Outcome};
 use crate::api::client::Client;
 use crate::api::wire::{RecordView, WatchEvent, WatchEventType};
@@ -99,21 +100,14 @@ pub async fn until(
     let watched = c.watch(&path, |event: WatchEvent| {
         match (event.kind, event.object) {
             (WatchEventType::Error, _) => {
-                let why = event.error.unwrap_or_default();
-                failed = Some(Failure::new(1, format!("the watch ended: {why}")));
+                failed = Some(ended(Some(event.error.unwrap_or_default())));
             }
             (WatchEventType::Bookmark, _) => {
                 synced = true;
                 // What the listing did not hold does not exist now.
-                let absent: Vec<&str> = pending
-                    .iter()
-                    .copied()
-                    .filter(|n| !listed.contains(*n))
-                    .collect();
+                let absent = absent(pending.iter().copied(), |n| listed.contains(n));
                 if wanted.is_some() && !absent.is_empty() {
-                    let each: Vec<String> = absent.iter().map(|n| what(n)).collect();
-                    let message = format!("{} not found", each.join(" not found\nerror: "));
-                    failed = Some(Failure::new(1, message));
+                    failed = Some(not_found(kind_str(kind), &absent));
                 }
                 for name in absent.into_iter().filter(|_| wanted.is_none()) {
                     pending.remove(name);
@@ -165,10 +159,7 @@ pub async fn until(
     }
     match pending.is_empty() {
         true => Ok(()),
-        false => Err(Failure::new(
-            1,
-            "the daemon ended the watch (did it shut down?)",
-        )),
+        false => Err(ended(None)),
     }
 }
 

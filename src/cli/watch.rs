@@ -30,16 +30,14 @@ pub async fn run(c: &Client, w: Watch<'_>) -> Outcome {
     c.watch(&path, |event: WatchEvent| {
         match (event.kind, event.object) {
             (WatchEventType::Error, _) => {
-                let why = event.error.unwrap_or_default();
-                failed = Some(Failure::new(1, format!("the watch ended: {why}")));
+                failed = Some(ended(Some(event.error.unwrap_or_default())));
                 return false;
             }
             (WatchEventType::Bookmark, _) if !synced => {
                 synced = true;
                 let kind = w.plural.trim_end_matches('s');
-                let missing = missing(&initial, kind, w.names, w.ignore_not_found);
-                if !missing.is_empty() {
-                    failed = Some(Failure::new(1, missing.join("\nerror: ")));
+                if let Some(f) = missing(&initial, kind, w.names, w.ignore_not_found) {
+                    failed = Some(f);
                     return false;
                 }
                 printer.print(&std::mem::take(&mut initial));
@@ -53,7 +51,7 @@ pub async fn run(c: &Client, w: Watch<'_>) -> Outcome {
         true
     })
     .await?;
-    Err(failed.unwrap_or_else(|| Failure::new(1, "the daemon ended the watch (did it shut down?)")))
+    Err(failed.unwrap_or_else(|| ended(None)))
 }
 
 fn wanted(r: &RecordView, w: &Watch) -> bool {
@@ -67,19 +65,37 @@ fn missing(
     kind: &str,
     names: &[String],
     ignore_not_found: bool,
-) -> Vec<String> {
-    if ignore_not_found {
-        return Vec::new();
-    }
-    names
+) -> Option<Failure> {
+    let absent = absent(names.iter().map(String::as_str), |n| {
+        initial.iter().any(|r| r.owner().name.as_str() == n)
+    });
+    (!ignore_not_found && !absent.is_empty()).then(|| not_found(kind, &absent))
+}
+
+/// The NAMEs asked for that the watch's first listing (up to its BOOKMARK) did not hold: they
+/// do not exist now. Shared with `reaper wait`.
+pub(super) fn absent<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    listed: impl Fn(&str) -> bool,
+) -> Vec<&'a str> {
+    names.into_iter().filter(|n| !listed(n)).collect()
+}
+
+/// `KIND/NAME not found` for each NAME, one error line each, as `get` says them.
+pub(super) fn not_found(kind: &str, names: &[&str]) -> Failure {
+    let each: Vec<String> = names
         .iter()
-        .filter(|n| {
-            !initial
-                .iter()
-                .any(|r| r.owner().name.as_str() == n.as_str())
-        })
         .map(|n| format!("{kind}/{n} not found"))
-        .collect()
+        .collect();
+    Failure::new(1, each.join("\nerror: "))
+}
+
+/// A watch the daemon ended: with an `ERROR` line's reason, or by closing the stream.
+pub(super) fn ended(why: Option<String>) -> Failure {
+    match why {
+        Some(why) => Failure::new(1, format!("the watch ended: {why}")),
+        None => Failure::new(1, "the daemon ended the watch (did it shut down?)"),
+    }
 }
 
 /// Prints records as they come, tables aligned with what was printed before.
@@ -183,9 +199,9 @@ mod tests {
             serde_json::from_str(&examples::sessions()).expect("examples read");
         let names = vec!["s1".to_string(), "nope".to_string()];
         assert_eq!(
-            missing(&views, "session", &names, false),
-            ["session/nope not found"]
+            missing(&views, "session", &names, false).map(|f| f.message),
+            Some("session/nope not found".to_string())
         );
-        assert!(missing(&views, "session", &names, true).is_empty());
+        assert!(missing(&views, "session", &names, true).is_none());
     }
 }
